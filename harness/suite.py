@@ -1,0 +1,319 @@
+"""Suites as data: `suite.toml` + cases (JSONL/JSON/CSV/Parquet or `hf:` datasets) + a Jinja prompt.
+
+`load_suite(path)` validates everything up front, so that a bad suite stops before any model is
+called, with a one-line `SuiteError` that names the file and the line or key, and the fix.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import jinja2
+import jinja2.meta
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from harness.errors import SuiteError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+FieldType = Literal["text", "amount", "date", "exact"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class CasesSpec(_Strict):
+    """Where the cases come from and which fields carry the id and the gold answer."""
+
+    source: str = "cases.jsonl"
+    split: str = "train"
+    id_field: str = "id"
+    gold_field: str = "gold"
+
+
+class PromptSpec(_Strict):
+    """The user message is `template` rendered with each case's fields; `system` is sent as is."""
+
+    template: str = "prompt.j2"
+    system: str | None = None
+
+
+class OutputSpec(_Strict):
+    """What the model must answer: JSON (validated against `schema` when given) or free text."""
+
+    format: Literal["json", "text"] = "json"
+    json_schema: dict[str, Any] | None = Field(default=None, alias="schema")
+    schema_file: str | None = None
+
+
+class ScorerSpec(_Strict):
+    """One scorer. `fields` maps each gold field to how it is compared (extraction)."""
+
+    kind: Literal["fields", "exact"]
+    fields: dict[str, FieldType] = {}
+    dayfirst: bool = True
+
+
+class ProviderSpec(_Strict):
+    """A provider taking part in the run, named `kind:model`."""
+
+    id: str
+    role: Literal["incumbent", "candidate"]
+    base_url: str | None = None
+    concurrency: int | None = Field(default=None, ge=1, le=1024)
+    params: dict[str, Any] = {}
+
+    @field_validator("id")
+    @classmethod
+    def _kind_model(cls, value: str) -> str:
+        kind, sep, model = value.partition(":")
+        if not sep or not kind or not model:
+            raise ValueError(f"provider id {value!r} must look like 'kind:model', e.g. 'openai:gpt-4o-mini'")
+        return value
+
+
+class ParamsSpec(_Strict):
+    """Generation parameters sent to every provider (a provider's own `params` override them)."""
+
+    temperature: float = 0.0
+    max_tokens: int = Field(default=256, ge=1)
+    seed: int | None = 0
+    top_p: float | None = None
+
+
+class SuiteSpec(_Strict):
+    """The validated contents of `suite.toml`."""
+
+    name: str
+    description: str = ""
+    version: str = "1"
+    task: Literal["extraction", "classification"]
+    cases: CasesSpec = CasesSpec()
+    prompt: PromptSpec = PromptSpec()
+    output: OutputSpec = OutputSpec()
+    scorers: list[ScorerSpec]
+    providers: list[ProviderSpec]
+    params: ParamsSpec = ParamsSpec()
+
+    @field_validator("providers")
+    @classmethod
+    def _roles(cls, providers: list[ProviderSpec]) -> list[ProviderSpec]:
+        ids = [p.id for p in providers]
+        if len(set(ids)) != len(ids):
+            raise ValueError("each provider id may appear once")
+        if not any(p.role == "candidate" for p in providers):
+            raise ValueError("name at least one provider with role = 'candidate'")
+        if sum(p.role == "incumbent" for p in providers) > 1:
+            raise ValueError("name at most one provider with role = 'incumbent'")
+        return providers
+
+
+@dataclass(frozen=True)
+class Case:
+    """One input of the workload: the fields the prompt sees, the gold answer, and where it came from."""
+
+    id: str
+    input: dict[str, Any]
+    gold: Any
+    line: int
+    messages: list[dict[str, str]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Suite:
+    """A loaded, validated suite: its spec, its cases (prompts already rendered) and a content hash."""
+
+    path: Path
+    spec: SuiteSpec
+    cases: list[Case]
+    response_schema: dict[str, Any] | None
+    hash: str
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+
+def load_suite(path: str | Path) -> Suite:
+    """Load and validate the suite in folder `path` (or its `suite.toml`). Raises `SuiteError`."""
+    path = Path(path)
+    if path.name == "suite.toml":
+        path = path.parent
+    config = path / "suite.toml"
+    if not config.is_file():
+        raise SuiteError(f"{config}: no such file; a suite is a folder with suite.toml, cases and prompt.j2")
+    raw = config.read_bytes()
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise SuiteError(f"{config}: not valid TOML: {exc}") from None
+    spec = _validate_spec(config, data)
+
+    schema = _load_schema(path, spec)
+    template_path = path / spec.prompt.template
+    if not template_path.is_file():
+        raise SuiteError(f"{config}: prompt.template: {template_path} does not exist")
+    template_text = template_path.read_text(encoding="utf-8")
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=False, autoescape=False)
+    try:
+        template = env.from_string(template_text)
+        variables = jinja2.meta.find_undeclared_variables(env.parse(template_text))
+    except jinja2.TemplateSyntaxError as exc:
+        raise SuiteError(f"{template_path} line {exc.lineno}: template syntax error: {exc.message}") from None
+
+    rows, describe, cases_hash = _read_rows(path, spec.cases)
+    cases = _build_cases(rows, describe, spec, template, template_path, sorted(variables))
+
+    digest = hashlib.sha256()
+    for part in (raw, template_text.encode(), json.dumps(schema, sort_keys=True).encode(), cases_hash.encode()):
+        digest.update(hashlib.sha256(part).digest())
+    return Suite(path=path, spec=spec, cases=cases, response_schema=schema, hash=digest.hexdigest()[:16])
+
+
+def _validate_spec(config: Path, data: dict[str, Any]) -> SuiteSpec:
+    try:
+        return SuiteSpec.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = _toml_path(err["loc"], data)
+        if err["type"] == "extra_forbidden":
+            raise SuiteError(f"{config}: unknown key '{where}'; remove it or check its spelling") from None
+        if err["type"] == "missing":
+            raise SuiteError(f"{config}: missing key '{where}'") from None
+        msg = err["msg"].removeprefix("Value error, ")
+        raise SuiteError(f"{config}: {where}: {msg}") from None
+
+
+def _toml_path(loc: tuple[Any, ...], data: dict[str, Any]) -> str:
+    """Render a pydantic location as a TOML path, e.g. `providers[2].concurrency` (1-based)."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part + 1}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(top level)"
+
+
+def _load_schema(path: Path, spec: SuiteSpec) -> dict[str, Any] | None:
+    out = spec.output
+    if out.json_schema is not None and out.schema_file:
+        raise SuiteError(f"{path / 'suite.toml'}: output: give either 'schema' or 'schema_file', not both")
+    if out.schema_file:
+        schema_path = path / out.schema_file
+        try:
+            return json.loads(schema_path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise SuiteError(f"{path / 'suite.toml'}: output.schema_file: {schema_path} does not exist") from None
+        except json.JSONDecodeError as exc:
+            raise SuiteError(f"{schema_path} line {exc.lineno}: not valid JSON: {exc.msg}") from None
+    if out.format == "text" and out.json_schema is not None:
+        raise SuiteError(f"{path / 'suite.toml'}: output.schema needs output.format = 'json'")
+    return out.json_schema
+
+
+def _read_rows(path: Path, cases: CasesSpec) -> tuple[list[dict[str, Any]], Any, str]:
+    """Read the case rows through `datasets`. Returns rows, a row-index -> location function, a hash."""
+    if cases.source.startswith("hf:"):
+        name = cases.source[3:]
+        dataset = _load_dataset(name, split=cases.split, what=f"{path / 'suite.toml'}: cases.source {cases.source}")
+        return dataset.to_list(), (lambda i: f"{cases.source} row {i + 1}"), f"{name}@{dataset._fingerprint}"
+
+    file = path / cases.source
+    if not file.is_file():
+        raise SuiteError(f"{path / 'suite.toml'}: cases.source: {file} does not exist")
+    suffix = file.suffix.lower()
+    builders = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+    if suffix not in builders:
+        raise SuiteError(f"{file}: unsupported cases file type '{suffix}'; use .jsonl, .json, .csv or .parquet")
+    content = file.read_bytes()
+    lines: list[int] = []
+    if suffix == ".jsonl":
+        lines = _check_jsonl(file, content)
+    dataset = _load_dataset(builders[suffix], data_files=str(file), split="train", what=str(file))
+
+    def describe(i: int) -> str:
+        if suffix == ".jsonl":
+            return f"{file} line {lines[i]}"
+        if suffix == ".csv":
+            return f"{file} line {i + 2}"
+        return f"{file} row {i + 1}"
+
+    return dataset.to_list(), describe, hashlib.sha256(content).hexdigest()
+
+
+def _check_jsonl(file: Path, content: bytes) -> list[int]:
+    """Each non-blank line must be one JSON object; returns the 1-based line number of each row."""
+    lines = []
+    for number, line in enumerate(content.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise SuiteError(f"{file} line {number}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+        if not isinstance(value, dict):
+            raise SuiteError(f"{file} line {number}: each line must be a JSON object, got {type(value).__name__}")
+        lines.append(number)
+    if not lines:
+        raise SuiteError(f"{file}: no cases (the file is empty)")
+    return lines
+
+
+def _load_dataset(*args: Any, what: str, **kwargs: Any) -> Any:
+    import datasets
+
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_error()
+    try:
+        return datasets.load_dataset(*args, **kwargs)
+    except Exception as exc:  # datasets raises many kinds; all mean the same to a user
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SuiteError(f"{what}: cannot load cases: {first}") from None
+
+
+def _build_cases(
+    rows: list[dict[str, Any]],
+    describe: Any,
+    spec: SuiteSpec,
+    template: jinja2.Template,
+    template_path: Path,
+    variables: list[str],
+) -> list[Case]:
+    id_field, gold_field = spec.cases.id_field, spec.cases.gold_field
+    seen: dict[str, str] = {}
+    cases = []
+    for i, row in enumerate(rows):
+        where = describe(i)
+        for name in (id_field, gold_field, *variables):
+            # datasets fills a field that a row lacks with null, so null and absent are one thing here.
+            if row.get(name) is None:
+                used = f"; {template_path.name} uses it" if name in variables else ""
+                raise SuiteError(f"{where}: missing field '{name}'{used}")
+        case_id = str(row[id_field])
+        if case_id in seen:
+            raise SuiteError(f"{where}: duplicate id '{case_id}' (first seen at {seen[case_id]})")
+        seen[case_id] = where
+        try:
+            user = template.render(**row)
+        except jinja2.UndefinedError as exc:
+            raise SuiteError(
+                f"{where}: {template_path.name}: {exc.message}; add it to the case or the template"
+            ) from None
+        inputs = {k: v for k, v in row.items() if k != gold_field}
+        messages = []
+        if spec.prompt.system:
+            messages.append({"role": "system", "content": spec.prompt.system})
+        messages.append({"role": "user", "content": user})
+        line = int(where.rsplit(" ", 1)[-1])
+        cases.append(Case(id=case_id, input=inputs, gold=row[gold_field], line=line, messages=messages))
+    return cases
