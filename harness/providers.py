@@ -7,10 +7,12 @@ missing API key). API keys live only in the plan and the client; they are never 
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import json
 import os
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Protocol
@@ -49,6 +51,7 @@ class Completion:
     error: str | None = None
     error_kind: str | None = None
     cached: bool = False
+    usage_source: str | None = None  # "provider", or "estimated" when the server reported no usage
     started_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
 
 
@@ -77,10 +80,12 @@ class OpenAICompatible:
         *,
         schema_style: str = "json_schema",
         usage_in_stream: bool = True,
+        token_count_url: str | None = None,
         timeout: float = 600.0,
         max_retries: int = 2,
     ) -> None:
         self.name = name
+        self.token_count_url = token_count_url
         self.model = model
         self.base_url = base_url
         self.schema_style = schema_style
@@ -107,7 +112,24 @@ class OpenAICompatible:
         return body
 
     async def complete(self, request: Request) -> Completion:
-        """Send `request` with streaming on; measure time to first token and total latency."""
+        """Send `request` with streaming on; measure time to first token and total latency.
+
+        A server that rejects the OpenAI `json_schema` response format (HTTP 400/422) is asked again, once,
+        with the schema inside a `json_object` response format, the form llama.cpp's Python server takes;
+        later requests use that form directly.
+        """
+        completion = await self._complete(request)
+        if (
+            completion.error_kind in ("http_400", "http_422")
+            and request.response_schema is not None
+            and self.schema_style == "json_schema"
+            and "response_format" in (completion.error or "")
+        ):
+            self.schema_style = "json_object_schema"
+            completion = await self._complete(request)
+        return completion
+
+    async def _complete(self, request: Request) -> Completion:
         started_at = datetime.now(timezone.utc)
         start = time.perf_counter()
         ttft: float | None = None
@@ -148,16 +170,35 @@ class OpenAICompatible:
                 ttft_ms=ttft, latency_ms=(time.perf_counter() - start) * 1000, finish_reason=finish,
                 error=message, error_kind=kind, started_at=started_at,
             )
+        latency_ms = (time.perf_counter() - start) * 1000
+        usage_source = "provider" if usage else None
+        input_tokens, output_tokens = usage.get("prompt_tokens"), usage.get("completion_tokens")
+        if not usage:
+            # No usage in the stream (llama.cpp's Python server): such servers send one token a chunk.
+            output_tokens, usage_source = chunks, "estimated"
+            if self.token_count_url:
+                input_tokens = await asyncio.to_thread(self._count_tokens, request.messages)
         return Completion(
             text="".join(parts),
             model=model or self.model,
-            input_tokens=usage.get("prompt_tokens"),
-            output_tokens=usage.get("completion_tokens"),
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
             ttft_ms=ttft,
-            latency_ms=(time.perf_counter() - start) * 1000,
+            latency_ms=latency_ms,
             finish_reason=finish,
+            usage_source=usage_source,
             started_at=started_at,
         )
+
+    def _count_tokens(self, messages: list[dict[str, str]]) -> int | None:
+        """Tokens of the messages' text by the server's tokenizer (chat-template tokens not included)."""
+        body = json.dumps({"input": "\n".join(m["content"] for m in messages)}).encode()
+        req = urllib.request.Request(self.token_count_url, data=body, headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=10) as response:
+                return int(json.loads(response.read())["count"])
+        except (OSError, ValueError, KeyError):
+            return None
 
     async def aclose(self) -> None:
         """Close the HTTP connection pool."""
@@ -314,7 +355,10 @@ def build_provider(plan: ProviderPlan) -> OpenAICompatible:
     if plan.status != "ready" or not plan.base_url:
         raise ProviderError(f"provider '{plan.name}' is not ready: {plan.reason or 'no endpoint'}")
     model = plan.server.served_name if plan.server else plan.model
+    token_count_url = None
+    if plan.server is not None and plan.server.engine == "llama_cpp":
+        token_count_url = plan.base_url.removesuffix("/v1") + "/extras/tokenize/count"
     return OpenAICompatible(
         plan.name, model, plan.base_url, plan.api_key,
-        schema_style=plan.schema_style, usage_in_stream=plan.usage_in_stream,
+        schema_style=plan.schema_style, usage_in_stream=plan.usage_in_stream, token_count_url=token_count_url,
     )

@@ -169,7 +169,8 @@ async def _drive(
 def _record(run_id: str, case: Case, provider: str, c: Completion, scorers: list[Scorer], writer: BatchWriter) -> None:
     writer.put("responses", {
         "run_id": run_id, "case_id": case.id, "provider": provider, "text": c.text, "model": c.model,
-        "input_tokens": c.input_tokens, "output_tokens": c.output_tokens, "ttft_ms": c.ttft_ms,
+        "input_tokens": c.input_tokens, "output_tokens": c.output_tokens,
+        "usage_source": c.usage_source, "ttft_ms": c.ttft_ms,
         "latency_ms": c.latency_ms, "finish_reason": c.finish_reason, "error": c.error,
         "error_kind": c.error_kind, "cached": c.cached, "started_at": c.started_at,
     })

@@ -79,6 +79,7 @@ MIGRATIONS: list[tuple[str, str]] = [
             model VARCHAR,              -- the model the server says answered
             input_tokens INTEGER,
             output_tokens INTEGER,
+            usage_source VARCHAR,       -- provider, or estimated when the server reported no usage
             ttft_ms DOUBLE,
             latency_ms DOUBLE,
             finish_reason VARCHAR,

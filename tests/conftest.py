@@ -1,0 +1,27 @@
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).parent))
+
+
+@pytest.fixture
+def mini_suite(tmp_path: Path) -> Path:
+    """A copy of the invoices suite with its first 6 cases, in a folder a test may break."""
+    target = tmp_path / "invoices"
+    shutil.copytree(ROOT / "suites" / "invoices", target)
+    lines = (target / "cases.jsonl").read_text().splitlines()[:6]
+    (target / "cases.jsonl").write_text("\n".join(lines) + "\n")
+    return target
+
+
+def gold_of(suite_dir: Path) -> dict[str, dict]:
+    """case id -> gold object, read straight from the cases file."""
+    rows = [json.loads(line) for line in (suite_dir / "cases.jsonl").read_text().splitlines() if line.strip()]
+    return {row["id"]: row["gold"] for row in rows}

@@ -1,0 +1,117 @@
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from harness.errors import StoreError
+from harness.store import MIGRATIONS, Store
+
+
+def _response(run_id: str, i: int, **extra) -> dict:
+    return {"run_id": run_id, "case_id": f"c{i}", "provider": "p", "text": "x" * 2000, "input_tokens": i,
+            "output_tokens": None, "latency_ms": 1.5, "cached": False, **extra}
+
+
+def test_migrations_are_recorded_and_applied_once(tmp_path: Path):
+    db = tmp_path / "s.duckdb"
+    with Store(db) as store:
+        assert store.schema_version() == len(MIGRATIONS)
+    with Store(db) as store:
+        assert store.migrate() == []
+        names = list(store.query("SELECT name FROM schema_migrations ORDER BY version")["name"])
+    assert names == [name for name, _ in MIGRATIONS]
+
+
+def test_batch_writer_appends_rows_with_nulls(tmp_path: Path):
+    with Store(tmp_path / "s.duckdb") as store:
+        run_id = store.start_run({"suite": "t", "params": {"temperature": 0}})
+        writer = store.writer(flush_interval=0.05)
+        for i in range(2500):
+            writer.put("responses", _response(run_id, i))
+        writer.put("scores", {"run_id": run_id, "case_id": "c1", "provider": "p", "metric": "m", "value": 1.0,
+                              "passed": True, "detail": {"outcome": "correct"}})
+        writer.close()
+        assert writer.rows_written == 2501
+        df = store.table("responses", run_id)
+        assert len(df) == 2500
+        assert df["output_tokens"].isna().all()
+        assert sorted(df["input_tokens"])[-1] == 2499
+        outcome = store.query("SELECT detail->>'$.outcome' AS o FROM scores")["o"][0]
+        assert outcome == "correct"
+        assert store.run(run_id)["params"] == '{"temperature": 0}'
+
+
+def test_writer_error_surfaces_as_store_error(tmp_path: Path):
+    with Store(tmp_path / "s.duckdb") as store:
+        writer = store.writer(flush_interval=0.01)
+        writer.put("responses", {"run_id": "r", "case_id": "c", "provider": "p", "no_such_column": 1})
+        with pytest.raises(StoreError, match="writing results failed"):
+            writer.close()
+
+
+def test_two_runs_live_side_by_side(tmp_path: Path):
+    db = tmp_path / "s.duckdb"
+    with Store(db) as store:
+        first = store.start_run({"suite": "t"})
+        store.finish_run(first, "completed")
+    with Store(db) as store:
+        second = store.start_run({"suite": "t"})
+        store.finish_run(second, "completed")
+        assert first != second
+        assert store.latest_run("t") == second
+        assert set(store.query("SELECT run_id FROM runs")["run_id"]) == {first, second}
+
+
+def test_unknown_run_id_and_missing_file(tmp_path: Path):
+    with Store(tmp_path / "s.duckdb") as store:
+        run_id = store.start_run({"suite": "t"})
+        with pytest.raises(StoreError, match=rf"no run 'nope' \(latest: {run_id}\)"):
+            store.run("nope")
+    with pytest.raises(StoreError, match="no such DuckDB file; run a suite first"):
+        Store(tmp_path / "absent.duckdb", read_only=True)
+
+
+def test_kill_9_keeps_every_flushed_row(tmp_path: Path):
+    """A writer process killed with SIGKILL mid-run: the file opens and holds what was flushed."""
+    db = tmp_path / "s.duckdb"
+    marker = tmp_path / "flushed"
+    script = textwrap.dedent(f"""
+        import time
+        from harness.store import Store
+        store = Store({str(db)!r})
+        run_id = store.start_run({{"suite": "t"}})
+        writer = store.writer(flush_interval=0.1)
+        i = 0
+        while True:
+            writer.put("responses", {{"run_id": run_id, "case_id": f"c{{i}}", "provider": "p", "text": "x" * 500}})
+            i += 1
+            if i == 300:
+                time.sleep(0.5)
+                open({str(marker)!r}, "w").write(str(writer.rows_written))
+            time.sleep(0.001)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script])
+    deadline = time.monotonic() + 60
+    while not marker.exists() or not marker.read_text():
+        assert proc.poll() is None, "writer process died"
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    time.sleep(0.3)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    flushed_before = int(marker.read_text())
+    con = duckdb.connect(str(db))
+    count = con.execute("SELECT count(*) FROM responses").fetchone()[0]
+    status = con.execute("SELECT status FROM runs").fetchone()[0]
+    con.close()
+    assert flushed_before >= 300
+    assert count >= flushed_before
+    assert status == "running"  # never finished: the run says so
