@@ -12,6 +12,7 @@ import contextlib
 import ctypes
 import importlib.util
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -77,9 +78,14 @@ def server_command(plan: ServerPlan, port: int, threads: int | None = None) -> l
             "--n_ctx", "4096",
         ]
     if plan.engine == "vllm":
+        beside = Path(sys.executable).with_name("vllm")
+        vllm = str(beside) if beside.exists() else shutil.which("vllm")
+        if vllm is None:
+            raise ServerError(
+                "the `vllm` command is not installed; `pip install 'shadow-harness[gpu]'` on a GPU machine"
+            )
         return [
-            sys.executable, "-m", "vllm.entrypoints.openai.api_server",
-            "--model", plan.model,
+            vllm, "serve", plan.model,
             "--served-model-name", plan.served_name,
             "--host", "127.0.0.1",
             "--port", str(port),

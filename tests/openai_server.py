@@ -33,12 +33,14 @@ class Reply:
 class OpenAIServer:
     """`with OpenAIServer(responder) as srv:` serves on `srv.base_url` (ending in /v1) in a thread."""
 
-    def __init__(self, responder: Callable[[dict[str, Any]], Reply] | None = None, model: str = "test-model"):
+    def __init__(
+        self, responder: Callable[[dict[str, Any]], Reply] | None = None, model: str = "test-model", port: int = 0
+    ):
         self.responder = responder or (lambda body: Reply(text='{"ok": true}'))
         self.model = model
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
 

@@ -1,0 +1,69 @@
+"""The server manager with a stand-in `vllm` command: start, health check, call, stop, and failures."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from harness.errors import ServerError
+from harness.providers import OpenAICompatible, Request, ServerPlan
+from harness.server import ManagedServer, bundled_model_path, server_command
+
+
+@pytest.fixture
+def fake_vllm(tmp_path: Path, monkeypatch) -> Path:
+    script = tmp_path / "bin" / "vllm"
+    script.parent.mkdir()
+    target = str(Path(__file__).with_name("fake_vllm.py"))
+    script.write_text(f"#!{sys.executable}\nimport runpy\nrunpy.run_path({target!r}, run_name='__main__')\n")
+    script.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{script.parent}{os.pathsep}{os.environ['PATH']}")
+    return script
+
+
+def test_vllm_command_line(fake_vllm: Path):
+    command = server_command(ServerPlan("vllm", "Qwen/Qwen2.5-7B-Instruct", "qwen"), 8123)
+    assert command == [str(fake_vllm), "serve", "Qwen/Qwen2.5-7B-Instruct", "--served-model-name", "qwen",
+                       "--host", "127.0.0.1", "--port", "8123"]
+
+
+def test_managed_vllm_serves_then_stops(fake_vllm: Path, tmp_path: Path):
+    async def go():
+        async with ManagedServer(ServerPlan("vllm", "org/model", "cand"), log_dir=tmp_path) as server:
+            process = server.process
+            provider = OpenAICompatible("vllm:org/model", "cand", server.base_url, max_retries=0)
+            completion = await provider.complete(Request(messages=[{"role": "user", "content": "hi"}], params={}))
+            await provider.aclose()
+        return completion, process
+
+    completion, process = asyncio.run(go())
+    assert completion.error is None
+    assert completion.text == '{"served": "cand", "model": "org/model"}'
+    assert process.poll() is not None  # stopped and reaped
+
+
+def test_server_that_dies_while_starting_reports_its_log(fake_vllm: Path, tmp_path: Path):
+    async def go():
+        async with ManagedServer(ServerPlan("vllm", "crash", "x"), log_dir=tmp_path):
+            pass
+
+    with pytest.raises(ServerError, match=r"vllm server exited with status 1 while starting: .*CUDA out of memory"):
+        asyncio.run(go())
+
+
+def test_missing_vllm_command(monkeypatch, tmp_path: Path):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "python"))
+    with pytest.raises(ServerError, match="the `vllm` command is not installed"):
+        server_command(ServerPlan("vllm", "m", "m"), 1)
+
+
+def test_bundled_model_errors_name_the_fix(tmp_path: Path):
+    with pytest.raises(ServerError, match="unknown local model 'llama-70b'; use one of smollm2-135m"):
+        bundled_model_path("llama-70b")
+    with pytest.raises(ServerError, match="does not exist"):
+        bundled_model_path(str(tmp_path / "nope.gguf"))
