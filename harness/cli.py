@@ -9,9 +9,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
+
+import pandas as pd
 
 from harness.errors import HarnessError, ProviderError
 from harness.providers import plan_provider
@@ -116,11 +119,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         from harness.runner import shadow_run
 
-        result = asyncio.run(shadow_run(
+        result = asyncio.run(_cancel_on_sigterm(shadow_run(
             suite, plans, store, limit=args.limit, progress=bar.update if bar else None,
             server_log_dir=Path(args.db).parent, on_started=lambda rid: started.setdefault("run_id", rid),
-        ))
-    except KeyboardInterrupt:
+        )))
+    except (KeyboardInterrupt, asyncio.CancelledError):
         if bar:
             bar.close()
         run_id = started.get("run_id")
@@ -138,6 +141,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"DuckDB:  {args.db}  (run_id = '{result.run_id}')")
     print(f"Report:  {path}")
     return 0
+
+
+async def _cancel_on_sigterm(coro: Any) -> Any:
+    """Await `coro`, cancelling it on SIGTERM (CI cancels, `timeout`) as Ctrl-C would: servers stopped, rows kept."""
+    task = asyncio.ensure_future(coro)
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, task.cancel)
+    try:
+        return await task
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
 
 
 def _spec(provider_id: str, role: str, known: list[ProviderSpec]) -> ProviderSpec:
@@ -173,7 +187,7 @@ def _print_summary(store: Store, run_id: str, n_cases: int) -> None:
             print(f"  {p.provider:<28} no responses")
             continue
         s = row.iloc[0]
-        p50 = "–" if s.latency_p50_ms is None else f"{s.latency_p50_ms / 1000:.2f}s"
+        p50 = "–" if pd.isna(s.latency_p50_ms) else f"{s.latency_p50_ms / 1000:.2f}s"
         print(
             f"  {p.provider:<28} passed {s.passed}/{n_cases} ({100 * s.pass_rate:.0f}%)  errors {s.errors}  "
             f"invalid output {_rate(s.invalid_rate)}  latency p50 {p50}"
@@ -181,7 +195,7 @@ def _print_summary(store: Store, run_id: str, n_cases: int) -> None:
 
 
 def _rate(value: float) -> str:
-    return "–" if value != value else f"{100 * value:.0f}%"
+    return "–" if pd.isna(value) else f"{100 * value:.0f}%"
 
 
 def cmd_validate(args: argparse.Namespace) -> int:

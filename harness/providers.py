@@ -8,13 +8,16 @@ missing API key). API keys live only in the plan and the client; they are never 
 from __future__ import annotations
 
 import asyncio
+import functools
 import importlib.util
+import inspect
 import json
 import os
+import re
 import time
 import urllib.request
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import openai
@@ -52,7 +55,7 @@ class Completion:
     error_kind: str | None = None
     cached: bool = False
     usage_source: str | None = None  # "provider", or "estimated" when the server reported no usage
-    started_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+    started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
 
 class Provider(Protocol):
@@ -90,13 +93,21 @@ class OpenAICompatible:
         self.base_url = base_url
         self.schema_style = schema_style
         self.usage_in_stream = usage_in_stream
+        self._api_key = api_key
         self._client = openai.AsyncOpenAI(
             base_url=base_url, api_key=api_key or "not-needed", timeout=timeout, max_retries=max_retries
         )
 
     def request_body(self, request: Request) -> dict[str, Any]:
         """The JSON body for `request` (without `model`, `messages` and `stream`)."""
-        body: dict[str, Any] = {k: v for k, v in request.params.items() if v is not None}
+        body: dict[str, Any] = {}
+        extra: dict[str, Any] = {}
+        for key, value in request.params.items():
+            if value is not None:
+                # server-specific parameters (top_k, min_p, repetition_penalty...) travel in the body as is
+                (body if key in _sdk_parameters() else extra)[key] = value
+        if extra:
+            body["extra_body"] = extra
         if self.usage_in_stream:
             body["stream_options"] = {"include_usage": True}
         if request.response_schema is not None and self.schema_style == "json_schema":
@@ -130,7 +141,7 @@ class OpenAICompatible:
         return completion
 
     async def _complete(self, request: Request) -> Completion:
-        started_at = datetime.now(timezone.utc)
+        started_at = datetime.now(UTC)
         start = time.perf_counter()
         ttft: float | None = None
         parts: list[str] = []
@@ -165,6 +176,7 @@ class OpenAICompatible:
                         finish = choice.get("finish_reason") or finish
         except Exception as exc:  # every failure becomes a recorded error on this case
             kind, message = describe_error(exc)
+            message = redact(message, self._api_key)
             return Completion(
                 text="".join(parts), model=model or self.model, input_tokens=None, output_tokens=None,
                 ttft_ms=ttft, latency_ms=(time.perf_counter() - start) * 1000, finish_reason=finish,
@@ -205,8 +217,33 @@ class OpenAICompatible:
         await self._client.close()
 
 
+@functools.cache
+def _sdk_parameters() -> frozenset[str]:
+    """The keyword arguments the installed openai SDK's chat.completions.create accepts."""
+    from openai.resources.chat.completions import AsyncCompletions
+
+    return frozenset(inspect.signature(AsyncCompletions.create).parameters) - {"self", "extra_body"}
+
+
 class _StreamError(Exception):
     pass
+
+
+_SECRET_PATTERNS = [
+    re.compile(r"\b(sk|sk-proj|sk-ant|pk|rk)-[A-Za-z0-9_\-*.…]{3,}"),  # key-like tokens, masked ones included
+    re.compile(r"(?i)\b(bearer|api[_-]?key|x-api-key|authorization)([\"']?\s*[:=]?\s*[\"']?)[^\s\"',}]+"),
+    re.compile(r"(?<=://)[^/@\s:]+:[^/@\s]+(?=@)"),  # user:password@ in URLs
+]
+
+
+def redact(text: str, *secrets: str | None) -> str:
+    """`text` with API keys, bearer tokens and URL credentials replaced by `***`, for storing or printing."""
+    for secret in secrets:
+        if secret and len(secret) >= 6:
+            text = text.replace(secret, "***")
+    text = _SECRET_PATTERNS[0].sub("***", text)
+    text = _SECRET_PATTERNS[1].sub(lambda m: f"{m.group(1)}{m.group(2)}***", text)
+    return _SECRET_PATTERNS[2].sub("***", text)
 
 
 def describe_error(exc: BaseException) -> tuple[str, str]:
@@ -267,6 +304,7 @@ class ProviderPlan:
     server: ServerPlan | None = None
     schema_style: str = "json_schema"
     usage_in_stream: bool = True
+    served_model: str | None = None  # the name sent as `model`, when the server's differs from `model`
 
     @property
     def name(self) -> str:
@@ -280,7 +318,14 @@ class ProviderPlan:
         """Where calls go, for provenance: a URL, or the server the harness starts."""
         if self.server is not None:
             return f"managed {self.server.engine} server ({self.server.model})"
-        return self.base_url or ""
+        return redact(self.base_url or "")
+
+    @property
+    def request_model(self) -> str:
+        """The `model` sent in each request."""
+        if self.served_model:
+            return self.served_model
+        return self.server.served_name if self.server else self.model
 
 
 def split_id(provider_id: str) -> tuple[str, str]:
@@ -339,6 +384,33 @@ def plan_provider(
     return _skip(plan, f"the '{kind}' provider is not available in this version of the harness")
 
 
+def served_models(base_url: str, api_key: str | None = None, timeout: float = 10.0) -> list[str] | None:
+    """The model ids an OpenAI-compatible server lists at /models, or None if it cannot tell."""
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    request = urllib.request.Request(base_url.rstrip("/") + "/models", headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return [m["id"] for m in json.loads(response.read())["data"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def match_served_model(plan: ProviderPlan, served: list[str] | None) -> ProviderPlan:
+    """Fit a self-hosted plan (`local:`/`vllm:` with a base URL) to the model its server serves.
+
+    `local:` uses the server's model when it serves exactly one; `vllm:` must name a served model.
+    A mismatch that cannot be resolved skips the provider with the names the server offers.
+    """
+    if plan.kind not in ("local", "vllm") or plan.server is not None or not served or plan.model in served:
+        return plan
+    if plan.kind == "local" and len(served) == 1:
+        plan.served_model = served[0]
+        return plan
+    offered = ", ".join(served[:5])
+    return _skip(plan, f"the server at {redact(plan.base_url or '')} serves {offered}, not '{plan.model}'; "
+                       f"name the candidate {plan.kind}:<one of those>")
+
+
 def _skip(plan: ProviderPlan, reason: str) -> ProviderPlan:
     plan.status = "skipped"
     plan.reason = reason
@@ -354,7 +426,7 @@ def build_provider(plan: ProviderPlan) -> OpenAICompatible:
     """The client for a ready plan whose endpoint is known (after any server was started)."""
     if plan.status != "ready" or not plan.base_url:
         raise ProviderError(f"provider '{plan.name}' is not ready: {plan.reason or 'no endpoint'}")
-    model = plan.server.served_name if plan.server else plan.model
+    model = plan.request_model
     token_count_url = None
     if plan.server is not None and plan.server.engine == "llama_cpp":
         token_count_url = plan.base_url.removesuffix("/v1") + "/extras/tokenize/count"

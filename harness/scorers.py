@@ -14,7 +14,7 @@ import json
 import re
 import unicodedata
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any, Protocol
 
@@ -49,7 +49,8 @@ def normalize_text(value: Any) -> str:
     return re.sub(r"[\W_]+", "", text)
 
 
-_AMOUNT = re.compile(r"-?\d[\d,. ]*")
+# digits, thousands groups (1,234 / 1.234 / 1 234), then decimals: "9.00 10" is 9.00, not 9.0010
+_AMOUNT = re.compile(r"-?\d+(?:[,. ]\d{3})*(?:[.,]\d+)?")
 
 
 def parse_amount(value: Any) -> Decimal | None:
@@ -85,9 +86,13 @@ def parse_date(value: Any, dayfirst: bool = True) -> date | None:
         except ValueError:
             return None
     try:
-        return dateparser.parse(text, dayfirst=dayfirst, fuzzy=True).date()
+        # Parsed twice with different defaults: a date is accepted only if the text gave day, month and
+        # year itself, so "March 2018" or "No 5 Jalan 3" never borrow the parts missing from today.
+        first = dateparser.parse(text, dayfirst=dayfirst, fuzzy=True, default=datetime(1904, 2, 2))
+        second = dateparser.parse(text, dayfirst=dayfirst, fuzzy=True, default=datetime(1911, 3, 3))
     except (ValueError, OverflowError):
         return None
+    return first.date() if first.date() == second.date() else None
 
 
 def compare(gold: Any, pred: Any, kind: str, dayfirst: bool = True) -> bool:
@@ -135,7 +140,8 @@ class FieldsScorer:
 
     name = "fields"
 
-    def __init__(self, fields: dict[str, str], dayfirst: bool = True) -> None:
+    def __init__(self, fields: dict[str, str], dayfirst: bool = True, name: str = "fields") -> None:
+        self.name = name
         self.fields = fields
         self.dayfirst = dayfirst
 
@@ -157,7 +163,7 @@ class FieldsScorer:
             elif ok:
                 outcome = "correct"
             elif _is_empty(p) and _is_empty(g):
-                outcome, ok = "correct", True
+                outcome, ok = "absent", True  # nothing to find and nothing found: outside precision and recall
             elif _is_empty(p):
                 outcome = "missing"
             elif _is_empty(g):
@@ -173,11 +179,16 @@ class FieldsScorer:
 class ExactScorer:
     """Exact label match after stripping; a JSON output's `label` field is used when present."""
 
-    name = "exact"
+    def __init__(self, name: str = "exact") -> None:
+        self.name = name
 
     def __call__(self, case: Case, completion: Completion) -> list[Score]:
         value, problem = parse_json_output(completion.text)
-        pred = value.get("label") if problem is None and isinstance(value, dict) else completion.text
+        pred = completion.text
+        if problem is None and isinstance(value, dict):
+            pred = value.get("label")
+        elif problem is None and isinstance(value, str):
+            pred = value
         ok = str(pred).strip() == str(case.gold).strip()
         return [Score("case_pass", float(ok), ok, {"gold": case.gold, "pred": pred})]
 
@@ -187,9 +198,9 @@ def build_scorers(specs: list[ScorerSpec]) -> list[Scorer]:
     built: list[Scorer] = []
     for spec in specs:
         if spec.kind == "fields":
-            built.append(FieldsScorer(dict(spec.fields), dayfirst=spec.dayfirst))
+            built.append(FieldsScorer(dict(spec.fields), dayfirst=spec.dayfirst, name=spec.name or spec.kind))
         else:
-            built.append(ExactScorer())
+            built.append(ExactScorer(name=spec.name or spec.kind))
     return built
 
 
@@ -206,7 +217,7 @@ def summarize(responses: pd.DataFrame, scores: pd.DataFrame, n_cases: int) -> pd
     rows = []
     for provider, group in responses.groupby("provider", sort=False):
         mine = scores[scores["provider"] == provider]
-        passes = mine[mine["metric"] == "case_pass"]["passed"].fillna(False).astype(bool)
+        passes = case_passes(mine)
         valid = mine[mine["metric"] == "valid_json"]["passed"].fillna(False).astype(bool)
         live = group[(~group["cached"].fillna(False).astype(bool)) & group["error"].isna()]
         rows.append({
@@ -227,27 +238,40 @@ def summarize(responses: pd.DataFrame, scores: pd.DataFrame, n_cases: int) -> pd
     return pd.DataFrame(rows)
 
 
-def field_metrics(scores: pd.DataFrame) -> pd.DataFrame:
-    """Per provider and field: accuracy, precision, recall and F1, where a wrong value counts as both a false
-    positive and a false negative, an extra value as a false positive and a missing one as a false negative."""
+def case_passes(scores: pd.DataFrame) -> pd.Series:
+    """Pass/fail per case (index: case_id): a case passes when every scorer's `case_pass` passed."""
+    rows = scores[scores["metric"] == "case_pass"]
+    return rows["passed"].fillna(False).astype(bool).groupby(rows["case_id"]).all()
+
+
+def field_metrics(scores: pd.DataFrame, failed_calls: dict[str, int] | None = None) -> pd.DataFrame:
+    """Per provider and field: accuracy, precision, recall and F1.
+
+    True positive: `correct`. False positive: `wrong` or `extra` (a value where gold has none). False negative:
+    `wrong`, `missing`, `invalid_output`, and one per failed call of the provider (`failed_calls`), which has
+    no score rows. `absent` (no gold value, none predicted) counts for accuracy only.
+    """
     fields = scores[scores["metric"].str.startswith("field.")]
     if fields.empty:
         return pd.DataFrame(columns=["provider", "field", "accuracy", "precision", "recall", "f1", "n"])
+    failed_calls = failed_calls or {}
     outcome = fields["detail"].map(lambda d: json.loads(d).get("outcome") if isinstance(d, str) else None)
     frame = fields.assign(outcome=outcome, field=fields["metric"].str.removeprefix("field."))
     rows = []
     for (provider, name), group in frame.groupby(["provider", "field"], sort=False):
         counts = group["outcome"].value_counts()
+        failed = failed_calls.get(provider, 0)
         tp = int(counts.get("correct", 0))
-        wrong = int(counts.get("wrong", 0)) + int(counts.get("invalid_output", 0))
+        wrong = int(counts.get("wrong", 0))
         fp = wrong + int(counts.get("extra", 0))
-        fn = wrong + int(counts.get("missing", 0))
+        fn = wrong + int(counts.get("missing", 0)) + int(counts.get("invalid_output", 0)) + failed
         precision = tp / (tp + fp) if tp + fp else float("nan")
         recall = tp / (tp + fn) if tp + fn else float("nan")
-        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else float("nan")
+        n = len(group) + failed
         rows.append({
-            "provider": provider, "field": name, "accuracy": float(group["passed"].astype(bool).mean()),
-            "precision": precision, "recall": recall, "f1": f1, "n": len(group),
+            "provider": provider, "field": name, "accuracy": float(group["passed"].astype(bool).sum()) / n,
+            "precision": precision, "recall": recall, "f1": f1, "n": n,
         })
     return pd.DataFrame(rows)
 

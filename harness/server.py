@@ -22,6 +22,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 from harness.errors import ServerError
 from harness.providers import ServerPlan
@@ -93,10 +94,19 @@ def server_command(plan: ServerPlan, port: int, threads: int | None = None) -> l
     raise ServerError(f"unknown server engine '{plan.engine}'")
 
 
+def _load_prctl() -> Any:
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+_PRCTL = _load_prctl() if sys.platform == "linux" else None  # looked up here: the child must not load libraries
+
+
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    os.setsid()
-    with contextlib.suppress(Exception):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    if _PRCTL is not None:
+        _PRCTL(1, signal.SIGTERM)  # PR_SET_PDEATHSIG: the server goes when the harness goes, even on kill -9
 
 
 class ManagedServer:
@@ -124,8 +134,8 @@ class ManagedServer:
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
                 command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
-                start_new_session=sys.platform != "linux",
+                preexec_fn=_die_with_parent if _PRCTL is not None else None,
+                start_new_session=True,
             )
         try:
             await self._wait_healthy()

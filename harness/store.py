@@ -14,7 +14,7 @@ import secrets
 import threading
 import time
 from collections import defaultdict
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +54,7 @@ MIGRATIONS: list[tuple[str, str]] = [
             role VARCHAR,               -- incumbent or candidate
             kind VARCHAR,
             model VARCHAR,
+            served_model VARCHAR,       -- the model name sent to the server (as the server lists it)
             endpoint VARCHAR,           -- URL or managed server; never a key
             params VARCHAR,             -- JSON
             concurrency INTEGER,
@@ -98,18 +99,21 @@ MIGRATIONS: list[tuple[str, str]] = [
             value DOUBLE,
             passed BOOLEAN,
             detail VARCHAR,             -- JSON
-            PRIMARY KEY (run_id, case_id, provider, metric)
+            PRIMARY KEY (run_id, case_id, provider, scorer, metric)
         );
         """,
     ),
 ]
+
+# New files stay readable by every DuckDB since 1.0 (the `duckdb` CLI, DBeaver...), not only by this version.
+CONNECT_CONFIG = {"storage_compatibility_version": "v1.0.0"}
 
 TABLES = ("runs", "run_providers", "cases", "responses", "scores")
 
 
 def new_run_id() -> str:
     """A sortable, unique run id: UTC time plus a random suffix, e.g. `20261122-173005-3fa9`."""
-    return datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)
+    return datetime.now(UTC).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)
 
 
 class Store:
@@ -122,7 +126,7 @@ class Store:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
             elif not self.path.exists():
                 raise StoreError(f"{self.path}: no such DuckDB file; run a suite first (make shadow SUITE=...)")
-            self.con = duckdb.connect(str(self.path), read_only=read_only)
+            self.con = duckdb.connect(str(self.path), read_only=read_only, config=CONNECT_CONFIG)
         except duckdb.Error as exc:
             raise StoreError(f"{self.path}: cannot open the DuckDB file: {_first_line(exc)}") from None
         if not read_only:
@@ -143,7 +147,7 @@ class Store:
             try:
                 self.con.execute(sql)
                 self.con.execute(
-                    "INSERT INTO schema_migrations VALUES (?, ?, ?)", [version, name, datetime.now(timezone.utc)]
+                    "INSERT INTO schema_migrations VALUES (?, ?, ?)", [version, name, datetime.now(UTC)]
                 )
                 self.con.execute("COMMIT")
             except duckdb.Error:
@@ -162,14 +166,14 @@ class Store:
 
     def start_run(self, run: dict[str, Any]) -> str:
         """Record a new run (provenance columns of `runs`) with status 'running'; returns its id."""
-        row = {"run_id": new_run_id(), "started_at": datetime.now(timezone.utc), "status": "running", **run}
+        row = {"run_id": new_run_id(), "started_at": datetime.now(UTC), "status": "running", **run}
         self.insert("runs", [row])
         return row["run_id"]
 
     def finish_run(self, run_id: str, status: str) -> None:
         """Mark a run completed, interrupted or failed, with its end time."""
         self.con.execute(
-            "UPDATE runs SET status = ?, ended_at = ? WHERE run_id = ?", [status, datetime.now(timezone.utc), run_id]
+            "UPDATE runs SET status = ?, ended_at = ? WHERE run_id = ?", [status, datetime.now(UTC), run_id]
         )
 
     def writer(self, flush_interval: float = 1.0, max_batch: int = 5000) -> BatchWriter:

@@ -6,23 +6,20 @@ called, with a one-line `SuiteError` that names the file and the line or key, an
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import json
-import sys
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import jinja2
 import jinja2.meta
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from harness.errors import SuiteError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 FieldType = Literal["text", "amount", "date", "exact"]
 
@@ -59,8 +56,19 @@ class ScorerSpec(_Strict):
     """One scorer. `fields` maps each gold field to how it is compared (extraction)."""
 
     kind: Literal["fields", "exact"]
+    name: str | None = None  # how its scores are labelled; defaults to the kind
     fields: dict[str, FieldType] = {}
     dayfirst: bool = True
+
+    @model_validator(mode="after")
+    def _fields_named(self) -> ScorerSpec:
+        if self.kind == "fields" and not self.fields:
+            raise ValueError("a 'fields' scorer needs [scorers.fields], e.g. total = \"amount\"")
+        if self.kind == "exact" and self.fields:
+            raise ValueError("an 'exact' scorer compares the whole answer; remove its fields")
+        if self.name is None:
+            self.name = self.kind
+        return self
 
 
 class ProviderSpec(_Strict):
@@ -103,6 +111,18 @@ class SuiteSpec(_Strict):
     scorers: list[ScorerSpec]
     providers: list[ProviderSpec]
     params: ParamsSpec = ParamsSpec()
+
+    @field_validator("scorers")
+    @classmethod
+    def _scorer_names(cls, scorers: list[ScorerSpec]) -> list[ScorerSpec]:
+        if not scorers:
+            raise ValueError("name at least one scorer, e.g. [[scorers]] kind = \"fields\"")
+        seen = set()
+        for scorer in scorers:
+            if scorer.name in seen:
+                raise ValueError(f"two scorers are named '{scorer.name}'; give the second one name = \"...\"")
+            seen.add(scorer.name)
+        return scorers
 
     @field_validator("providers")
     @classmethod
@@ -222,7 +242,12 @@ def _load_schema(path: Path, spec: SuiteSpec) -> dict[str, Any] | None:
 
 
 def _read_rows(path: Path, cases: CasesSpec) -> tuple[list[dict[str, Any]], Any, str]:
-    """Read the case rows through `datasets`. Returns rows, a row-index -> location function, a hash."""
+    """Read the case rows. Returns rows, a row-index -> location function, and a hash of the source.
+
+    JSONL, JSON and CSV are read with the standard library, so that values arrive exactly as written (the
+    JSON loader of `datasets` turns ISO date strings into timestamps and `"6.00"` into 6.0) and every error
+    names the physical line. Parquet files and `hf:` data sets are read through `datasets`.
+    """
     if cases.source.startswith("hf:"):
         name = cases.source[3:]
         dataset = _load_dataset(name, split=cases.split, what=f"{path / 'suite.toml'}: cases.source {cases.source}")
@@ -232,28 +257,31 @@ def _read_rows(path: Path, cases: CasesSpec) -> tuple[list[dict[str, Any]], Any,
     if not file.is_file():
         raise SuiteError(f"{path / 'suite.toml'}: cases.source: {file} does not exist")
     suffix = file.suffix.lower()
-    builders = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
-    if suffix not in builders:
-        raise SuiteError(f"{file}: unsupported cases file type '{suffix}'; use .jsonl, .json, .csv or .parquet")
     content = file.read_bytes()
-    lines: list[int] = []
+    digest = hashlib.sha256(content).hexdigest()
     if suffix == ".jsonl":
-        lines = _check_jsonl(file, content)
-    dataset = _load_dataset(builders[suffix], data_files=str(file), split="train", what=str(file))
+        rows, lines = _read_jsonl(file, content)
+        return rows, (lambda i: f"{file} line {lines[i]}"), digest
+    if suffix == ".json":
+        try:
+            rows = json.loads(content)
+        except json.JSONDecodeError as exc:
+            raise SuiteError(f"{file} line {exc.lineno}: not valid JSON ({exc.msg})") from None
+        if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+            raise SuiteError(f"{file}: a .json cases file must hold a list of objects; use .jsonl for one a line")
+        return rows, (lambda i: f"{file} item {i + 1}"), digest
+    if suffix == ".csv":
+        rows, lines = _read_csv(file, content)
+        return rows, (lambda i: f"{file} line {lines[i]}"), digest
+    if suffix == ".parquet":
+        dataset = _load_dataset("parquet", data_files=str(file), split="train", what=str(file))
+        return dataset.to_list(), (lambda i: f"{file} row {i + 1}"), digest
+    raise SuiteError(f"{file}: unsupported cases file type '{suffix}'; use .jsonl, .json, .csv or .parquet")
 
-    def describe(i: int) -> str:
-        if suffix == ".jsonl":
-            return f"{file} line {lines[i]}"
-        if suffix == ".csv":
-            return f"{file} line {i + 2}"
-        return f"{file} row {i + 1}"
 
-    return dataset.to_list(), describe, hashlib.sha256(content).hexdigest()
-
-
-def _check_jsonl(file: Path, content: bytes) -> list[int]:
-    """Each non-blank line must be one JSON object; returns the 1-based line number of each row."""
-    lines = []
+def _read_jsonl(file: Path, content: bytes) -> tuple[list[dict[str, Any]], list[int]]:
+    """Each non-blank line must be one JSON object; returns the rows and the 1-based line of each."""
+    rows, lines = [], []
     for number, line in enumerate(content.splitlines(), start=1):
         if not line.strip():
             continue
@@ -263,10 +291,39 @@ def _check_jsonl(file: Path, content: bytes) -> list[int]:
             raise SuiteError(f"{file} line {number}: not valid JSON ({exc.msg} at column {exc.colno})") from None
         if not isinstance(value, dict):
             raise SuiteError(f"{file} line {number}: each line must be a JSON object, got {type(value).__name__}")
+        rows.append(value)
         lines.append(number)
-    if not lines:
+    if not rows:
         raise SuiteError(f"{file}: no cases (the file is empty)")
-    return lines
+    return rows, lines
+
+
+def _read_csv(file: Path, content: bytes) -> tuple[list[dict[str, Any]], list[int]]:
+    """CSV with a header row; every value a string, an empty cell a missing value. Quoted cells may span lines."""
+    try:
+        text = content.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise SuiteError(f"{file}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        header = next(reader)
+    except StopIteration:
+        raise SuiteError(f"{file}: no cases (the file is empty)") from None
+    rows, lines = [], []
+    start = reader.line_num + 1
+    try:
+        for record in reader:
+            if any(cell.strip() for cell in record):
+                if len(record) != len(header):
+                    raise SuiteError(f"{file} line {start}: {len(record)} cells where the header has {len(header)}")
+                rows.append({k: (v if v != "" else None) for k, v in zip(header, record, strict=True)})
+                lines.append(start)
+            start = reader.line_num + 1
+    except csv.Error as exc:
+        raise SuiteError(f"{file} line {reader.line_num}: not valid CSV ({exc})") from None
+    if not rows:
+        raise SuiteError(f"{file}: no cases (only a header)")
+    return rows, lines
 
 
 def _load_dataset(*args: Any, what: str, **kwargs: Any) -> Any:
@@ -290,6 +347,7 @@ def _build_cases(
     variables: list[str],
 ) -> list[Case]:
     id_field, gold_field = spec.cases.id_field, spec.cases.gold_field
+    field_names = list(dict.fromkeys(f for scorer in spec.scorers if scorer.kind == "fields" for f in scorer.fields))
     seen: dict[str, str] = {}
     cases = []
     for i, row in enumerate(rows):
@@ -299,6 +357,15 @@ def _build_cases(
             if row.get(name) is None:
                 used = f"; {template_path.name} uses it" if name in variables else ""
                 raise SuiteError(f"{where}: missing field '{name}'{used}")
+        for name in field_names:
+            if not isinstance(row[gold_field], dict):
+                raise SuiteError(
+                    f"{where}: gold '{gold_field}' must be an object with the fields {', '.join(field_names)}"
+                )
+            if name not in row[gold_field]:
+                raise SuiteError(
+                    f"{where}: gold has no field '{name}', which scorers.fields names; add it (null or \"\" for none)"
+                )
         case_id = str(row[id_field])
         if case_id in seen:
             raise SuiteError(f"{where}: duplicate id '{case_id}' (first seen at {seen[case_id]})")

@@ -137,3 +137,46 @@ def test_vllm_without_vllm_installed_is_skipped_with_the_fix(monkeypatch):
 def test_unknown_kind():
     with pytest.raises(ProviderError, match="unknown kind 'gpt'"):
         split_id("gpt:4o")
+
+
+def test_server_specific_params_travel_in_the_body():
+    request = Request(messages=[{"role": "user", "content": "hi"}],
+                      params={"temperature": 0.2, "top_k": 40, "repetition_penalty": 1.1})
+    with OpenAIServer(lambda body: Reply(text="ok")) as server:
+        completion, _ = _complete(server, request)
+    assert completion.error is None
+    body = server.requests[0]
+    assert (body["temperature"], body["top_k"], body["repetition_penalty"]) == (0.2, 40, 1.1)
+
+
+def test_error_messages_never_carry_the_key():
+    message = "Incorrect API key provided: sk-test-secret. Find your key at https://user:pw@example.com/keys"
+    with OpenAIServer(lambda body: Reply(status=401, error_message=message)) as server:
+        completion, _ = _complete(server, _request())
+    assert completion.error_kind == "http_401"
+    assert "sk-test-secret" not in completion.error and "user:pw" not in completion.error
+    assert completion.error.startswith("HTTP 401: Incorrect API key provided: ***")
+
+
+def test_redact_masks_key_shapes():
+    from harness.providers import redact
+
+    assert redact("key sk-proj-***abcd and Bearer abc123 and api_key=xyz") == "key *** and Bearer *** and api_key=***"
+    assert redact("http://bob:hunter2@host:8000/v1") == "http://***@host:8000/v1"
+    assert redact("my token is custom-secret-value", "custom-secret-value") == "my token is ***"
+
+
+def test_given_server_is_asked_which_model_it_serves():
+    from harness.providers import match_served_model, served_models
+
+    with OpenAIServer(model="Qwen/Qwen2.5-0.5B-Instruct") as server:
+        served = served_models(server.base_url)
+        local = plan_provider(ProviderSpec(id="local:smollm2-135m", role="candidate"), env={},
+                              base_url=server.base_url)
+        vllm = plan_provider(ProviderSpec(id="vllm:meta-llama/Llama-3.1-8B", role="candidate"), env={},
+                             base_url=server.base_url)
+    assert served == ["Qwen/Qwen2.5-0.5B-Instruct"]
+    assert match_served_model(local, served).request_model == "Qwen/Qwen2.5-0.5B-Instruct"
+    skipped = match_served_model(vllm, served)
+    assert skipped.status == "skipped"
+    assert "serves Qwen/Qwen2.5-0.5B-Instruct, not 'meta-llama/Llama-3.1-8B'" in skipped.reason

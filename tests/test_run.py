@@ -173,3 +173,56 @@ def test_bad_limit_is_a_usage_error(mini_suite, limit):
     with pytest.raises(SystemExit) as exit_info:
         main(["run", str(mini_suite), "--limit", limit])
     assert exit_info.value.code == 2
+
+
+def test_sigterm_interrupts_cleanly(mini_suite, tmp_path):
+    """SIGTERM (a CI cancel) stops the run like Ctrl-C: rows kept, run marked interrupted, exit 130."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    db = tmp_path / "s.duckdb"
+    with OpenAIServer(lambda body: Reply(text="{}", delay_s=0.4)) as server:
+        env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "harness.cli", "run", str(mini_suite), "--db", str(db), "--reports",
+             str(tmp_path / "r"), "--base-url", server.base_url, "--no-progress"],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        deadline = time.monotonic() + 30
+        while len(server.requests) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    con = duckdb.connect(str(db), read_only=True)
+    status, kept = con.execute("SELECT status, (SELECT count(*) FROM responses) FROM runs").fetchone()
+    assert status == "interrupted"
+    assert f"kept {kept} responses" in err and 1 <= kept < 6
+
+
+def test_two_scorers_on_one_suite(mini_suite, tmp_path, monkeypatch):
+    """Each scorer gives its own case_pass; a case passes when all do."""
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    config = mini_suite / "suite.toml"
+    extra = '[[scorers]]\nkind = "fields"\nname = "total_verbatim"\n[scorers.fields]\ntotal = "exact"\n\n'
+    config.write_text(config.read_text().replace("[params]", extra + "[params]"))
+    with OpenAIServer(make_responder(mini_suite)) as server:
+        code = _run([str(mini_suite), "--db", str(tmp_path / "s.duckdb"), "--reports", str(tmp_path / "r"),
+                     "--base-url", server.base_url])
+    assert code == 0
+    con = duckdb.connect(str(tmp_path / "s.duckdb"), read_only=True)
+    per_scorer = con.execute(
+        "SELECT scorer, count(*) FROM scores WHERE metric = 'case_pass' GROUP BY ALL ORDER BY 1"
+    ).fetchall()
+    assert per_scorer == [("fields", 5), ("total_verbatim", 5)]  # the HTTP 500 case has no scores
+
+
+def test_scorers_need_distinct_names(mini_suite, capsys):
+    config = mini_suite / "suite.toml"
+    config.write_text(config.read_text().replace(
+        "[params]", '[[scorers]]\nkind = "fields"\n[scorers.fields]\ntotal = "exact"\n\n[params]'))
+    assert main(["validate", str(mini_suite)]) == 2
+    assert "scorers: two scorers are named 'fields'; give the second one name" in capsys.readouterr().err

@@ -124,3 +124,40 @@ def test_field_metrics_precision_recall_f1():
     assert row["recall"] == pytest.approx(0.5)
     assert row["f1"] == pytest.approx(0.5)
     assert row["accuracy"] == pytest.approx(0.4)
+
+
+def test_invalid_output_and_failed_calls_are_false_negatives_only():
+    outcomes = ["correct", "invalid_output", "absent"]
+    scores = pd.DataFrame({
+        "provider": "p", "metric": "field.total",
+        "passed": [True, False, True],
+        "detail": [json.dumps({"outcome": o}) for o in outcomes],
+    })
+    row = field_metrics(scores, failed_calls={"p": 2}).iloc[0]
+    # tp=1, fp=0, fn = invalid 1 + failed calls 2; absent counts for accuracy only
+    assert row["precision"] == pytest.approx(1.0)
+    assert row["recall"] == pytest.approx(0.25)
+    assert row["f1"] == pytest.approx(2 / 5)
+    assert row["n"] == 5 and row["accuracy"] == pytest.approx(2 / 5)
+
+
+def test_both_empty_is_absent_and_passes():
+    scores = _scores(json.dumps({"company": "X", "date": "", "address": "A", "total": "1"}),
+                     gold={"company": "X", "date": None, "address": "A", "total": "1"})
+    assert scores["field.date"].detail["outcome"] == "absent"
+    assert scores["case_pass"].passed is True
+
+
+@pytest.mark.parametrize("text", ["March 2018", "2019", "No 5 Jalan 3", "TOTAL 5"])
+def test_partial_dates_never_borrow_from_today(text):
+    assert parse_date(text) is None
+
+
+def test_amount_reads_the_first_number_only():
+    assert parse_amount("9.00 10") == Decimal("9.00")
+    assert parse_amount("1 234,50") == Decimal("1234.50")
+
+
+def test_exact_scorer_unwraps_a_json_string():
+    case = Case(id="c1", input={}, gold="positive", line=1)
+    assert ExactScorer()(case, _completion('"positive"'))[0].passed is True

@@ -36,8 +36,8 @@ def test_batch_writer_appends_rows_with_nulls(tmp_path: Path):
         writer = store.writer(flush_interval=0.05)
         for i in range(2500):
             writer.put("responses", _response(run_id, i))
-        writer.put("scores", {"run_id": run_id, "case_id": "c1", "provider": "p", "metric": "m", "value": 1.0,
-                              "passed": True, "detail": {"outcome": "correct"}})
+        writer.put("scores", {"run_id": run_id, "case_id": "c1", "provider": "p", "scorer": "s", "metric": "m",
+                              "value": 1.0, "passed": True, "detail": {"outcome": "correct"}})
         writer.close()
         assert writer.rows_written == 2501
         df = store.table("responses", run_id)
@@ -115,3 +115,21 @@ def test_kill_9_keeps_every_flushed_row(tmp_path: Path):
     assert flushed_before >= 300
     assert count >= flushed_before
     assert status == "running"  # never finished: the run says so
+
+
+def test_the_duckdb_command_opens_the_file(tmp_path: Path):
+    """Files are written in a storage format that the `duckdb` CLI installed beside the harness reads."""
+    import shutil
+
+    cli = Path(sys.executable).with_name("duckdb")
+    cli = str(cli) if cli.exists() else shutil.which("duckdb")
+    if cli is None:
+        pytest.skip("the duckdb command (PyPI duckdb-cli) is not installed")
+    db = tmp_path / "s.duckdb"
+    with Store(db) as store:
+        run_id = store.start_run({"suite": "t"})
+        store.insert("responses", [_response(run_id, 1)])
+    out = subprocess.run([cli, str(db), "-csv", "-c", "SELECT run_id, input_tokens FROM responses"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["run_id,input_tokens", f"{run_id},1"]

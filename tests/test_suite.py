@@ -113,13 +113,51 @@ def test_bad_provider_id_and_missing_candidate(mini_suite: Path):
         load_suite(mini_suite)
 
 
-def test_csv_cases_load_through_datasets(mini_suite: Path):
+CSV_SUITE = """
+name = "labels"
+task = "classification"
+[cases]
+source = "cases.csv"
+gold_field = "label"
+[output]
+format = "text"
+[[scorers]]
+kind = "exact"
+[[providers]]
+id = "local:smollm2-135m"
+role = "candidate"
+"""
+
+
+def test_csv_values_stay_strings_and_lines_are_physical(tmp_path: Path):
+    (tmp_path / "suite.toml").write_text(CSV_SUITE)
+    (tmp_path / "prompt.j2").write_text("Ticket: {{ text }}")
+    (tmp_path / "cases.csv").write_text('id,text,label\n007,"card lost\nplease help",3.00\n008,"fine",card_arrival\n')
+    suite = load_suite(tmp_path)
+    assert [(c.id, c.gold, c.line) for c in suite.cases] == [("007", "3.00", 2), ("008", "card_arrival", 4)]
+    assert suite.cases[0].messages[-1]["content"] == "Ticket: card lost\nplease help"
+    (tmp_path / "cases.csv").write_text('id,text,label\na1,"SHOP A\nTOTAL 3.00",x\na2,,y\n')
+    with pytest.raises(SuiteError, match=r"cases.csv line 4: missing field 'text'; prompt.j2 uses it$"):
+        load_suite(tmp_path)
+    (tmp_path / "cases.csv").write_text('id,text,label\na1,hello\n')
+    with pytest.raises(SuiteError, match=r"cases.csv line 2: 2 cells where the header has 3$"):
+        load_suite(tmp_path)
+
+
+def test_jsonl_values_arrive_exactly_as_written(mini_suite: Path):
+    cases = mini_suite / "cases.jsonl"
+    row = json.loads(cases.read_text().splitlines()[0])
+    row["gold"]["date"] = "2019-01-11"
+    row["gold"]["total"] = ["6.00", "6"]
+    _replace_line(cases, 1, json.dumps(row))
+    gold = load_suite(mini_suite).cases[0].gold
+    assert gold["date"] == "2019-01-11" and gold["total"] == ["6.00", "6"]
+
+
+def test_gold_must_carry_every_scored_field(mini_suite: Path):
     config = mini_suite / "suite.toml"
-    config.write_text(config.read_text().replace('source = "cases.jsonl"', 'source = "cases.csv"')
-                      .replace('gold_field = "gold"', 'gold_field = "total"'))
-    (mini_suite / "prompt.j2").write_text("Receipt: {{ text }}")
-    (mini_suite / "cases.csv").write_text('id,text,total\na1,"SHOP A\nTOTAL 3.00",3.00\na2,,4.50\n')
-    with pytest.raises(SuiteError, match=r"cases.csv line 3: missing field 'text'"):
+    config.write_text(config.read_text().replace('total = "amount"', 'totl = "amount"'))
+    with pytest.raises(SuiteError, match=r"cases.jsonl line 1: gold has no field 'totl', which scorers.fields names"):
         load_suite(mini_suite)
 
 
