@@ -125,18 +125,19 @@ class OpenAICompatible:
     async def complete(self, request: Request) -> Completion:
         """Send `request` with streaming on; measure time to first token and total latency.
 
-        A server that rejects the OpenAI `json_schema` response format (HTTP 400/422) is asked again, once,
-        with the schema inside a `json_object` response format, the form llama.cpp's Python server takes;
-        later requests use that form directly.
+        A server that rejects the OpenAI `json_schema` response format (HTTP 400/422 naming response_format)
+        is asked again with the schema inside a `json_object` response format, the form llama.cpp's Python
+        server takes, and if that is rejected too, with no response format; later requests start from the
+        form that worked.
         """
         completion = await self._complete(request)
-        if (
+        while (
             completion.error_kind in ("http_400", "http_422")
-            and request.response_schema is not None
-            and self.schema_style == "json_schema"
+            and (request.response_schema is not None or request.json_output)
+            and self.schema_style in _FALLBACK
             and "response_format" in (completion.error or "")
         ):
-            self.schema_style = "json_object_schema"
+            self.schema_style = _FALLBACK[self.schema_style]
             completion = await self._complete(request)
         return completion
 
@@ -215,6 +216,9 @@ class OpenAICompatible:
     async def aclose(self) -> None:
         """Close the HTTP connection pool."""
         await self._client.close()
+
+
+_FALLBACK = {"json_schema": "json_object_schema", "json_object_schema": "none"}
 
 
 @functools.cache

@@ -180,3 +180,16 @@ def test_given_server_is_asked_which_model_it_serves():
     skipped = match_served_model(vllm, served)
     assert skipped.status == "skipped"
     assert "serves Qwen/Qwen2.5-0.5B-Instruct, not 'meta-llama/Llama-3.1-8B'" in skipped.reason
+
+
+def test_server_without_any_response_format_is_asked_without_one():
+    def responder(body):
+        if "response_format" in body:
+            return Reply(status=400, error_message="unsupported parameter: response_format")
+        return Reply(text='{"total": "2"}')
+
+    with OpenAIServer(responder) as server:
+        completion, provider = _complete(server, _request())
+    assert completion.error is None and completion.text == '{"total": "2"}'
+    assert provider.schema_style == "none"
+    assert [r.get("response_format", {}).get("type") for r in server.requests] == ["json_schema", "json_object", None]

@@ -1,0 +1,51 @@
+"""The report from stored rows, including incomplete runs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from harness.report import render_report, report_data
+from harness.store import Store
+
+
+def _interrupted_run(store: Store) -> str:
+    run_id = store.start_run({"suite": "invoices", "n_cases": 2})
+    store.insert("run_providers", [
+        {"run_id": run_id, "provider": "openai:gpt-4o-mini", "role": "incumbent", "status": "ready"},
+        {"run_id": run_id, "provider": "local:m", "role": "candidate", "status": "ready"},
+    ])
+    gold = {"total": "5.00"}
+    store.insert("cases", [
+        {"run_id": run_id, "case_id": f"c{i}", "position": i, "source_line": i + 1, "input": {"text": "t"},
+         "gold": gold, "messages": [{"role": "user", "content": f"receipt {i} <b>bold</b>"}]}
+        for i in range(2)
+    ])
+    # only the candidate answered, and only the first case, before the run was stopped
+    store.insert("responses", [{"run_id": run_id, "case_id": "c0", "provider": "local:m", "text": '{"total": "6"}',
+                                "latency_ms": 10.0, "cached": False}])
+    store.insert("scores", [
+        {"run_id": run_id, "case_id": "c0", "provider": "local:m", "scorer": "fields", "metric": metric,
+         "value": 0.0, "passed": False, "detail": detail}
+        for metric, detail in [("field.total", {"gold": "5.00", "pred": "6", "outcome": "wrong"}),
+                               ("case_pass", {}), ("valid_json", {})]
+    ])
+    store.finish_run(run_id, "interrupted")
+    return run_id
+
+
+def test_report_of_an_interrupted_run_with_missing_answers(tmp_path: Path):
+    with Store(tmp_path / "s.duckdb") as store:
+        run_id = _interrupted_run(store)
+        data = report_data(store, run_id)
+        path = render_report(store, run_id, tmp_path / "reports")
+    assert [c["case_id"] for c in data["failed"]] == ["c0", "c1"]
+    assert data["failed"][1]["outcomes"] == {"openai:gpt-4o-mini": None, "local:m": None}
+    summary = {row["provider"]: row for row in data["summary"]}
+    assert summary["openai:gpt-4o-mini"]["answered"] == 0
+    assert summary["local:m"]["passed"] == 0 and summary["local:m"]["pass_rate"] == 0.0
+    html = path.read_text()
+    assert "Status <b>interrupted</b>" in html
+    assert "(no answer recorded)" in html
+    assert "receipt 0 &lt;b&gt;bold&lt;/b&gt;" in html
+    assert json.dumps(data["failed"][0]["gold"]) == '{"total": "5.00"}'
