@@ -29,6 +29,7 @@ def _environment() -> jinja2.Environment:
     env.filters["pct"] = _fmt_pct
     env.filters["num"] = _fmt_num
     env.filters["pretty"] = _pretty
+    env.filters["when"] = _fmt_when
     return env
 
 
@@ -161,6 +162,12 @@ def _fmt_pct(value: Any) -> str:
 
 def _fmt_num(value: Any) -> str:
     return "–" if _missing(value) else f"{int(value):,}"
+
+
+def _fmt_when(value: Any) -> str:
+    if _missing(value) or value is pd.NaT:
+        return "–"
+    return pd.Timestamp(value).tz_convert("UTC").strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def _pretty(value: Any) -> str:
