@@ -114,7 +114,7 @@ def test_ctrl_c_stops_the_server_and_keeps_the_results(tmp_path: Path):
     db = tmp_path / "shadow.duckdb"
     proc = _harness("run", "suites/invoices", "--limit", "40", "--db", str(db), "--reports", str(tmp_path / "r"))
     server = _wait_for_server(proc, tmp_path)
-    time.sleep(8)  # a response or two
+    time.sleep(15)  # a few responses: 4-9 s each on 2 cores
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
