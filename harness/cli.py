@@ -130,6 +130,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         if run_id:
             kept = store.query("SELECT count(*) AS n FROM responses WHERE run_id = ?", [run_id])["n"][0]
             print(f"\ninterrupted: run {run_id} kept {kept} responses in {args.db}", file=sys.stderr)
+            path = render_report(store, run_id, args.reports)
+            print(f"Report of what was kept: {path}", file=sys.stderr)
         store.close()
         return 130
     if bar:

@@ -201,6 +201,10 @@ def test_sigterm_interrupts_cleanly(mini_suite, tmp_path):
     status, kept = con.execute("SELECT status, (SELECT count(*) FROM responses) FROM runs").fetchone()
     assert status == "interrupted"
     assert f"kept {kept} responses" in err and 1 <= kept < 6
+    run_id = con.execute("SELECT run_id FROM runs").fetchone()[0]
+    report = tmp_path / "r" / "invoices" / run_id / "index.html"
+    assert f"Report of what was kept: {report}" in err
+    assert "Status <b>interrupted</b>" in report.read_text()
 
 
 def test_two_scorers_on_one_suite(mini_suite, tmp_path, monkeypatch):
