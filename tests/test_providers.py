@@ -193,3 +193,11 @@ def test_server_without_any_response_format_is_asked_without_one():
     assert completion.error is None and completion.text == '{"total": "2"}'
     assert provider.schema_style == "none"
     assert [r.get("response_format", {}).get("type") for r in server.requests] == ["json_schema", "json_object", None]
+
+
+def test_timeout_is_recorded():
+    with OpenAIServer(lambda body: Reply(text="late", delay_s=1.5)) as server:
+        completion, _ = _complete(server, _request(), timeout=0.3)
+    assert completion.error_kind == "timeout"
+    assert completion.error == "request timed out"
+    assert completion.latency_ms < 1400
