@@ -17,7 +17,7 @@ from typing import Any
 import pandas as pd
 
 from harness.errors import HarnessError, ProviderError
-from harness.providers import plan_provider
+from harness.providers import plan_provider, resolve_served_models
 from harness.report import render_report
 from harness.scorers import summarize
 from harness.server import ManagedServer
@@ -80,14 +80,14 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _limit(value: str) -> int | None:
-    if value.lower() in ("all", "0", ""):
+    if value.lower() == "all":
         return None
     try:
         number = int(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"--limit must be a whole number or 'all', not {value!r}") from None
-    if number < 0:
-        raise argparse.ArgumentTypeError("--limit must not be negative")
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"--limit must be 1 or more, or 'all', not {number}")
     return number
 
 
@@ -102,6 +102,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.incumbent:
         specs = [s for s in specs if s.role != "incumbent"] + [_spec(args.incumbent, "incumbent", suite.spec.providers)]
     plans = [plan_provider(spec, base_url=args.base_url) for spec in specs]
+    resolve_served_models(plans)
     if not any(plan.status == "ready" for plan in plans):
         reasons = "; ".join(f"{p.name}: {p.reason}" for p in plans)
         raise ProviderError(f"no provider can run ({reasons})")

@@ -98,8 +98,10 @@ class OpenAICompatible:
             base_url=base_url, api_key=api_key or "not-needed", timeout=timeout, max_retries=max_retries
         )
 
-    def request_body(self, request: Request) -> dict[str, Any]:
-        """The JSON body for `request` (without `model`, `messages` and `stream`)."""
+    def request_body(self, request: Request, schema_style: str | None = None) -> dict[str, Any]:
+        """The JSON body for `request` (without `model`, `messages` and `stream`), asking for structured
+        output in `schema_style` (default: the style this server was last seen to accept)."""
+        style = schema_style or self.schema_style
         body: dict[str, Any] = {}
         extra: dict[str, Any] = {}
         for key, value in request.params.items():
@@ -110,38 +112,42 @@ class OpenAICompatible:
             body["extra_body"] = extra
         if self.usage_in_stream:
             body["stream_options"] = {"include_usage": True}
-        if request.response_schema is not None and self.schema_style == "json_schema":
+        if request.response_schema is not None and style == "json_schema":
             body["response_format"] = {
                 "type": "json_schema",
                 "json_schema": {"name": "output", "schema": request.response_schema},
             }
-        elif request.response_schema is not None and self.schema_style == "json_object_schema":
+        elif request.response_schema is not None and style == "json_object_schema":
             # llama-cpp-python's server takes the schema inside a json_object response format.
             body["response_format"] = {"type": "json_object", "schema": request.response_schema}
-        elif request.json_output and self.schema_style != "none":
+        elif request.json_output and style != "none":
             body["response_format"] = {"type": "json_object"}
         return body
 
     async def complete(self, request: Request) -> Completion:
         """Send `request` with streaming on; measure time to first token and total latency.
 
-        A server that rejects the OpenAI `json_schema` response format (HTTP 400/422 naming response_format)
-        is asked again with the schema inside a `json_object` response format, the form llama.cpp's Python
-        server takes, and if that is rejected too, with no response format; later requests start from the
-        form that worked.
+        A server that rejects the OpenAI `json_schema` response format (an HTTP error naming response_format;
+        llama.cpp's Python server answers 500) is asked again with the schema inside a `json_object` response
+        format, the form that server takes, and if that is rejected too, with no response format. Later
+        requests start from the form that worked.
         """
-        completion = await self._complete(request)
+        style = self.schema_style
+        completion = await self._complete(request, style)
         while (
-            completion.error_kind in ("http_400", "http_422")
+            completion.error_kind in ("http_400", "http_422", "http_500")
             and (request.response_schema is not None or request.json_output)
-            and self.schema_style in _FALLBACK
+            and style in _FALLBACK
             and "response_format" in (completion.error or "")
         ):
-            self.schema_style = _FALLBACK[self.schema_style]
-            completion = await self._complete(request)
+            style = _FALLBACK[style]
+            # concurrent requests all fail on the same form: move the shared choice on once, not once each
+            if _STYLES.index(style) > _STYLES.index(self.schema_style):
+                self.schema_style = style
+            completion = await self._complete(request, style)
         return completion
 
-    async def _complete(self, request: Request) -> Completion:
+    async def _complete(self, request: Request, style: str) -> Completion:
         started_at = datetime.now(UTC)
         start = time.perf_counter()
         ttft: float | None = None
@@ -150,7 +156,7 @@ class OpenAICompatible:
         finish: str | None = None
         model: str | None = None
         chunks = 0
-        body = self.request_body(request)
+        body = self.request_body(request, style)
         try:
             async with self._client.chat.completions.with_streaming_response.create(
                 model=self.model, messages=request.messages, stream=True, **body
@@ -218,6 +224,7 @@ class OpenAICompatible:
         await self._client.close()
 
 
+_STYLES = ["json_schema", "json_object_schema", "none"]
 _FALLBACK = {"json_schema": "json_object_schema", "json_object_schema": "none"}
 
 
@@ -309,6 +316,7 @@ class ProviderPlan:
     schema_style: str = "json_schema"
     usage_in_stream: bool = True
     served_model: str | None = None  # the name sent as `model`, when the server's differs from `model`
+    checked: bool = False  # whether a given server was asked which models it serves
 
     @property
     def name(self) -> str:
@@ -413,6 +421,15 @@ def match_served_model(plan: ProviderPlan, served: list[str] | None) -> Provider
     offered = ", ".join(served[:5])
     return _skip(plan, f"the server at {redact(plan.base_url or '')} serves {offered}, not '{plan.model}'; "
                        f"name the candidate {plan.kind}:<one of those>")
+
+
+def resolve_served_models(plans: list[ProviderPlan]) -> None:
+    """Ask each given self-hosted server (`local:`/`vllm:` with a base URL) what it serves and fit its plan
+    to that (see `match_served_model`). Done once: a plan already fitted is left alone."""
+    for plan in plans:
+        if plan.status == "ready" and plan.server is None and plan.kind in ("local", "vllm") and not plan.checked:
+            match_served_model(plan, served_models(plan.base_url or "", plan.api_key))
+            plan.checked = True
 
 
 def _skip(plan: ProviderPlan, reason: str) -> ProviderPlan:

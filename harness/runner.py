@@ -26,9 +26,8 @@ from harness.providers import (
     ProviderPlan,
     Request,
     build_provider,
-    match_served_model,
     redact,
-    served_models,
+    resolve_served_models,
 )
 from harness.scorers import Scorer, build_scorers, score_completion
 from harness.server import ManagedServer
@@ -113,9 +112,7 @@ async def shadow_run(
     recorded). `progress(n)` is called as responses arrive; `on_started(run_id)` once the run is recorded.
     """
     cases = suite.cases[:limit] if limit else suite.cases
-    for plan in plans:
-        if plan.status == "ready" and plan.server is None and plan.kind in ("local", "vllm"):
-            match_served_model(plan, await asyncio.to_thread(served_models, plan.base_url, plan.api_key))
+    await asyncio.to_thread(resolve_served_models, plans)
     ready = [plan for plan in plans if plan.status == "ready"]
     if not ready:
         raise ProviderError("no provider can run (" + "; ".join(f"{p.name}: {p.reason}" for p in plans) + ")")
@@ -129,15 +126,16 @@ async def shadow_run(
             stack.push_async_callback(provider.aclose)
 
         run_id = store.start_run(provenance(suite, limit, len(cases)))
-        store.insert("run_providers", [_provider_row(run_id, suite, plan) for plan in plans])
-        store.insert("cases", [_case_row(run_id, i, case) for i, case in enumerate(cases)])
         if on_started:
             on_started(run_id)
         result = RunResult(run_id=run_id, status="running", n_cases=len(cases), plans=plans)
-        writer = store.writer()
-        scorers = build_scorers(suite.spec.scorers)
+        writer = None
         status = "failed"
         try:
+            store.insert("run_providers", [_provider_row(run_id, suite, plan) for plan in plans])
+            store.insert("cases", [_case_row(run_id, i, case) for i, case in enumerate(cases)])
+            writer = store.writer()
+            scorers = build_scorers(suite.spec.scorers)
             # a TaskGroup: if one provider's workers fail (e.g. the store), the others are cancelled too
             async with asyncio.TaskGroup() as group:
                 for plan, provider in zip(ready, providers, strict=True):
@@ -148,7 +146,8 @@ async def shadow_run(
             raise
         finally:
             try:
-                writer.close()
+                if writer is not None:
+                    writer.close()
             finally:
                 store.finish_run(run_id, status)
                 result.status = status

@@ -129,6 +129,8 @@ def parse_json_output(text: str) -> tuple[Any, str | None]:
         return json.loads(stripped), None
     except json.JSONDecodeError as exc:
         return None, f"not JSON ({exc.msg} at character {exc.pos})"
+    except (ValueError, RecursionError) as exc:  # a 5,000-digit number, brackets nested thousands deep
+        return None, f"not usable JSON ({type(exc).__name__})"
 
 
 def _is_empty(value: Any) -> bool:
@@ -208,7 +210,14 @@ def score_completion(scorers: list[Scorer], case: Case, completion: Completion) 
     """Every scorer's scores for one response, as (scorer name, score). A failed call gets no scores."""
     if completion.error is not None:
         return []
-    return [(scorer.name, score) for scorer in scorers for score in scorer(case, completion)]
+    out = []
+    for scorer in scorers:
+        try:
+            out.extend((scorer.name, score) for score in scorer(case, completion))
+        except Exception as exc:  # a scorer bug or odd output fails this case, never the run
+            detail = {"scorer_error": f"{type(exc).__name__}: {exc}"[:300]}
+            out.append((scorer.name, Score("case_pass", 0.0, False, detail)))
+    return out
 
 
 def summarize(responses: pd.DataFrame, scores: pd.DataFrame, n_cases: int) -> pd.DataFrame:

@@ -8,6 +8,7 @@ JSON-valued columns hold JSON text (query them with DuckDB's `->>` operators).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import queue
 import secrets
@@ -127,6 +128,7 @@ class Store:
             elif not self.path.exists():
                 raise StoreError(f"{self.path}: no such DuckDB file; run a suite first (make shadow SUITE=...)")
             self.con = duckdb.connect(str(self.path), read_only=read_only, config=CONNECT_CONFIG)
+            self.con.execute("SET TimeZone = 'UTC'")
         except duckdb.Error as exc:
             raise StoreError(f"{self.path}: cannot open the DuckDB file: {_first_line(exc)}") from None
         if not read_only:
@@ -262,11 +264,15 @@ class BatchWriter(threading.Thread):
 
     def _flush(self, pending: dict[str, list[dict[str, Any]]]) -> None:
         try:
-            # responses before scores, so that a score never exists without its response
+            # one transaction a batch: a killed run never keeps a response without its scores
+            self._con.execute("BEGIN TRANSACTION")
             for table in sorted(pending, key=lambda t: TABLES.index(t)):
                 _insert(self._con, table, pending[table])
-                self.rows_written += len(pending[table])
+            self._con.execute("COMMIT")
+            self.rows_written += sum(len(rows) for rows in pending.values())
         except BaseException as exc:  # surfaced to the caller at put() or close()
+            with contextlib.suppress(duckdb.Error):
+                self._con.execute("ROLLBACK")
             self.error = exc
 
     def close(self) -> None:
@@ -282,7 +288,7 @@ def _insert(con: duckdb.DuckDBPyConnection, table: str, rows: list[dict[str, Any
     if not rows:
         return
     # Arrow, not pandas: pandas would turn a missing integer into NaN, which DuckDB will not cast.
-    batch = pa.Table.from_pylist([{k: _cell(v) for k, v in row.items()} for row in rows])
+    batch = pa.Table.from_pylist([{k: _cell(k, v) for k, v in row.items()} for row in rows])
     con.register("_batch", batch)
     try:
         con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM _batch")
@@ -290,8 +296,12 @@ def _insert(con: duckdb.DuckDBPyConnection, table: str, rows: list[dict[str, Any
         con.unregister("_batch")
 
 
-def _cell(value: Any) -> Any:
-    if isinstance(value, (dict, list)):
+JSON_COLUMNS = frozenset({"params", "package_versions", "input", "gold", "messages", "detail"})
+
+
+def _cell(column: str, value: Any) -> Any:
+    # JSON columns always hold JSON text: a gold label "spam" is stored as "\"spam\"", so it reads back as itself
+    if column in JSON_COLUMNS and value is not None:
         return json.dumps(value, ensure_ascii=False, default=str)
     return value
 

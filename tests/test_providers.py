@@ -201,3 +201,26 @@ def test_timeout_is_recorded():
     assert completion.error_kind == "timeout"
     assert completion.error == "request timed out"
     assert completion.latency_ms < 1400
+
+
+def test_concurrent_rejections_move_to_the_next_form_once():
+    """llama.cpp's Python server answers a json_schema response format with HTTP 500; eight requests in
+    flight all fall back to its json_object form, and none is sent without a response format."""
+    def responder(body):
+        if body.get("response_format", {}).get("type") == "json_schema":
+            return Reply(status=500, error_message="response_format.type: Input should be 'text' or 'json_object'",
+                         delay_s=0.1)
+        return Reply(text='{"total": "1"}')
+
+    async def go(server):
+        provider = OpenAICompatible("local:test", "m", server.base_url, max_retries=0)
+        try:
+            return await asyncio.gather(*(provider.complete(_request()) for _ in range(8))), provider
+        finally:
+            await provider.aclose()
+
+    with OpenAIServer(responder) as server:
+        completions, provider = asyncio.run(go(server))
+    assert all(c.error is None for c in completions)
+    assert provider.schema_style == "json_object_schema"
+    assert all("response_format" in body for body in server.requests)

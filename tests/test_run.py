@@ -168,7 +168,7 @@ def test_no_runnable_provider_exits_2(mini_suite, tmp_path, capsys, monkeypatch)
     assert not (tmp_path / "s.duckdb").exists()
 
 
-@pytest.mark.parametrize("limit", ["-1", "ten"])
+@pytest.mark.parametrize("limit", ["-1", "0", "ten"])
 def test_bad_limit_is_a_usage_error(mini_suite, limit):
     with pytest.raises(SystemExit) as exit_info:
         main(["run", str(mini_suite), "--limit", limit])
@@ -230,3 +230,35 @@ def test_scorers_need_distinct_names(mini_suite, capsys):
         "[params]", '[[scorers]]\nkind = "fields"\n[scorers.fields]\ntotal = "exact"\n\n[params]'))
     assert main(["validate", str(mini_suite)]) == 2
     assert "scorers: two scorers are named 'fields'; give the second one name" in capsys.readouterr().err
+
+
+def test_classification_suite_with_text_labels(tmp_path, capsys, monkeypatch):
+    """Gold labels are plain strings (and one number): stored as JSON, read back as themselves."""
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    suite = tmp_path / "tickets"
+    suite.mkdir()
+    (suite / "suite.toml").write_text(
+        'name = "tickets"\ntask = "classification"\n[output]\nformat = "text"\n'
+        '[[scorers]]\nkind = "exact"\n[[providers]]\nid = "local:m"\nrole = "candidate"\n'
+    )
+    (suite / "prompt.j2").write_text("Label this: {{ text }}")
+    rows = [("t1", "my card has not arrived", "card_arrival"), ("t2", "what is 2+3", 5),
+            ("t3", "<script>x</script>", "spam")]
+    (suite / "cases.jsonl").write_text("".join(
+        json.dumps({"id": i, "text": t, "gold": g}) + "\n" for i, t, g in rows))
+    answers = {"my card has not arrived": "card_arrival", "what is 2+3": "5", "<script>x</script>": "ham"}
+
+    def responder(body):
+        return Reply(text=answers[body["messages"][-1]["content"].removeprefix("Label this: ")])
+
+    db = tmp_path / "s.duckdb"
+    with OpenAIServer(responder) as server:
+        code = _run([str(suite), "--db", str(db), "--reports", str(tmp_path / "r"), "--base-url", server.base_url])
+    assert code == 0, capsys.readouterr().err
+    con = duckdb.connect(str(db), read_only=True)
+    gold = dict(con.execute("SELECT case_id, gold FROM cases").fetchall())
+    passed = dict(con.execute("SELECT case_id, passed FROM scores WHERE metric = 'case_pass'").fetchall())
+    assert gold == {"t1": '"card_arrival"', "t2": "5", "t3": '"spam"'}
+    assert passed == {"t1": True, "t2": True, "t3": False}
+    html = next((tmp_path / "r").rglob("index.html")).read_text()
+    assert 'id="case-t3"' in html and "&lt;script&gt;x&lt;/script&gt;" in html

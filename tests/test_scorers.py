@@ -161,3 +161,23 @@ def test_amount_reads_the_first_number_only():
 def test_exact_scorer_unwraps_a_json_string():
     case = Case(id="c1", input={}, gold="positive", line=1)
     assert ExactScorer()(case, _completion('"positive"'))[0].passed is True
+
+
+@pytest.mark.parametrize("text", ['{"total": ' + "9" * 5000 + "}", "[" * 5000])
+def test_pathological_json_is_invalid_output_not_a_crash(text):
+    scores = _scores(text)
+    assert scores["valid_json"].passed is False
+    assert scores["case_pass"].passed is False
+
+
+def test_a_failing_scorer_fails_the_case_not_the_run():
+    class Broken:
+        name = "broken"
+
+        def __call__(self, case, completion):
+            raise KeyError("boom")
+
+    case = Case(id="c1", input={}, gold=GOLD, line=1)
+    [(name, score)] = score_completion([Broken()], case, _completion("{}"))
+    assert name == "broken" and score.metric == "case_pass" and score.passed is False
+    assert score.detail == {"scorer_error": "KeyError: 'boom'"}

@@ -133,3 +133,8 @@ def test_the_duckdb_command_opens_the_file(tmp_path: Path):
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines() == ["run_id,input_tokens", f"{run_id},1"]
+
+
+def test_times_read_back_in_utc(tmp_path: Path):
+    with Store(tmp_path / "s.duckdb") as store:
+        assert store.query("SELECT current_setting('TimeZone') AS tz")["tz"][0] == "UTC"
