@@ -248,7 +248,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
             raise HarnessError(f"the server stopped unexpectedly (log: {server.log_path})")
 
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    asyncio.run(serve())
+    try:
+        asyncio.run(_cancel_on_sigterm(serve()))
+    except (KeyboardInterrupt, asyncio.CancelledError):  # Ctrl-C or SIGTERM: the way to stop it
+        print("server stopped", flush=True)
     return 0
 
 

@@ -164,6 +164,7 @@ def test_serve_answers_until_interrupted(tmp_path: Path):
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=10) as response:
         assert json.loads(response.read())["data"][0]["id"] == "smollm2-135m"
     children = _children(proc.pid)
-    proc.send_signal(signal.SIGINT)
-    proc.communicate(timeout=30)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0 and "server stopped" in out
     assert children and not any(_alive(pid) for pid in children)
