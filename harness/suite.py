@@ -190,8 +190,8 @@ def load_suite(path: str | Path) -> Suite:
     except jinja2.TemplateSyntaxError as exc:
         raise SuiteError(f"{template_path} line {exc.lineno}: template syntax error: {exc.message}") from None
 
-    rows, describe, cases_hash = _read_rows(path, spec.cases)
-    cases = _build_cases(rows, describe, spec, template, template_path, sorted(variables))
+    rows, place, numbers, cases_hash = _read_rows(path, spec.cases)
+    cases = _build_cases(rows, place, numbers, spec, template, template_path, sorted(variables))
 
     digest = hashlib.sha256()
     for part in (raw, template_text.encode(), json.dumps(schema, sort_keys=True).encode(), cases_hash.encode()):
@@ -241,8 +241,9 @@ def _load_schema(path: Path, spec: SuiteSpec) -> dict[str, Any] | None:
     return out.json_schema
 
 
-def _read_rows(path: Path, cases: CasesSpec) -> tuple[list[dict[str, Any]], Any, str]:
-    """Read the case rows. Returns rows, a row-index -> location function, and a hash of the source.
+def _read_rows(path: Path, cases: CasesSpec) -> tuple[list[dict[str, Any]], str, list[int], str]:
+    """Read the case rows. Returns the rows, how to name a place in the source (e.g. `cases.jsonl line`),
+    the number of each row's place (its physical line where the format has lines), and a hash of the source.
 
     JSONL, JSON and CSV are read with the standard library, so that values arrive exactly as written (the
     JSON loader of `datasets` turns ISO date strings into timestamps and `"6.00"` into 6.0) and every error
@@ -251,7 +252,8 @@ def _read_rows(path: Path, cases: CasesSpec) -> tuple[list[dict[str, Any]], Any,
     if cases.source.startswith("hf:"):
         name = cases.source[3:]
         dataset = _load_dataset(name, split=cases.split, what=f"{path / 'suite.toml'}: cases.source {cases.source}")
-        return dataset.to_list(), (lambda i: f"{cases.source} row {i + 1}"), f"{name}@{dataset._fingerprint}"
+        rows = dataset.to_list()
+        return rows, f"{cases.source} row", list(range(1, len(rows) + 1)), f"{name}@{dataset._fingerprint}"
 
     file = path / cases.source
     if not file.is_file():
@@ -261,7 +263,7 @@ def _read_rows(path: Path, cases: CasesSpec) -> tuple[list[dict[str, Any]], Any,
     digest = hashlib.sha256(content).hexdigest()
     if suffix == ".jsonl":
         rows, lines = _read_jsonl(file, content)
-        return rows, (lambda i: f"{file} line {lines[i]}"), digest
+        return rows, f"{file} line", lines, digest
     if suffix == ".json":
         try:
             rows = json.loads(content)
@@ -269,13 +271,14 @@ def _read_rows(path: Path, cases: CasesSpec) -> tuple[list[dict[str, Any]], Any,
             raise SuiteError(f"{file} line {exc.lineno}: not valid JSON ({exc.msg})") from None
         if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
             raise SuiteError(f"{file}: a .json cases file must hold a list of objects; use .jsonl for one a line")
-        return rows, (lambda i: f"{file} item {i + 1}"), digest
+        return rows, f"{file} item", list(range(1, len(rows) + 1)), digest
     if suffix == ".csv":
         rows, lines = _read_csv(file, content)
-        return rows, (lambda i: f"{file} line {lines[i]}"), digest
+        return rows, f"{file} line", lines, digest
     if suffix == ".parquet":
         dataset = _load_dataset("parquet", data_files=str(file), split="train", what=str(file))
-        return dataset.to_list(), (lambda i: f"{file} row {i + 1}"), digest
+        rows = dataset.to_list()
+        return rows, f"{file} row", list(range(1, len(rows) + 1)), digest
     raise SuiteError(f"{file}: unsupported cases file type '{suffix}'; use .jsonl, .json, .csv or .parquet")
 
 
@@ -340,7 +343,8 @@ def _load_dataset(*args: Any, what: str, **kwargs: Any) -> Any:
 
 def _build_cases(
     rows: list[dict[str, Any]],
-    describe: Any,
+    place: str,
+    numbers: list[int],
     spec: SuiteSpec,
     template: jinja2.Template,
     template_path: Path,
@@ -350,10 +354,10 @@ def _build_cases(
     field_names = list(dict.fromkeys(f for scorer in spec.scorers if scorer.kind == "fields" for f in scorer.fields))
     seen: dict[str, str] = {}
     cases = []
-    for i, row in enumerate(rows):
-        where = describe(i)
+    for row, number in zip(rows, numbers, strict=True):
+        where = f"{place} {number}"
         for name in (id_field, gold_field, *variables):
-            # datasets fills a field that a row lacks with null, so null and absent are one thing here.
+            # null, an empty CSV cell and a field that is not there are one thing here
             if row.get(name) is None:
                 used = f"; {template_path.name} uses it" if name in variables else ""
                 raise SuiteError(f"{where}: missing field '{name}'{used}")
@@ -381,6 +385,5 @@ def _build_cases(
         if spec.prompt.system:
             messages.append({"role": "system", "content": spec.prompt.system})
         messages.append({"role": "user", "content": user})
-        line = int(where.rsplit(" ", 1)[-1])
-        cases.append(Case(id=case_id, input=inputs, gold=row[gold_field], line=line, messages=messages))
+        cases.append(Case(id=case_id, input=inputs, gold=row[gold_field], line=number, messages=messages))
     return cases
