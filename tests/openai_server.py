@@ -27,7 +27,10 @@ class Reply:
     usage: bool = True
     headers: dict[str, str] = field(default_factory=dict)
     error_message: str = "boom"
-    break_stream: bool = False
+    break_stream: bool = False  # a malformed JSON event half-way, then the stream stops
+    truncate: bool = False  # half the text, then the connection closes with no final events
+    error_event: bool = False  # an error event in the stream half-way (as APIs send on overload)
+    stall_s: float = 0.0  # a pause after the first piece of text
 
 
 class OpenAIServer:
