@@ -8,17 +8,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from harness.cache import MODES, explain
 from harness.errors import HarnessError, ProviderError
+from harness.pricing import load_pricing
 from harness.providers import plan_provider, resolve_served_models
 from harness.report import render_report
+from harness.runner import resumable_cases, shadow_run
 from harness.scorers import summarize
 from harness.server import ManagedServer
 from harness.store import Store
@@ -46,7 +51,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="run a suite on its candidate(s) and incumbent, store and report")
-    run.add_argument("suite", help="suite folder, e.g. suites/invoices")
+    run.add_argument("suite", nargs="?", help="suite folder, e.g. suites/invoices (optional with --resume)")
     run.add_argument("--limit", type=_limit, default=None, help="run only the first N cases ('all' for every case)")
     run.add_argument("--db", default=DEFAULT_DB, help=f"DuckDB file (default {DEFAULT_DB})")
     run.add_argument("--reports", default="reports", help="folder for HTML reports (default reports)")
@@ -56,7 +61,28 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--candidate", action="append", metavar="KIND:MODEL", help="replace the suite's candidates")
     run.add_argument("--incumbent", metavar="KIND:MODEL", help="replace the suite's incumbent")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument(
+        "--cache", choices=MODES, default="replay",
+        help="replay: reuse stored answers to identical requests, call for the rest (default); "
+             "fresh: call for every case; off: no cache keys at all",
+    )
+    run.add_argument(
+        "--resume", metavar="RUN_ID",
+        help="fill in a stopped run: call only for its missing case x provider pairs ('last': the latest one)",
+    )
+    run.add_argument("--pricing", action="append", metavar="FILE", help="TOML file of prices overriding the built-in "
+                     "table (repeatable; see README)")
     run.set_defaults(func=cmd_run)
+
+    cache = sub.add_parser("cache", help="the response cache")
+    cache_sub = cache.add_subparsers(required=True, metavar="ACTION")
+    explain = cache_sub.add_parser("explain", help="say why each answer of a run did or did not come from the cache")
+    explain.add_argument("run_id", nargs="?", help="run id (default: the latest run)")
+    explain.add_argument("--case", help="only this case id")
+    explain.add_argument("--provider", help="only this provider (kind:model)")
+    explain.add_argument("--all", action="store_true", help="list every answer, not only misses and a count of hits")
+    explain.add_argument("--db", default=DEFAULT_DB)
+    explain.set_defaults(func=cmd_cache_explain)
 
     validate = sub.add_parser("validate", help="check a suite (config, cases, template) without running it")
     validate.add_argument("suite")
@@ -92,8 +118,101 @@ def _limit(value: str) -> int | None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    """`harness run SUITE`: the whole shadow run, then a summary and the report's path."""
-    suite = load_suite(args.suite)
+    """`harness run SUITE`: the whole shadow run (or the rest of a stopped one), then a summary and the report."""
+    if args.resume and (args.candidate or args.incumbent or args.limit):
+        raise HarnessError("--resume finishes a run as it was started: leave out --candidate, --incumbent and --limit")
+    if not args.resume and not args.suite:
+        raise HarnessError("name a suite folder (e.g. suites/invoices), or --resume RUN_ID")
+    opened: list[Store] = []
+
+    def store() -> Store:  # opened once there is something to store: bad input leaves no file behind
+        if not opened:
+            opened.append(Store(args.db))
+        return opened[0]
+
+    try:
+        return _run(args, store)
+    finally:
+        for each in opened:
+            each.close()
+
+
+def _run(args: argparse.Namespace, open_store: Callable[[], Store]) -> int:
+    cache_mode = args.cache
+    if args.resume:
+        store = open_store()
+        run_id = _resume_target(store, args.resume, args.suite)
+        run = store.run(run_id)
+        suite = load_suite(args.suite or run["suite_path"])
+        specs = _stored_specs(store, run_id) or list(suite.spec.providers)
+        cache_mode = run.get("cache_mode") or cache_mode
+    else:
+        suite = load_suite(args.suite)
+        specs = _specs(args, suite)
+        run_id = None
+    pricing = load_pricing(args.pricing or ())
+    plans = [plan_provider(spec, base_url=args.base_url, suite_dir=suite.path) for spec in specs]
+    resolve_served_models(plans)
+    if not any(plan.status == "ready" for plan in plans):
+        reasons = "; ".join(f"{p.name}: {p.reason}" for p in plans)
+        raise ProviderError(f"no provider can run ({reasons})")
+    store = open_store()
+    if run_id is None:
+        run_id = _offer_resume(store, suite, args)
+        if run_id is not None:
+            return _run(argparse.Namespace(**{**vars(args), "resume": run_id}), open_store)
+
+    ready = [p for p in plans if p.status == "ready"]
+    n = len(resumable_cases(store, run_id, suite)) if run_id else min(args.limit or len(suite.cases), len(suite.cases))
+    verb = f"resuming run {run_id}" if run_id else f"{n} of {len(suite.cases)} cases"
+    print(f"suite {suite.name}: {verb} × {len(ready)} provider(s), cache {cache_mode}")
+    for plan in plans:
+        state = f"skipped: {plan.reason}" if plan.status == "skipped" else plan.describe_endpoint()
+        print(f"  {plan.spec.role:<9} {plan.name}  ({state})")
+
+    started: dict[str, str] = {}
+    bars: list[Any] = []
+
+    def on_started(new_run_id: str, todo: int) -> None:
+        started["run_id"] = new_run_id
+        bar = _progress_bar(todo, disable=args.no_progress)
+        if bar is not None:
+            bars.append(bar)
+
+    try:
+        result = asyncio.run(_cancel_on_sigterm(shadow_run(
+            suite, plans, store, limit=args.limit, progress=lambda k: bars and bars[0].update(k),
+            server_log_dir=Path(args.db).parent, on_started=on_started, cache_mode=cache_mode,
+            pricing=pricing, resume=run_id,
+        )))
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        for bar in bars:
+            bar.close()
+        run_id = started.get("run_id")
+        if run_id:
+            kept = store.query("SELECT count(*) AS n FROM responses WHERE run_id = ?", [run_id])["n"][0]
+            print(f"\ninterrupted: run {run_id} kept {kept} responses in {args.db}", file=sys.stderr)
+            print(f"resume it with: harness run {suite.path} --resume {run_id} --db {args.db}", file=sys.stderr)
+            path = render_report(store, run_id, args.reports)
+            print(f"Report of what was kept: {path}", file=sys.stderr)
+        return 130
+    for bar in bars:
+        bar.close()
+
+    if result.recovered:
+        print(f"recovered {result.recovered} answers the stopped run had received but not yet stored")
+    for name, stats in result.stats.items():
+        if stats.get("summary"):
+            print(f"  {name}: {stats['summary']}")
+    _print_summary(store, result.run_id, result.n_cases)
+    path = render_report(store, result.run_id, args.reports)
+    print(f"DuckDB:  {args.db}  (run_id = '{result.run_id}')")
+    print(f"Report:  {path}")
+    return 0
+
+
+def _specs(args: argparse.Namespace, suite: Any) -> list[ProviderSpec]:
+    """The suite's providers, with --candidate/--incumbent replacing those of that role."""
     specs = list(suite.spec.providers)
     if args.candidate:
         specs = [s for s in specs if s.role != "candidate"] + [
@@ -101,49 +220,58 @@ def cmd_run(args: argparse.Namespace) -> int:
         ]
     if args.incumbent:
         specs = [s for s in specs if s.role != "incumbent"] + [_spec(args.incumbent, "incumbent", suite.spec.providers)]
-    plans = [plan_provider(spec, base_url=args.base_url) for spec in specs]
-    resolve_served_models(plans)
-    if not any(plan.status == "ready" for plan in plans):
-        reasons = "; ".join(f"{p.name}: {p.reason}" for p in plans)
-        raise ProviderError(f"no provider can run ({reasons})")
+    return specs
 
-    n = min(args.limit or len(suite.cases), len(suite.cases))
-    ready = [p for p in plans if p.status == "ready"]
-    print(f"suite {suite.name}: {n} of {len(suite.cases)} cases × {len(ready)} provider(s)")
-    for plan in plans:
-        state = f"skipped: {plan.reason}" if plan.status == "skipped" else plan.describe_endpoint()
-        print(f"  {plan.spec.role:<9} {plan.name}  ({state})")
 
-    store = Store(args.db)
-    started: dict[str, str] = {}
-    bar = _progress_bar(n * len(ready), disable=args.no_progress)
-    try:
-        from harness.runner import shadow_run
+def _stored_specs(store: Store, run_id: str) -> list[ProviderSpec]:
+    """The provider entries a stored run was started with."""
+    rows = store.query("SELECT spec FROM run_providers WHERE run_id = ? AND spec IS NOT NULL", [run_id])["spec"]
+    return [ProviderSpec.model_validate(json.loads(spec)) for spec in rows]
 
-        result = asyncio.run(_cancel_on_sigterm(shadow_run(
-            suite, plans, store, limit=args.limit, progress=bar.update if bar else None,
-            server_log_dir=Path(args.db).parent, on_started=lambda rid: started.setdefault("run_id", rid),
-        )))
-    except (KeyboardInterrupt, asyncio.CancelledError):
-        if bar:
-            bar.close()
-        run_id = started.get("run_id")
-        if run_id:
-            kept = store.query("SELECT count(*) AS n FROM responses WHERE run_id = ?", [run_id])["n"][0]
-            print(f"\ninterrupted: run {run_id} kept {kept} responses in {args.db}", file=sys.stderr)
-            path = render_report(store, run_id, args.reports)
-            print(f"Report of what was kept: {path}", file=sys.stderr)
-        store.close()
-        return 130
-    if bar:
-        bar.close()
 
-    _print_summary(store, result.run_id, n)
-    path = render_report(store, result.run_id, args.reports)
-    store.close()
-    print(f"DuckDB:  {args.db}  (run_id = '{result.run_id}')")
-    print(f"Report:  {path}")
-    return 0
+def _resume_target(store: Store, wanted: str, suite_path: str | None) -> str:
+    """The run id `--resume` names; 'last' is the latest run that did not complete (of the suite, if given)."""
+    if wanted != "last":
+        return wanted
+    suite = load_suite(suite_path).name if suite_path else None
+    found = _stopped_runs(store, suite)
+    if not found:
+        raise HarnessError(f"{store.path}: no stopped run to resume" + (f" for suite '{suite}'" if suite else ""))
+    return found[0]["run_id"]
+
+
+def _stopped_runs(store: Store, suite: str | None, suite_hash: str | None = None) -> list[dict[str, Any]]:
+    """Runs that did not complete, newest first, with how many answers they hold. A run still marked
+    'running' died without saying so: this process holds the database's lock, so no one else is running it."""
+    sql = (
+        "SELECT r.run_id, r.status, r.n_cases, r.started_at, "
+        "(SELECT count(*) FROM responses s WHERE s.run_id = r.run_id) AS answers, "
+        "(SELECT count(*) FROM run_providers p WHERE p.run_id = r.run_id AND p.status = 'ready') AS providers "
+        "FROM runs r WHERE r.status IN ('running', 'interrupted', 'failed')"
+    )
+    params: list[Any] = []
+    if suite:
+        sql += " AND r.suite = ?"
+        params.append(suite)
+    if suite_hash:
+        sql += " AND r.suite_hash = ?"
+        params.append(suite_hash)
+    return store.query(sql + " ORDER BY r.started_at DESC", params).to_dict("records")
+
+
+def _offer_resume(store: Store, suite: Any, args: argparse.Namespace) -> str | None:
+    """If a run of this suite (same contents) stopped half-way, say how to resume it; at a terminal, ask."""
+    stopped = [r for r in _stopped_runs(store, suite.name, suite.hash) if r["answers"] < r["n_cases"] * r["providers"]]
+    if not stopped:
+        return None
+    run = stopped[0]
+    total = run["n_cases"] * run["providers"]
+    print(f"run {run['run_id']} of this suite stopped ({run['status']}) with {run['answers']} of {total} answers;"
+          f" resume it with: harness run {suite.path} --resume {run['run_id']}  (make shadow RESUME={run['run_id']})")
+    if not (sys.stdin.isatty() and sys.stdout.isatty()) or args.candidate or args.incumbent:
+        return None
+    answer = input("Resume it now instead of starting a new run? [Y/n] ").strip().lower()
+    return run["run_id"] if answer in ("", "y", "yes") else None
 
 
 async def _cancel_on_sigterm(coro: Any) -> Any:
@@ -193,8 +321,18 @@ def _print_summary(store: Store, run_id: str, n_cases: int) -> None:
         p50 = "–" if pd.isna(s.latency_p50_ms) else f"{s.latency_p50_ms / 1000:.2f}s"
         print(
             f"  {p.provider:<28} passed {s.passed}/{n_cases} ({100 * s.pass_rate:.0f}%)  errors {s.errors}  "
-            f"invalid output {_rate(s.invalid_rate)}  latency p50 {p50}"
+            f"invalid output {_rate(s.invalid_rate)}  latency p50 {p50}  cost {_cost(s)}"
+            + (f"  cached {s.cached}" if s.cached else "")
+            + (f"  retries {s.retries}" if s.retries else "")
+            + (f"  rate-limit wait {s.rate_limit_wait_ms / 1000:.1f}s" if s.rate_limit_wait_ms else "")
         )
+
+
+def _cost(s: Any) -> str:
+    if s.cost_usd is None or pd.isna(s.cost_usd):
+        return "unknown" if s.answered - s.cached else "–"
+    text = f"${s.cost_usd:.4f}"
+    return text + (f" (+{s.cost_unknown} unpriced)" if s.cost_unknown else "")
 
 
 def _rate(value: float) -> str:
@@ -216,6 +354,21 @@ def cmd_report(args: argparse.Namespace) -> int:
         if run_id is None:
             raise HarnessError(f"{args.db}: no runs yet; run `make shadow SUITE=invoices` first")
         print(render_report(store, run_id, args.reports))
+    return 0
+
+
+def cmd_cache_explain(args: argparse.Namespace) -> int:
+    """`harness cache explain [RUN_ID]`: why each answer of a run did or did not come from the cache."""
+    with Store(args.db, read_only=True) as store:
+        run_id = args.run_id or store.latest_run()
+        if run_id is None:
+            raise HarnessError(f"{args.db}: no runs yet")
+        found = explain(store, run_id, case_id=args.case, provider=args.provider)
+    hits = [e for e in found if e.hit]
+    print(f"run {run_id}: {len(hits)} of {len(found)} answers came from the cache")
+    for e in found:
+        if args.all or not e.hit or args.case:
+            print(f"  {'HIT ' if e.hit else 'MISS'} {e.provider}  {e.case_id}: {e.reason}")
     return 0
 
 

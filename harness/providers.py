@@ -7,10 +7,9 @@ missing API key). API keys live only in the plan and the client; they are never 
 
 from __future__ import annotations
 
-import asyncio
-import functools
+import contextlib
+import email.utils
 import importlib.util
-import inspect
 import json
 import os
 import re
@@ -18,16 +17,26 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Protocol
 
+import anthropic
+import httpx2
 import openai
 
 from harness.errors import ProviderError
 from harness.suite import ProviderSpec
 
-KINDS = ("local", "vllm", "openai-compatible", "openai", "anthropic", "azure")
+KINDS = ("local", "vllm", "openai-compatible", "openai", "anthropic", "azure", "log")
 
-DEFAULT_CONCURRENCY = {"local": 1, "vllm": 64, "openai-compatible": 16, "openai": 8, "anthropic": 8, "azure": 8}
+DEFAULT_CONCURRENCY = {
+    "local": 1, "vllm": 64, "openai-compatible": 16, "openai": 8, "anthropic": 8, "azure": 8, "log": 64,
+}
+# seconds per attempt: a self-hosted server may queue requests behind others; an API answers or fails sooner
+DEFAULT_TIMEOUT_S = {"local": 600.0, "vllm": 600.0, "openai-compatible": 300.0}
+API_TIMEOUT_S = 120.0
+DEFAULT_MAX_ATTEMPTS = 4
+AZURE_API_VERSION = "2024-10-21"
 
 
 @dataclass(frozen=True)
@@ -38,6 +47,7 @@ class Request:
     params: dict[str, Any]
     response_schema: dict[str, Any] | None = None
     json_output: bool = False
+    case_id: str | None = None  # not sent; lets a log replay find the case's logged answer
 
 
 @dataclass(frozen=True)
@@ -49,13 +59,20 @@ class Completion:
     input_tokens: int | None
     output_tokens: int | None
     ttft_ms: float | None
-    latency_ms: float
+    latency_ms: float | None
     finish_reason: str | None
     error: str | None = None
     error_kind: str | None = None
     cached: bool = False
-    usage_source: str | None = None  # "provider", or "estimated" when the server reported no usage
+    usage_source: str | None = None  # "provider", "estimated" (server reported none) or "log"
     started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    cached_input_tokens: int | None = None  # the part of input_tokens read from the provider's prompt cache
+    cache_write_tokens: int | None = None  # the part of input_tokens written to it (Anthropic)
+    retry_after_s: float | None = None  # what the server asked us to wait, on a failed call
+    attempts: int = 1
+    retry_wait_ms: float = 0.0  # time spent waiting between attempts, not part of latency_ms
+    rate_limit_wait_ms: float = 0.0  # the part of retry_wait_ms spent after rate-limit (429) answers
+    source: str = "call"  # "call", "cache" (a stored answer to the same request) or "log" (production logs)
 
 
 class Provider(Protocol):
@@ -67,177 +84,25 @@ class Provider(Protocol):
     async def complete(self, request: Request) -> Completion: ...
 
 
-class OpenAICompatible:
-    """A streaming chat client for the OpenAI wire format (OpenAI, vLLM, llama.cpp, Ollama, TGI...).
-
-    The stream is read through the SDK's raw response and each SSE line is decoded once with `json`,
-    not through the SDK's per-chunk pydantic objects, which cost far more CPU than the request itself.
-    """
-
-    def __init__(
-        self,
-        name: str,
-        model: str,
-        base_url: str,
-        api_key: str | None = None,
-        *,
-        schema_style: str = "json_schema",
-        usage_in_stream: bool = True,
-        token_count_url: str | None = None,
-        timeout: float = 600.0,
-        max_retries: int = 2,
-    ) -> None:
-        self.name = name
-        self.token_count_url = token_count_url
-        self.model = model
-        self.base_url = base_url
-        self.schema_style = schema_style
-        self.usage_in_stream = usage_in_stream
-        self._api_key = api_key
-        self._client = openai.AsyncOpenAI(
-            base_url=base_url, api_key=api_key or "not-needed", timeout=timeout, max_retries=max_retries
-        )
-
-    def request_body(self, request: Request, schema_style: str | None = None) -> dict[str, Any]:
-        """The JSON body for `request` (without `model`, `messages` and `stream`), asking for structured
-        output in `schema_style` (default: the style this server was last seen to accept)."""
-        style = schema_style or self.schema_style
-        body: dict[str, Any] = {}
-        extra: dict[str, Any] = {}
-        for key, value in request.params.items():
-            if value is not None:
-                # server-specific parameters (top_k, min_p, repetition_penalty...) travel in the body as is
-                (body if key in _sdk_parameters() else extra)[key] = value
-        if extra:
-            body["extra_body"] = extra
-        if self.usage_in_stream:
-            body["stream_options"] = {"include_usage": True}
-        if request.response_schema is not None and style == "json_schema":
-            body["response_format"] = {
-                "type": "json_schema",
-                "json_schema": {"name": "output", "schema": request.response_schema},
-            }
-        elif request.response_schema is not None and style == "json_object_schema":
-            # llama-cpp-python's server takes the schema inside a json_object response format.
-            body["response_format"] = {"type": "json_object", "schema": request.response_schema}
-        elif request.json_output and style != "none":
-            body["response_format"] = {"type": "json_object"}
-        return body
-
-    async def complete(self, request: Request) -> Completion:
-        """Send `request` with streaming on; measure time to first token and total latency.
-
-        A server that rejects the OpenAI `json_schema` response format (an HTTP error naming response_format;
-        llama.cpp's Python server answers 500) is asked again with the schema inside a `json_object` response
-        format, the form that server takes, and if that is rejected too, with no response format. Later
-        requests start from the form that worked.
-        """
-        style = self.schema_style
-        completion = await self._complete(request, style)
-        while (
-            completion.error_kind in ("http_400", "http_422", "http_500")
-            and (request.response_schema is not None or request.json_output)
-            and style in _FALLBACK
-            and "response_format" in (completion.error or "")
-        ):
-            style = _FALLBACK[style]
-            # concurrent requests all fail on the same form: move the shared choice on once, not once each
-            if _STYLES.index(style) > _STYLES.index(self.schema_style):
-                self.schema_style = style
-            completion = await self._complete(request, style)
-        return completion
-
-    async def _complete(self, request: Request, style: str) -> Completion:
-        started_at = datetime.now(UTC)
-        start = time.perf_counter()
-        ttft: float | None = None
-        parts: list[str] = []
-        usage: dict[str, Any] = {}
-        finish: str | None = None
-        model: str | None = None
-        chunks = 0
-        body = self.request_body(request, style)
-        try:
-            async with self._client.chat.completions.with_streaming_response.create(
-                model=self.model, messages=request.messages, stream=True, **body
-            ) as response:
-                async for line in response.iter_lines():
-                    if not line.startswith("data:"):
-                        continue
-                    data = line[5:].strip()
-                    if data == "[DONE]":
-                        break
-                    chunk = json.loads(data)
-                    if "error" in chunk and not chunk.get("choices"):
-                        raise _StreamError(str(chunk["error"]))
-                    model = chunk.get("model") or model
-                    if chunk.get("usage"):
-                        usage = chunk["usage"]
-                    for choice in chunk.get("choices") or ():
-                        content = (choice.get("delta") or {}).get("content")
-                        if content:
-                            if ttft is None:
-                                ttft = (time.perf_counter() - start) * 1000
-                            parts.append(content)
-                            chunks += 1
-                        finish = choice.get("finish_reason") or finish
-        except Exception as exc:  # every failure becomes a recorded error on this case
-            kind, message = describe_error(exc)
-            message = redact(message, self._api_key)
-            return Completion(
-                text="".join(parts), model=model or self.model, input_tokens=None, output_tokens=None,
-                ttft_ms=ttft, latency_ms=(time.perf_counter() - start) * 1000, finish_reason=finish,
-                error=message, error_kind=kind, started_at=started_at,
-            )
-        latency_ms = (time.perf_counter() - start) * 1000
-        usage_source = "provider" if usage else None
-        input_tokens, output_tokens = usage.get("prompt_tokens"), usage.get("completion_tokens")
-        if not usage:
-            # No usage in the stream (llama.cpp's Python server): such servers send one token a chunk.
-            output_tokens, usage_source = chunks, "estimated"
-            if self.token_count_url:
-                input_tokens = await asyncio.to_thread(self._count_tokens, request.messages)
-        return Completion(
-            text="".join(parts),
-            model=model or self.model,
-            input_tokens=input_tokens,
-            output_tokens=output_tokens,
-            ttft_ms=ttft,
-            latency_ms=latency_ms,
-            finish_reason=finish,
-            usage_source=usage_source,
-            started_at=started_at,
-        )
-
-    def _count_tokens(self, messages: list[dict[str, str]]) -> int | None:
-        """Tokens of the messages' text by the server's tokenizer (chat-template tokens not included)."""
-        body = json.dumps({"input": "\n".join(m["content"] for m in messages)}).encode()
-        req = urllib.request.Request(self.token_count_url, data=body, headers={"Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(req, timeout=10) as response:
-                return int(json.loads(response.read())["count"])
-        except (OSError, ValueError, KeyError):
-            return None
-
-    async def aclose(self) -> None:
-        """Close the HTTP connection pool."""
-        await self._client.close()
+class StreamError(Exception):
+    """The server sent an error event in the middle of a stream."""
 
 
-_STYLES = ["json_schema", "json_object_schema", "none"]
-_FALLBACK = {"json_schema": "json_object_schema", "json_object_schema": "none"}
+class TruncatedStream(Exception):
+    """The stream ended before the answer did."""
 
 
-@functools.cache
-def _sdk_parameters() -> frozenset[str]:
-    """The keyword arguments the installed openai SDK's chat.completions.create accepts."""
-    from openai.resources.chat.completions import AsyncCompletions
-
-    return frozenset(inspect.signature(AsyncCompletions.create).parameters) - {"self", "extra_body"}
-
-
-class _StreamError(Exception):
-    pass
+def failed_completion(exc: BaseException, *secrets: str | None, **measured: Any) -> Completion:
+    """The `Completion` of a call that raised `exc`: its kind, one-line message (secrets redacted) and any
+    Retry-After the server sent, plus what was `measured` before it failed (text so far, latency...)."""
+    kind, message, retry_after = describe_error(exc)
+    defaults: dict[str, Any] = {
+        "text": "", "model": None, "input_tokens": None, "output_tokens": None, "ttft_ms": None,
+        "latency_ms": 0.0, "finish_reason": None,
+    }
+    return Completion(
+        **{**defaults, **measured}, error=redact(message, *secrets), error_kind=kind, retry_after_s=retry_after
+    )
 
 
 _SECRET_PATTERNS = [
@@ -257,24 +122,52 @@ def redact(text: str, *secrets: str | None) -> str:
     return _SECRET_PATTERNS[2].sub("***", text)
 
 
-def describe_error(exc: BaseException) -> tuple[str, str]:
-    """Classify an exception from a call as (kind, one-line message) for the responses table."""
-    if isinstance(exc, openai.APIStatusError):
-        detail = _error_detail(exc)
-        return f"http_{exc.status_code}", f"HTTP {exc.status_code}: {detail}"
-    if isinstance(exc, openai.APITimeoutError):
-        return "timeout", "request timed out"
-    if isinstance(exc, openai.APIConnectionError):
-        cause = exc.__cause__ or exc
-        return "connection", f"connection failed: {type(cause).__name__}: {cause}".strip()
-    if isinstance(exc, _StreamError):
-        return "stream_error", f"error in stream: {exc}"
+def describe_error(exc: BaseException) -> tuple[str, str, float | None]:
+    """Classify an exception from a call (openai or anthropic SDK, or the HTTP layer under them) as
+    (kind, one-line message, seconds the server asked to wait before retrying)."""
+    if isinstance(exc, openai.APIStatusError | anthropic.APIStatusError):
+        retry_after = parse_retry_after(exc.response.headers)
+        return f"http_{exc.status_code}", f"HTTP {exc.status_code}: {_error_detail(exc)}", retry_after
+    if isinstance(exc, openai.APITimeoutError | anthropic.APITimeoutError | httpx2.TimeoutException):
+        return "timeout", "request timed out", None
+    if isinstance(exc, openai.APIConnectionError | anthropic.APIConnectionError | httpx2.TransportError):
+        cause = exc.__cause__ if isinstance(exc, openai.APIConnectionError | anthropic.APIConnectionError) else exc
+        cause = cause or exc
+        return "connection", f"connection failed: {type(cause).__name__}: {cause}".strip(), None
+    if isinstance(exc, StreamError):
+        return "stream_error", f"error in stream: {exc}", None
+    if isinstance(exc, TruncatedStream):
+        return "truncated", str(exc), None
     if isinstance(exc, json.JSONDecodeError):
-        return "bad_response", f"malformed chunk in stream: {exc.msg}"
-    return "client_error", f"{type(exc).__name__}: {exc}"
+        return "bad_response", f"malformed chunk in stream: {exc.msg}", None
+    return "client_error", f"{type(exc).__name__}: {exc}", None
 
 
-def _error_detail(exc: openai.APIStatusError) -> str:
+def parse_retry_after(headers: Any, now: float | None = None) -> float | None:
+    """Seconds to wait from `retry-after-ms`, or `retry-after` as seconds or an HTTP date; None if absent."""
+    if not headers:
+        return None
+    lowered = {k.lower(): v for k, v in headers.items()}
+    with contextlib.suppress(TypeError, ValueError):
+        if "retry-after-ms" in lowered:
+            return max(0.0, float(lowered["retry-after-ms"]) / 1000)
+    value = lowered.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def _error_detail(exc: Any) -> str:
     try:
         body = exc.response.read() if not exc.response.is_closed else b""
         text = body.decode("utf-8", "replace") if body else ""
@@ -317,6 +210,19 @@ class ProviderPlan:
     usage_in_stream: bool = True
     served_model: str | None = None  # the name sent as `model`, when the server's differs from `model`
     checked: bool = False  # whether a given server was asked which models it serves
+    max_tokens_param: str = "max_tokens"
+    api_version: str | None = None  # Azure OpenAI
+    log_path: str | None = None  # `log:` providers: the production log file
+
+    @property
+    def timeout(self) -> float:
+        """Seconds one attempt may take, first byte to last token."""
+        return self.spec.timeout or DEFAULT_TIMEOUT_S.get(self.kind, API_TIMEOUT_S)
+
+    @property
+    def max_attempts(self) -> int:
+        """Attempts per case, the first call included."""
+        return self.spec.max_attempts or DEFAULT_MAX_ATTEMPTS
 
     @property
     def name(self) -> str:
@@ -330,6 +236,8 @@ class ProviderPlan:
         """Where calls go, for provenance: a URL, or the server the harness starts."""
         if self.server is not None:
             return f"managed {self.server.engine} server ({self.server.model})"
+        if self.log_path is not None:
+            return f"log file {self.log_path}"
         return redact(self.base_url or "")
 
     @property
@@ -351,10 +259,12 @@ def split_id(provider_id: str) -> tuple[str, str]:
 
 
 def plan_provider(
-    spec: ProviderSpec, env: dict[str, str] | None = None, base_url: str | None = None
+    spec: ProviderSpec, env: dict[str, str] | None = None, base_url: str | None = None, suite_dir: Path | None = None
 ) -> ProviderPlan:
     """Decide how to run `spec`. `base_url` (the CLI's --base-url) points local/vllm candidates at a
-    running server. Never raises for missing keys or software: those give a skipped plan with the reason."""
+    running server; a `log:` path is looked up in the current folder, then in `suite_dir`.
+    Never raises for missing keys or software: those give a skipped plan with the reason. A `log:` file
+    that does not exist raises ProviderError (it is bad input, not a missing credential)."""
     env = dict(os.environ if env is None else env)
     kind, model = split_id(spec.id)
     plan = ProviderPlan(spec=spec, kind=kind, model=model, status="ready")
@@ -388,12 +298,43 @@ def plan_provider(
             return _skip(plan, "OPENAI_API_KEY is not set")
         plan.base_url = spec.base_url or env.get("OPENAI_BASE_URL") or "https://api.openai.com/v1"
         plan.api_key = key
+        plan.max_tokens_param = "max_completion_tokens"  # the o-series and gpt-5 models refuse max_tokens
         return plan
 
-    key_var = {"anthropic": "ANTHROPIC_API_KEY", "azure": "AZURE_OPENAI_API_KEY"}[kind]
-    if not env.get(key_var):
-        return _skip(plan, f"{key_var} is not set")
-    return _skip(plan, f"the '{kind}' provider is not available in this version of the harness")
+    if kind == "anthropic":
+        key = env.get("ANTHROPIC_API_KEY")
+        if not key:
+            return _skip(plan, "ANTHROPIC_API_KEY is not set")
+        plan.base_url = spec.base_url or env.get("ANTHROPIC_BASE_URL") or "https://api.anthropic.com"
+        plan.api_key = key
+        return plan
+
+    if kind == "azure":
+        key = env.get("AZURE_OPENAI_API_KEY")
+        endpoint = spec.base_url or env.get("AZURE_OPENAI_ENDPOINT")
+        if not key:
+            return _skip(plan, "AZURE_OPENAI_API_KEY is not set")
+        if not endpoint:
+            return _skip(plan, "no endpoint: set base_url for this provider or AZURE_OPENAI_ENDPOINT "
+                               "(https://<resource>.openai.azure.com)")
+        plan.base_url = endpoint
+        plan.api_key = key
+        plan.api_version = (
+            spec.api_version or env.get("AZURE_OPENAI_API_VERSION") or env.get("OPENAI_API_VERSION")
+            or AZURE_API_VERSION
+        )
+        plan.max_tokens_param = "max_completion_tokens"
+        return plan
+
+    # log: answers come from a production log file, no API is called
+    path = Path(model).expanduser()
+    if not path.is_absolute() and not path.exists() and suite_dir is not None and (suite_dir / path).exists():
+        path = suite_dir / path
+    if not path.is_file():
+        raise ProviderError(f"provider '{spec.id}': no log file {model} (looked in the current folder"
+                            f"{' and ' + str(suite_dir) if suite_dir else ''}); give the path of a JSONL log")
+    plan.log_path = str(path)
+    return plan
 
 
 def served_models(base_url: str, api_key: str | None = None, timeout: float = 10.0) -> list[str] | None:
@@ -443,15 +384,25 @@ def _v1(url: str) -> str:
     return url if url.endswith("/v1") else url + "/v1"
 
 
-def build_provider(plan: ProviderPlan) -> OpenAICompatible:
+def build_provider(plan: ProviderPlan) -> Provider:
     """The client for a ready plan whose endpoint is known (after any server was started)."""
-    if plan.status != "ready" or not plan.base_url:
+    if plan.status != "ready" or not (plan.base_url or plan.log_path):
         raise ProviderError(f"provider '{plan.name}' is not ready: {plan.reason or 'no endpoint'}")
-    model = plan.request_model
+    if plan.kind == "log":
+        from harness.replay import LogReplay
+
+        return LogReplay(plan.name, plan.log_path or "")
+    if plan.kind == "anthropic":
+        from harness.anthropic_client import AnthropicMessages
+
+        return AnthropicMessages(plan.name, plan.model, plan.api_key, plan.base_url, timeout=plan.timeout)
+    from harness.openai_client import OpenAICompatible
+
     token_count_url = None
     if plan.server is not None and plan.server.engine == "llama_cpp":
-        token_count_url = plan.base_url.removesuffix("/v1") + "/extras/tokenize/count"
+        token_count_url = (plan.base_url or "").removesuffix("/v1") + "/extras/tokenize/count"
     return OpenAICompatible(
-        plan.name, model, plan.base_url, plan.api_key,
+        plan.name, plan.request_model, plan.base_url or "", plan.api_key,
         schema_style=plan.schema_style, usage_in_stream=plan.usage_in_stream, token_count_url=token_count_url,
+        timeout=plan.timeout, max_tokens_param=plan.max_tokens_param, azure_api_version=plan.api_version,
     )

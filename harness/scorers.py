@@ -222,13 +222,19 @@ def score_completion(scorers: list[Scorer], case: Case, completion: Completion) 
 
 def summarize(responses: pd.DataFrame, scores: pd.DataFrame, n_cases: int) -> pd.DataFrame:
     """One row per provider: pass rate (errors and missing answers count as failures), error and
-    invalid-output rates, latency percentiles (cache hits excluded) and token totals."""
+    invalid-output rates, latency percentiles and cost (cache hits excluded from both: they cost nothing and
+    took no time in this run), retries and time lost to rate limits, and token totals.
+
+    `cost_usd` sums the priced answers; `cost_unknown` counts answers with no price (unknown model or usage),
+    so a partial sum is never mistaken for the whole; `cost_usd` is None when nothing was priced."""
     rows = []
     for provider, group in responses.groupby("provider", sort=False):
         mine = scores[scores["provider"] == provider]
         passes = case_passes(mine)
         valid = mine[mine["metric"] == "valid_json"]["passed"].fillna(False).astype(bool)
-        live = group[(~group["cached"].fillna(False).astype(bool)) & group["error"].isna()]
+        called = group[~group["cached"].fillna(False).astype(bool)]
+        live = called[called["error"].isna()]
+        priced = called["cost_usd"].dropna()
         rows.append({
             "provider": provider,
             "cases": n_cases,
@@ -243,6 +249,11 @@ def summarize(responses: pd.DataFrame, scores: pd.DataFrame, n_cases: int) -> pd
             "ttft_p95_ms": _pct(live["ttft_ms"], 95),
             "input_tokens": _sum(group["input_tokens"]),
             "output_tokens": _sum(group["output_tokens"]),
+            "cached": len(group) - len(called),
+            "cost_usd": float(priced.sum()) if len(priced) else None,
+            "cost_unknown": int(live["cost_usd"].isna().sum()),
+            "retries": int((called["attempts"].fillna(1) - 1).clip(lower=0).sum()),
+            "rate_limit_wait_ms": float(called["rate_limit_wait_ms"].fillna(0).sum()),
         })
     return pd.DataFrame(rows)
 

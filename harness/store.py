@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import queue
 import secrets
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -104,6 +106,28 @@ MIGRATIONS: list[tuple[str, str]] = [
         );
         """,
     ),
+    (
+        "retries_cache_cost_resume",
+        """
+        ALTER TABLE responses ADD COLUMN cached_input_tokens INTEGER;  -- read from the provider's prompt cache
+        ALTER TABLE responses ADD COLUMN cache_write_tokens INTEGER;   -- written to it (Anthropic)
+        ALTER TABLE responses ADD COLUMN attempts INTEGER;
+        ALTER TABLE responses ADD COLUMN retry_wait_ms DOUBLE;         -- waiting between attempts, not latency
+        ALTER TABLE responses ADD COLUMN rate_limit_wait_ms DOUBLE;    -- the part of it after 429 answers
+        ALTER TABLE responses ADD COLUMN source VARCHAR;               -- call, cache or log
+        ALTER TABLE responses ADD COLUMN cost_usd DOUBLE;              -- NULL when the price is unknown
+        ALTER TABLE responses ADD COLUMN cache_key VARCHAR;            -- sha256 of cache_parts
+        ALTER TABLE responses ADD COLUMN cache_parts VARCHAR;          -- JSON: what the key is made of
+        ALTER TABLE responses ADD COLUMN cached_from VARCHAR;          -- run_id of the stored answer reused
+        ALTER TABLE run_providers ADD COLUMN spec VARCHAR;             -- JSON: the provider entry, to resume
+        ALTER TABLE run_providers ADD COLUMN pricing VARCHAR;          -- JSON: price used and table version
+        ALTER TABLE run_providers ADD COLUMN stats VARCHAR;            -- JSON: calls, retries, 429s, log matches
+        ALTER TABLE runs ADD COLUMN cache_mode VARCHAR;                -- replay, fresh or off
+        ALTER TABLE runs ADD COLUMN pricing_version VARCHAR;
+        ALTER TABLE runs ADD COLUMN resumed INTEGER DEFAULT 0;         -- times resumed
+        ALTER TABLE runs ADD COLUMN resumed_at TIMESTAMPTZ;
+        """,
+    ),
 ]
 
 # New files stay readable by every DuckDB since 1.0 (the `duckdb` CLI, DBeaver...), not only by this version.
@@ -178,9 +202,93 @@ class Store:
             "UPDATE runs SET status = ?, ended_at = ? WHERE run_id = ?", [status, datetime.now(UTC), run_id]
         )
 
-    def writer(self, flush_interval: float = 1.0, max_batch: int = 5000) -> BatchWriter:
-        """A started writer thread with its own connection to this file."""
-        writer = BatchWriter(self.con.cursor(), flush_interval=flush_interval, max_batch=max_batch)
+    def resume_run(self, run_id: str) -> None:
+        """Mark a stored run running again, counting the resume."""
+        self.con.execute(
+            "UPDATE runs SET status = 'running', ended_at = NULL, resumed = coalesce(resumed, 0) + 1, "
+            "resumed_at = ? WHERE run_id = ?", [datetime.now(UTC), run_id],
+        )
+
+    def update_provider(self, run_id: str, provider: str, values: dict[str, Any]) -> None:
+        """Set columns of one `run_providers` row."""
+        columns = ", ".join(f"{column} = ?" for column in values)
+        self.con.execute(
+            f"UPDATE run_providers SET {columns} WHERE run_id = ? AND provider = ?",
+            [_cell(k, v) for k, v in values.items()] + [run_id, provider],
+        )
+
+    def done_pairs(self, run_id: str) -> set[tuple[str, str]]:
+        """The (case_id, provider) pairs of `run_id` that have a stored response."""
+        rows = self.con.execute("SELECT case_id, provider FROM responses WHERE run_id = ?", [run_id]).fetchall()
+        return {(case_id, provider) for case_id, provider in rows}
+
+    def cached_answers(self, keys: list[str]) -> dict[str, dict[str, Any]]:
+        """For each cache key, the newest stored answer that was really called for and did not fail."""
+        if not keys:
+            return {}
+        self.con.register("_keys", pa.table({"cache_key": list(dict.fromkeys(keys))}))
+        try:
+            cursor = self.con.execute(
+                "SELECT r.* FROM responses r JOIN _keys USING (cache_key) "
+                "WHERE r.error IS NULL AND coalesce(r.source, 'call') = 'call' "
+                "QUALIFY row_number() OVER (PARTITION BY r.cache_key ORDER BY r.started_at DESC) = 1"
+            )
+            columns = [d[0] for d in cursor.description]
+            rows = [dict(zip(columns, values, strict=True)) for values in cursor.fetchall()]
+        finally:
+            self.con.unregister("_keys")
+        return {row["cache_key"]: row for row in rows}
+
+    def journal_path(self, run_id: str) -> Path:
+        """Where a run's write-ahead journal lives while the run is going."""
+        return self.path.parent / f"{self.path.stem}.journal" / f"{run_id}.jsonl"
+
+    def recover(self, run_id: str) -> int:
+        """Store the results a killed run had journaled but not yet written; returns how many records.
+
+        The runner journals each response (with its scores) before queueing it for DuckDB, so after a kill -9
+        the journal holds every answer received, the last second's included. Records already stored are skipped.
+        """
+        path = self.journal_path(run_id)
+        if not path.exists():
+            return 0
+        done = self.done_pairs(run_id)
+        pending: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        records = 0
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:  # the line being written when the process died
+                continue
+            response = record["responses"][0]
+            if (response["case_id"], response["provider"]) in done:
+                continue
+            done.add((response["case_id"], response["provider"]))
+            records += 1
+            for table, rows in record.items():
+                pending[table].extend(_revive(row) for row in rows)
+        with self._transaction():
+            for table in sorted(pending, key=TABLES.index):
+                _insert(self.con, table, pending[table])
+        path.unlink()
+        return records
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        self.con.execute("BEGIN TRANSACTION")
+        try:
+            yield
+        except BaseException:
+            self.con.execute("ROLLBACK")
+            raise
+        self.con.execute("COMMIT")
+
+    def writer(
+        self, flush_interval: float = 1.0, max_batch: int = 5000, journal: Path | None = None
+    ) -> BatchWriter:
+        """A started writer thread with its own connection to this file; with `journal`, each record is
+        appended there first (see `recover`), and the journal is removed once everything is written."""
+        writer = BatchWriter(self.con.cursor(), flush_interval=flush_interval, max_batch=max_batch, journal=journal)
         writer.start()
         return writer
 
@@ -224,9 +332,20 @@ class BatchWriter(threading.Thread):
 
     _STOP = object()
 
-    def __init__(self, con: duckdb.DuckDBPyConnection, flush_interval: float = 1.0, max_batch: int = 5000) -> None:
+    def __init__(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        flush_interval: float = 1.0,
+        max_batch: int = 5000,
+        journal: Path | None = None,
+    ) -> None:
         super().__init__(name="duckdb-writer", daemon=True)
         self._con = con
+        self.journal = journal
+        self._journal_fd: int | None = None
+        if journal is not None:
+            journal.parent.mkdir(parents=True, exist_ok=True)
+            self._journal_fd = os.open(journal, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self.flush_interval = flush_interval
         self.max_batch = max_batch
@@ -238,6 +357,18 @@ class BatchWriter(threading.Thread):
         if self.error is not None:
             raise StoreError(f"writing results failed: {_first_line(self.error)}")
         self._queue.put((table, row))
+
+    def put_record(self, record: dict[str, list[dict[str, Any]]]) -> None:
+        """Queue rows that belong together (a response and its scores), journaling them first: one write
+        of one line, which survives the process being killed once it returns."""
+        if self.error is not None:
+            raise StoreError(f"writing results failed: {_first_line(self.error)}")
+        if self._journal_fd is not None:
+            line = json.dumps(record, ensure_ascii=False, default=str) + "\n"
+            os.write(self._journal_fd, line.encode("utf-8"))
+        for table, rows in record.items():
+            for row in rows:
+                self._queue.put((table, row))
 
     def run(self) -> None:
         pending: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -280,8 +411,13 @@ class BatchWriter(threading.Thread):
         self._queue.put(self._STOP)
         self.join()
         self._con.close()
+        if self._journal_fd is not None:
+            os.close(self._journal_fd)
+            self._journal_fd = None
         if self.error is not None:
             raise StoreError(f"writing results failed: {_first_line(self.error)}")
+        if self.journal is not None:
+            self.journal.unlink(missing_ok=True)
 
 
 def _insert(con: duckdb.DuckDBPyConnection, table: str, rows: list[dict[str, Any]]) -> None:
@@ -296,7 +432,9 @@ def _insert(con: duckdb.DuckDBPyConnection, table: str, rows: list[dict[str, Any
         con.unregister("_batch")
 
 
-JSON_COLUMNS = frozenset({"params", "package_versions", "input", "gold", "messages", "detail"})
+JSON_COLUMNS = frozenset(
+    {"params", "package_versions", "input", "gold", "messages", "detail", "cache_parts", "spec", "pricing", "stats"}
+)
 
 
 def _cell(column: str, value: Any) -> Any:
@@ -304,6 +442,17 @@ def _cell(column: str, value: Any) -> Any:
     if column in JSON_COLUMNS and value is not None:
         return json.dumps(value, ensure_ascii=False, default=str)
     return value
+
+
+_TIME_COLUMNS = ("started_at",)
+
+
+def _revive(row: dict[str, Any]) -> dict[str, Any]:
+    """A journaled row as it was before JSON: timestamps back to datetimes."""
+    for column in _TIME_COLUMNS:
+        if isinstance(row.get(column), str):
+            row[column] = datetime.fromisoformat(row[column])
+    return row
 
 
 def _first_line(exc: BaseException) -> str:

@@ -79,6 +79,10 @@ class ProviderSpec(_Strict):
     base_url: str | None = None
     concurrency: int | None = Field(default=None, ge=1, le=1024)
     params: dict[str, Any] = {}
+    omit: list[str] = []  # suite parameters not to send to this provider (e.g. temperature for o-series models)
+    timeout: float | None = Field(default=None, gt=0)  # seconds per attempt, first byte to last token
+    max_attempts: int | None = Field(default=None, ge=1, le=20)  # the first call included
+    api_version: str | None = None  # Azure OpenAI API version
 
     @field_validator("id")
     @classmethod

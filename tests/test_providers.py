@@ -8,7 +8,8 @@ import pytest
 from openai_server import OpenAIServer, Reply
 
 from harness.errors import ProviderError
-from harness.providers import OpenAICompatible, Request, plan_provider, split_id
+from harness.openai_client import OpenAICompatible
+from harness.providers import Request, plan_provider, split_id
 from harness.suite import ProviderSpec
 
 SCHEMA = {"type": "object", "properties": {"total": {"type": "string"}}, "required": ["total"]}

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from harness.errors import ServerError
-from harness.providers import OpenAICompatible, Request, ServerPlan
+from harness.openai_client import OpenAICompatible
+from harness.providers import Request, ServerPlan
 from harness.server import ManagedServer, bundled_model_path, server_command
 
 
