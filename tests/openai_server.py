@@ -43,6 +43,8 @@ class OpenAIServer:
         self.model = model
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
+        self.queries: list[str] = []
+        self.completed: list[dict[str, Any]] = []  # bodies of requests answered in full
         self._httpd = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
@@ -79,7 +81,12 @@ class OpenAIServer:
                 body = json.loads(self.rfile.read(length) or b"{}")
                 server.requests.append(body)
                 server.headers.append({k.lower(): v for k, v in self.headers.items()})
-                if self.path != "/v1/chat/completions":
+                path = self.path.split("?", 1)[0]
+                azure = path.startswith("/openai/deployments/") and path.endswith("/chat/completions")
+                if azure:  # Azure OpenAI: the deployment in the path, the API version in the query
+                    body.setdefault("model", path.split("/")[3])
+                    server.queries.append(self.path.split("?", 1)[1] if "?" in self.path else "")
+                if path != "/v1/chat/completions" and not azure:
                     self._json(404, {"error": {"message": "not found", "type": "invalid_request_error"}})
                     return
                 reply = server.responder(body)
@@ -106,17 +113,24 @@ class OpenAIServer:
                 self._event({**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
                                                    "finish_reason": None}]})
                 for i, piece in enumerate(pieces):
-                    if reply.break_stream and i == len(pieces) // 2:
-                        self.wfile.write(b"data: {not json\n\n")
+                    if i == len(pieces) // 2 and (reply.break_stream or reply.truncate or reply.error_event):
+                        if reply.break_stream:
+                            self.wfile.write(b"data: {not json\n\n")
+                        elif reply.error_event:
+                            self._event({"error": {"message": reply.error_message, "type": "server_error"}})
                         self.wfile.flush()
+                        self.close_connection = True
                         return
                     self._event({**base, "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]})
+                    if i == 0 and reply.stall_s:
+                        time.sleep(reply.stall_s)
                 self._event({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": reply.finish_reason}]})
                 if reply.usage and (body.get("stream_options") or {}).get("include_usage"):
                     self._event({**base, "choices": [], "usage": _usage(body, reply)})
                 self.wfile.write(b"data: [DONE]\n\n")
                 self.wfile.flush()
                 self.close_connection = True
+                server.completed.append(body)
 
             def _event(self, payload: dict[str, Any]) -> None:
                 self.wfile.write(b"data: " + json.dumps(payload).encode() + b"\n\n")
