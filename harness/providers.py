@@ -112,9 +112,15 @@ _SECRET_PATTERNS = [
 ]
 
 
+KEY_VARIABLES = (
+    "OPENAI_API_KEY", "ANTHROPIC_API_KEY", "AZURE_OPENAI_API_KEY", "VLLM_API_KEY", "OPENAI_COMPATIBLE_API_KEY",
+)
+
+
 def redact(text: str, *secrets: str | None) -> str:
-    """`text` with API keys, bearer tokens and URL credentials replaced by `***`, for storing or printing."""
-    for secret in secrets:
+    """`text` with API keys, bearer tokens and URL credentials replaced by `***`, for storing or printing:
+    `secrets`, the keys in the environment variables the harness reads, and anything shaped like a key."""
+    for secret in (*secrets, *(os.environ.get(name) for name in KEY_VARIABLES)):
         if secret and len(secret) >= 6:
             text = text.replace(secret, "***")
     text = _SECRET_PATTERNS[0].sub("***", text)
