@@ -5,6 +5,9 @@ BIN    := $(VENV)/bin
 SUITE  ?= invoices
 LIMIT  ?= 20
 DB     ?= runs/shadow.duckdb
+CACHE  ?= replay
+RESUME ?=
+PRICING ?=
 
 .PHONY: setup shadow test serve lint report runs clean
 
@@ -20,8 +23,13 @@ $(VENV)/.setup-done: pyproject.toml
 	touch $@
 
 ## shadow: run suite SUITE on its candidate(s) and incumbent; LIMIT=n runs the first n cases (LIMIT=all: every case)
+##         CACHE=replay|fresh|off, RESUME=RUN_ID|last finishes a stopped run, PRICING=prices.toml overrides prices
 shadow: setup
-	$(BIN)/harness run suites/$(SUITE) --limit $(LIMIT) --db $(DB)
+ifeq ($(strip $(RESUME)),)
+	$(BIN)/harness run suites/$(SUITE) --limit $(LIMIT) --db $(DB) --cache $(CACHE) $(if $(PRICING),--pricing $(PRICING))
+else
+	$(BIN)/harness run suites/$(SUITE) --resume $(RESUME) --db $(DB) $(if $(PRICING),--pricing $(PRICING))
+endif
 
 ## test: the whole test suite, the real bundled model included
 test: setup

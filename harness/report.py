@@ -28,9 +28,30 @@ def _environment() -> jinja2.Environment:
     env.filters["ms"] = _fmt_ms
     env.filters["pct"] = _fmt_pct
     env.filters["num"] = _fmt_num
+    env.filters["usd"] = _fmt_usd
     env.filters["pretty"] = _pretty
     env.filters["when"] = _fmt_when
     return env
+
+
+def _fmt_usd(value: float) -> str:
+    return f"${value:,.4f}" if value < 100 else f"${value:,.2f}"
+
+
+def _provider_note(row: dict[str, Any]) -> dict[str, str] | None:
+    """One line on what a provider did beyond its answers: log matching, retries, rate limits."""
+    stats = json.loads(row["stats"]) if isinstance(row.get("stats"), str) else {}
+    stats = stats.get("this_session", stats)
+    parts = []
+    if stats.get("summary"):
+        parts.append(f"log {stats.get('log')}: {stats['summary']}")
+    if stats.get("calls"):
+        parts.append(f"{stats['calls']} calls, {stats.get('retries', 0)} retries, "
+                     f"{stats.get('rate_limited', 0)} rate-limited answers")
+    if stats.get("concurrency_cuts"):
+        parts.append(f"concurrency cut {stats['concurrency_cuts']} times on rate limits "
+                     f"(lowest {stats.get('concurrency_lowest')} of {row.get('concurrency')})")
+    return {"provider": row["provider"], "text": "; ".join(parts)} if parts else None
 
 
 def report_data(store: Store, run_id: str) -> dict[str, Any]:
@@ -80,6 +101,7 @@ def report_data(store: Store, run_id: str) -> dict[str, Any]:
         "order": order,
         "roles": roles,
         "summary": summary_rows,
+        "notes": [note for note in (_provider_note(row) for row in providers.to_dict("records")) if note],
         "field_names": field_names,
         "field_table": field_table,
         "failed": failed[:MAX_FAILED_CASES],

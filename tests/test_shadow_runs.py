@@ -309,6 +309,7 @@ def test_production_logs_replace_the_incumbent_without_any_key(mini_suite, tmp_p
     run_id = con.execute("SELECT run_id FROM runs").fetchone()[0]
     html = (reports / "invoices" / run_id / "index.html").read_text()
     assert f"log:{log}" in html
+    assert "5 of 6 cases matched (3 by id, 2 by input)" in html
 
 
 def test_a_missing_log_file_is_a_one_line_error(mini_suite, tmp_path, capsys):

@@ -138,3 +138,40 @@ def test_the_duckdb_command_opens_the_file(tmp_path: Path):
 def test_times_read_back_in_utc(tmp_path: Path):
     with Store(tmp_path / "s.duckdb") as store:
         assert store.query("SELECT current_setting('TimeZone') AS tz")["tz"][0] == "UTC"
+
+
+def test_the_journal_recovers_what_a_killed_run_had_not_written(tmp_path: Path):
+    """Answers journaled but never flushed (the writer flushes once a minute here) come back on recover;
+    one already stored is not stored twice; a torn last line is ignored; the journal goes away."""
+    db = tmp_path / "s.duckdb"
+    script = textwrap.dedent(f"""
+        import os, signal
+        from harness.store import Store
+        store = Store({str(db)!r})
+        run_id = store.start_run({{"suite": "t"}})
+        store.insert("responses", [{{"run_id": run_id, "case_id": "c0", "provider": "p", "text": "stored"}}])
+        writer = store.writer(flush_interval=60, journal=store.journal_path(run_id))
+        for i in range(4):
+            writer.put_record({{
+                "responses": [{{"run_id": run_id, "case_id": f"c{{i}}", "provider": "p", "text": f"answer {{i}}",
+                                "started_at": __import__("datetime").datetime.now(__import__("datetime").UTC)}}],
+                "scores": [{{"run_id": run_id, "case_id": f"c{{i}}", "provider": "p", "scorer": "s",
+                             "metric": "case_pass", "value": 1.0, "passed": True, "detail": {{"outcome": "ok"}}}}],
+            }})
+        print(run_id, flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    run_id = proc.stdout.strip()
+    with Store(db) as store:
+        journal = store.journal_path(run_id)
+        with journal.open("a") as f:
+            f.write('{"responses": [{"run_id": "torn')
+        assert store.recover(run_id) == 3
+        rows = store.query("SELECT case_id, text FROM responses ORDER BY case_id").values.tolist()
+        assert rows == [["c0", "stored"], ["c1", "answer 1"], ["c2", "answer 2"], ["c3", "answer 3"]]
+        details = store.query("SELECT detail FROM scores ORDER BY case_id")["detail"].tolist()
+        assert details == ['{"outcome": "ok"}'] * 3
+        assert not journal.exists()
+        assert store.recover(run_id) == 0
