@@ -13,15 +13,13 @@ it as `anthropic.Anthropic(base_url=srv.base_url, api_key="sk-ant-test")`.
 from __future__ import annotations
 
 import json
-import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import urlsplit
 
-from openai_server import Reply, _split
+from openai_server import LoopbackServer, Reply, _split
 
 REQUEST_ID = "req_test"
 MESSAGE_ID = "msg_test"
@@ -45,31 +43,11 @@ class AnthropicReply(Reply):
     cached_tokens: int = 0
 
 
-class AnthropicServer:
+class AnthropicServer(LoopbackServer):
     """`with AnthropicServer(responder) as srv:` serves on `srv.base_url` (no /v1; the SDK adds it) in a thread."""
 
-    def __init__(
-        self, responder: Callable[[dict[str, Any]], Reply] | None = None, model: str = "claude-test", port: int = 0
-    ):
-        self.responder = responder or (lambda body: Reply(text='{"ok": true}'))
-        self.model = model
-        self.requests: list[dict[str, Any]] = []
-        self.headers: list[dict[str, str]] = []
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
-        self._httpd.daemon_threads = True
-        self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.01,), daemon=True)
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self._httpd.server_address[1]}"
-
-    def __enter__(self) -> AnthropicServer:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
+    default_model = "claude-test"
+    url_suffix = ""
 
     def _model_info(self) -> dict[str, Any]:
         return {"type": "model", "id": self.model, "display_name": self.model, "created_at": "2025-01-01T00:00:00Z"}

@@ -11,14 +11,19 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).parent))
 
 
-@pytest.fixture
-def mini_suite(tmp_path: Path) -> Path:
-    """A copy of the invoices suite with its first 6 cases, in a folder a test may break."""
+def copy_invoices(tmp_path: Path, n_cases: int) -> Path:
+    """A copy of the invoices suite with its first `n_cases` cases, in a folder a test may break."""
     target = tmp_path / "invoices"
     shutil.copytree(ROOT / "suites" / "invoices", target)
-    lines = (target / "cases.jsonl").read_text().splitlines()[:6]
+    lines = (target / "cases.jsonl").read_text().splitlines()[:n_cases]
     (target / "cases.jsonl").write_text("\n".join(lines) + "\n")
     return target
+
+
+@pytest.fixture
+def mini_suite(tmp_path: Path) -> Path:
+    """A copy of the invoices suite with its first 6 cases."""
+    return copy_invoices(tmp_path, 6)
 
 
 def gold_of(suite_dir: Path) -> dict[str, dict]:

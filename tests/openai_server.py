@@ -33,33 +33,44 @@ class Reply:
     stall_s: float = 0.0  # a pause after the first piece of text
 
 
-class OpenAIServer:
-    """`with OpenAIServer(responder) as srv:` serves on `srv.base_url` (ending in /v1) in a thread."""
+class LoopbackServer:
+    """A wire-format test server on a loopback port, serving in a thread for the length of a `with` block.
+    It records each request's JSON body, lowercased headers and query string, and the bodies it answered in full."""
+
+    default_model = "test-model"
+    url_suffix = "/v1"
 
     def __init__(
-        self, responder: Callable[[dict[str, Any]], Reply] | None = None, model: str = "test-model", port: int = 0
+        self, responder: Callable[[dict[str, Any]], Reply] | None = None, model: str | None = None, port: int = 0
     ):
         self.responder = responder or (lambda body: Reply(text='{"ok": true}'))
-        self.model = model
+        self.model = model or self.default_model
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
         self.queries: list[str] = []
-        self.completed: list[dict[str, Any]] = []  # bodies of requests answered in full
+        self.completed: list[dict[str, Any]] = []
         self._httpd = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
         self._httpd.daemon_threads = True
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.01,), daemon=True)
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self._httpd.server_address[1]}/v1"
+        return f"http://127.0.0.1:{self._httpd.server_address[1]}{self.url_suffix}"
 
-    def __enter__(self) -> OpenAIServer:
+    def __enter__(self) -> Any:
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._httpd.shutdown()
         self._httpd.server_close()
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        raise NotImplementedError
+
+
+class OpenAIServer(LoopbackServer):
+    """`with OpenAIServer(responder) as srv:` serves on `srv.base_url` (ending in /v1) in a thread."""
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         server = self

@@ -17,7 +17,7 @@ from pathlib import Path
 import duckdb
 import pytest
 from anthropic_server import AnthropicReply, AnthropicServer
-from conftest import ROOT, gold_of
+from conftest import ROOT, copy_invoices, gold_of
 from openai_server import OpenAIServer, Reply
 
 from harness.cli import main
@@ -28,14 +28,8 @@ FAULT_KINDS = {"http_429", "http_500", "http_503", "http_529", "timeout", "trunc
 
 @pytest.fixture
 def suite30(tmp_path: Path) -> Path:
-    """The invoices suite with its first 30 cases and providers that answer from local servers."""
-    import shutil
-
-    target = tmp_path / "invoices"
-    shutil.copytree(ROOT / "suites" / "invoices", target)
-    lines = (target / "cases.jsonl").read_text().splitlines()[:30]
-    (target / "cases.jsonl").write_text("\n".join(lines) + "\n")
-    return target
+    """The invoices suite with its first 30 cases."""
+    return copy_invoices(tmp_path, 30)
 
 
 def _set_providers(suite_dir: Path, providers: str) -> None:
