@@ -33,6 +33,7 @@ from harness.providers import (
     redact,
     resolve_served_models,
 )
+from harness.replay import LogReplay
 from harness.resilience import AdaptiveLimiter, Resilient, RetryPolicy
 from harness.scorers import Scorer, build_scorers, score_completion
 from harness.server import ManagedServer
@@ -137,8 +138,9 @@ def resumable_cases(store: Store, run_id: str, suite: Suite) -> list[Case]:
 @dataclass
 class _Job:
     plan: ProviderPlan
-    provider: Provider
-    cases: list[Case]
+    provider: Provider | None  # None when nothing is left to call for
+    cases: list[Case]  # to call for
+    hits: list[tuple[Case, str, dict[str, Any], dict[str, Any]]]  # (case, key, key parts, stored answer)
 
 
 async def shadow_run(
@@ -171,32 +173,40 @@ async def shadow_run(
     ready = [plan for plan in plans if plan.status == "ready"]
     if not ready:
         raise ProviderError("no provider can run (" + "; ".join(f"{p.name}: {p.reason}" for p in plans) + ")")
+    # What is already there (a resumed run's answers, the journal of a killed one) and what the cache holds is
+    # settled first: a server is started only for a provider with something left to ask.
+    recovered = store.recover(resume) if resume else 0
+    done = store.done_pairs(resume) if resume else set()
+    jobs = []
+    for plan in ready:
+        todo = [case for case in cases if (case.id, plan.name) not in done]
+        hits, todo = _cached(store, suite, plan, todo, cache_mode)
+        jobs.append(_Job(plan, None, todo, hits))
     async with contextlib.AsyncExitStack() as stack:
-        for plan in ready:
+        for job in jobs:
+            if not job.cases:
+                continue
+            plan = job.plan
             if plan.server is not None:
                 server = await stack.enter_async_context(ManagedServer(plan.server, log_dir=server_log_dir))
                 plan.base_url = server.base_url
-        providers: list[Provider] = []
-        for plan in ready:
             provider = build_provider(plan)
             stack.push_async_callback(provider.aclose)
-            if hasattr(provider, "prepare"):
+            if isinstance(provider, LogReplay):
                 provider.prepare(cases)
-            if plan.kind != "log":
+            else:
                 policy = retry or RetryPolicy(max_attempts=plan.max_attempts, timeout_s=plan.timeout)
                 provider = Resilient(provider, policy, AdaptiveLimiter(plan.concurrency))
-            providers.append(provider)
+            job.provider = provider
 
         if resume:
             run_id = resume
-            recovered = store.recover(run_id)
             store.resume_run(run_id)
             _refresh_providers(store, run_id, suite, plans, pricing)
         else:
             run_id = store.start_run(provenance(
                 suite, limit, len(cases), cache_mode=cache_mode, pricing_version=pricing.version
             ))
-            recovered = 0
         result = RunResult(run_id=run_id, status="running", n_cases=len(cases), plans=plans,
                            resumed=bool(resume), recovered=recovered)
         writer = None
@@ -205,23 +215,20 @@ async def shadow_run(
             if not resume:
                 store.insert("run_providers", [_provider_row(run_id, suite, plan, pricing) for plan in plans])
                 store.insert("cases", [_case_row(run_id, i, case) for i, case in enumerate(cases)])
-            done = store.done_pairs(run_id)
-            jobs = [
-                _Job(plan, provider, [case for case in cases if (case.id, plan.name) not in done])
-                for plan, provider in zip(ready, providers, strict=True)
-            ]
-            result.todo = sum(len(job.cases) for job in jobs)
+            result.todo = sum(len(job.cases) + len(job.hits) for job in jobs)
             if on_started:
                 on_started(run_id, result.todo)
             writer = store.writer(journal=store.journal_path(run_id))
             scorers = build_scorers(suite.spec.scorers)
             recorder = _Recorder(run_id, suite, scorers, writer, pricing, cache_mode, result, progress)
             for job in jobs:
-                job.cases = recorder.replay_cached(store, job)
+                for case, key, parts, row in job.hits:
+                    recorder.record(job.plan, case, _from_cache(row), key, parts, cached_from=row["run_id"])
             # a TaskGroup: if one provider's workers fail (e.g. the store), the others are cancelled too
             async with asyncio.TaskGroup() as group:
                 for job in jobs:
-                    group.create_task(_drive(job, recorder))
+                    if job.cases:
+                        group.create_task(_drive(job, recorder))
             status = "completed"
         except (asyncio.CancelledError, KeyboardInterrupt):
             status = "interrupted"
@@ -231,10 +238,41 @@ async def shadow_run(
                 if writer is not None:
                     writer.close()
             finally:
-                _store_stats(store, run_id, ready, providers, result)
+                _store_stats(store, run_id, jobs, result)
                 store.finish_run(run_id, status)
                 result.status = status
         return result
+
+
+def cache_lookup_key(plan: ProviderPlan, request: Request, cache_mode: str) -> tuple[str | None, dict[str, Any] | None]:
+    """The cache key and its parts for `request` to `plan`, or (None, None) when answers are not cached:
+    cache mode off, or answers from a log."""
+    if cache_mode == "off" or plan.kind == "log":
+        return None, None
+    parts = cache_parts(plan, request)
+    return cache_key(parts), parts
+
+
+def _cached(
+    store: Store, suite: Suite, plan: ProviderPlan, cases: list[Case], cache_mode: str
+) -> tuple[list[tuple[Case, str, dict[str, Any], dict[str, Any]]], list[Case]]:
+    """Split `cases` into those with a stored answer to the same request (replay mode) and those to call for."""
+    if cache_mode != "replay" or plan.kind == "log" or not cases:
+        return [], cases
+    keyed = [(case, *cache_lookup_key(plan, request_for(suite, case, plan), cache_mode)) for case in cases]
+    found = store.cached_answers([key for _, key, _ in keyed if key])
+    hits = [(case, key, parts, found[key]) for case, key, parts in keyed if key in found]
+    return hits, [case for case, key, _ in keyed if key not in found]
+
+
+def _from_cache(row: dict[str, Any]) -> Completion:
+    return Completion(
+        text=row["text"] or "", model=row["model"], input_tokens=row["input_tokens"],
+        output_tokens=row["output_tokens"], ttft_ms=row["ttft_ms"], latency_ms=row["latency_ms"],
+        finish_reason=row["finish_reason"], cached=True, usage_source=row["usage_source"],
+        cached_input_tokens=row["cached_input_tokens"], cache_write_tokens=row["cache_write_tokens"],
+        attempts=0, source="cache",
+    )
 
 
 class _Recorder:
@@ -259,34 +297,6 @@ class _Recorder:
         self.cache_mode = cache_mode
         self.result = result
         self.progress = progress
-
-    def key(self, plan: ProviderPlan, request: Request) -> tuple[str | None, dict[str, Any] | None]:
-        if self.cache_mode == "off" or plan.kind == "log":
-            return None, None
-        parts = cache_parts(plan, request)
-        return cache_key(parts), parts
-
-    def replay_cached(self, store: Store, job: _Job) -> list[Case]:
-        """Record the stored answers `job`'s cases already have; returns the cases still to call for."""
-        if self.cache_mode != "replay" or job.plan.kind == "log" or not job.cases:
-            return job.cases
-        keyed = [(case, *self.key(job.plan, request_for(self.suite, case, job.plan))) for case in job.cases]
-        hits = store.cached_answers([key for _, key, _ in keyed if key])
-        missing = []
-        for case, key, parts in keyed:
-            row = hits.get(key or "")
-            if row is None:
-                missing.append(case)
-                continue
-            completion = Completion(
-                text=row["text"] or "", model=row["model"], input_tokens=row["input_tokens"],
-                output_tokens=row["output_tokens"], ttft_ms=row["ttft_ms"], latency_ms=row["latency_ms"],
-                finish_reason=row["finish_reason"], cached=True, usage_source=row["usage_source"],
-                cached_input_tokens=row["cached_input_tokens"], cache_write_tokens=row["cache_write_tokens"],
-                attempts=0, source="cache",
-            )
-            self.record(job.plan, case, completion, key, parts, cached_from=row["run_id"])
-        return missing
 
     def record(
         self,
@@ -337,7 +347,7 @@ async def _drive(job: _Job, recorder: _Recorder) -> None:
     async def worker() -> None:
         for case in queue:
             request = request_for(recorder.suite, case, job.plan)
-            key, parts = recorder.key(job.plan, request)
+            key, parts = cache_lookup_key(job.plan, request, recorder.cache_mode)
             completion = await job.provider.complete(request)
             recorder.record(job.plan, case, completion, key, parts)
 
@@ -346,11 +356,10 @@ async def _drive(job: _Job, recorder: _Recorder) -> None:
             group.create_task(worker())
 
 
-def _store_stats(
-    store: Store, run_id: str, plans: list[ProviderPlan], providers: list[Provider], result: RunResult
-) -> None:
+def _store_stats(store: Store, run_id: str, jobs: list[_Job], result: RunResult) -> None:
     """Record what each provider did (calls, retries, rate limits, log matches) on its run_providers row."""
-    for plan, provider in zip(plans, providers, strict=False):
+    for job in jobs:
+        plan, provider = job.plan, job.provider
         stats: dict[str, Any] = {}
         if isinstance(provider, Resilient):
             stats = {
@@ -359,7 +368,7 @@ def _store_stats(
                 "concurrency_lowest": provider.limiter.lowest, "concurrency_cuts": provider.limiter.cuts,
             }
             result.calls[plan.name] = provider.stats.calls
-        elif hasattr(provider, "stats"):
+        elif isinstance(provider, LogReplay):
             stats = provider.stats()
         stats["cached"] = result.cached.get(plan.name, 0)
         result.stats[plan.name] = stats
