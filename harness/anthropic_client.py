@@ -79,7 +79,7 @@ class AnthropicMessages:
             completion.error_kind == "http_400"
             and request.response_schema is not None
             and self.schema_style == "output_format"
-            and any(word in (completion.error or "") for word in ("output_config", "output_format", "format"))
+            and any(word in (completion.error or "") for word in ("output_config", "output_format"))
         ):
             self.schema_style = "none"
             completion = await self._complete(request, "none")

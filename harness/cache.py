@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from harness.errors import StoreError
-from harness.providers import ProviderPlan, Request, redact
+from harness.providers import ProviderPlan, Request, public_url
 from harness.store import Store
 
 MODES = ("replay", "fresh", "off")
@@ -29,9 +29,11 @@ def _digest(value: Any) -> str:
 
 def cache_parts(plan: ProviderPlan, request: Request) -> dict[str, Any]:
     """What the cache key of `request` to `plan`'s provider is made of: readable where short, hashed where long."""
-    provider = plan.kind
-    if plan.kind == "openai-compatible" or (plan.kind == "azure" and plan.base_url):
-        provider = f"{plan.kind}@{redact(plan.base_url or '')}"  # the same model name on two servers may differ
+    # the same model name at two endpoints may be two different models; a managed server's port is not part of it
+    if plan.server is not None:
+        provider = f"{plan.kind}@managed:{plan.server.engine}:{plan.server.model}"
+    else:
+        provider = f"{plan.kind}@{public_url(plan.base_url or plan.log_path or '')}"
     response_format = None
     if request.response_schema is not None or request.json_output:
         response_format = _digest({"schema": request.response_schema, "json": request.json_output})[:16]

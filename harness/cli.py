@@ -21,7 +21,7 @@ import pandas as pd
 from harness.cache import MODES, explain
 from harness.errors import HarnessError, ProviderError
 from harness.pricing import load_pricing
-from harness.providers import plan_provider, resolve_served_models
+from harness.providers import plan_provider, public_url, resolve_served_models
 from harness.report import render_report
 from harness.runner import resumable_cases, shadow_run
 from harness.scorers import summarize
@@ -192,7 +192,8 @@ def _run(args: argparse.Namespace, open_store: Callable[[], Store]) -> int:
         if run_id:
             kept = store.query("SELECT count(*) AS n FROM responses WHERE run_id = ?", [run_id])["n"][0]
             print(f"\ninterrupted: run {run_id} kept {kept} responses in {args.db}", file=sys.stderr)
-            print(f"resume it with: harness run {suite.path} --resume {run_id} --db {args.db}", file=sys.stderr)
+            print(f"resume it with: harness run {suite.path} --resume {run_id} --db {args.db}{_base_url_arg(args)}",
+                  file=sys.stderr)
             path = render_report(store, run_id, args.reports)
             print(f"Report of what was kept: {path}", file=sys.stderr)
         return 130
@@ -244,7 +245,7 @@ def _stopped_runs(store: Store, suite: str | None, suite_hash: str | None = None
     """Runs that did not complete, newest first, with how many answers they hold. A run still marked
     'running' died without saying so: this process holds the database's lock, so no one else is running it."""
     sql = (
-        "SELECT r.run_id, r.status, r.n_cases, r.started_at, "
+        "SELECT r.run_id, r.status, r.n_cases, r.case_limit, r.started_at, "
         "(SELECT count(*) FROM responses s WHERE s.run_id = r.run_id) AS answers, "
         "(SELECT count(*) FROM run_providers p WHERE p.run_id = r.run_id AND p.status = 'ready') AS providers "
         "FROM runs r WHERE r.status IN ('running', 'interrupted', 'failed')"
@@ -259,15 +260,28 @@ def _stopped_runs(store: Store, suite: str | None, suite_hash: str | None = None
     return store.query(sql + " ORDER BY r.started_at DESC", params).to_dict("records")
 
 
+def _base_url_arg(args: argparse.Namespace) -> str:
+    return f" --base-url {public_url(args.base_url)}" if args.base_url else ""
+
+
+def _same_limit(stored: Any, wanted: int | None) -> bool:
+    stored = None if stored is None or pd.isna(stored) else int(stored)
+    return stored == wanted
+
+
 def _offer_resume(store: Store, suite: Any, args: argparse.Namespace) -> str | None:
     """If a run of this suite (same contents) stopped half-way, say how to resume it; at a terminal, ask."""
-    stopped = [r for r in _stopped_runs(store, suite.name, suite.hash) if r["answers"] < r["n_cases"] * r["providers"]]
+    stopped = [
+        r for r in _stopped_runs(store, suite.name, suite.hash)
+        if r["answers"] < r["n_cases"] * r["providers"] and _same_limit(r["case_limit"], args.limit)
+    ]
     if not stopped:
         return None
     run = stopped[0]
     total = run["n_cases"] * run["providers"]
     print(f"run {run['run_id']} of this suite stopped ({run['status']}) with {run['answers']} of {total} answers;"
-          f" resume it with: harness run {suite.path} --resume {run['run_id']}  (make shadow RESUME={run['run_id']})")
+          f" resume it with: harness run {suite.path} --resume {run['run_id']}{_base_url_arg(args)}"
+          f"  (make shadow RESUME={run['run_id']})")
     if not (sys.stdin.isatty() and sys.stdout.isatty()) or args.candidate or args.incumbent:
         return None
     answer = input("Resume it now instead of starting a new run? [Y/n] ").strip().lower()

@@ -14,6 +14,7 @@ import json
 import os
 import re
 import time
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -106,9 +107,11 @@ def failed_completion(exc: BaseException, *secrets: str | None, **measured: Any)
 
 
 _SECRET_PATTERNS = [
-    re.compile(r"\b(sk|sk-proj|sk-ant|pk|rk)-[A-Za-z0-9_\-*.…]{3,}"),  # key-like tokens, masked ones included
-    re.compile(r"(?i)\b(bearer|api[_-]?key|x-api-key|authorization)([\"']?\s*[:=]?\s*[\"']?)[^\s\"',}]+"),
+    # key-like tokens: OpenAI/Anthropic keys, masked ones included ("sk-proj-****abcd"); long pk-/rk- tokens
+    re.compile(r"\b(?:sk-proj|sk-ant|sk)-[A-Za-z0-9_\-*.…]{3,}|\b(?:pk|rk)-[A-Za-z0-9_\-]{16,}"),
+    re.compile(r"(?i)\b(bearer|api[_-]?key|x-api-key|authorization)([\"']?\s*[:=]?\s*[\"']?)[^\s\"',}&]+"),
     re.compile(r"(?<=://)[^/@\s:]+:[^/@\s]+(?=@)"),  # user:password@ in URLs
+    re.compile(r"(?i)([?&](?:key|api[-_]?key|token|access_token|sig|code)=)[^&\s\"']+"),  # ?key=... in URLs
 ]
 
 
@@ -125,7 +128,20 @@ def redact(text: str, *secrets: str | None) -> str:
             text = text.replace(secret, "***")
     text = _SECRET_PATTERNS[0].sub("***", text)
     text = _SECRET_PATTERNS[1].sub(lambda m: f"{m.group(1)}{m.group(2)}***", text)
-    return _SECRET_PATTERNS[2].sub("***", text)
+    text = _SECRET_PATTERNS[2].sub("***", text)
+    return _SECRET_PATTERNS[3].sub(lambda m: f"{m.group(1)}***", text)
+
+
+def public_url(url: str) -> str:
+    """`url` without what may carry a credential (user:password@, query parameters such as `key=`), so that it
+    can be stored, compared and shown; the rest (scheme, host, port, path) is kept exactly."""
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or ""
+    netloc = host + (f":{parts.port}" if parts.port else "")
+    query = urllib.parse.urlencode(
+        [(k, v) for k, v in urllib.parse.parse_qsl(parts.query) if not _SECRET_PATTERNS[3].search(f"?{k}=x")]
+    )
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, ""))
 
 
 def describe_error(exc: BaseException) -> tuple[str, str, float | None]:
@@ -244,7 +260,7 @@ class ProviderPlan:
             return f"managed {self.server.engine} server ({self.server.model})"
         if self.log_path is not None:
             return f"log file {self.log_path}"
-        return redact(self.base_url or "")
+        return public_url(self.base_url or "")
 
     @property
     def request_model(self) -> str:

@@ -30,6 +30,7 @@ from harness.providers import (
     ProviderPlan,
     Request,
     build_provider,
+    public_url,
     redact,
     resolve_served_models,
 )
@@ -175,6 +176,8 @@ async def shadow_run(
         raise ProviderError("no provider can run (" + "; ".join(f"{p.name}: {p.reason}" for p in plans) + ")")
     # What is already there (a resumed run's answers, the journal of a killed one) and what the cache holds is
     # settled first: a server is started only for a provider with something left to ask.
+    if resume:
+        check_resumable_providers(store, resume, plans)
     recovered = store.recover(resume) if resume else 0
     done = store.done_pairs(resume) if resume else set()
     jobs = []
@@ -237,6 +240,9 @@ async def shadow_run(
             try:
                 if writer is not None:
                     writer.close()
+            except BaseException:
+                status = "failed"  # answers may be only in the journal: `--resume` stores them
+                raise
             finally:
                 _store_stats(store, run_id, jobs, result)
                 store.finish_run(run_id, status)
@@ -381,6 +387,27 @@ def _store_stats(store: Store, run_id: str, jobs: list[_Job], result: RunResult)
             store.update_provider(run_id, plan.name, {"stats": stats})
 
 
+def check_resumable_providers(store: Store, run_id: str, plans: list[ProviderPlan]) -> None:
+    """Raise ProviderError if resuming `run_id` with `plans` would mix answers from somewhere else: a provider
+    the run was started with cannot run now, or would be called at another endpoint."""
+    stored = store.query(
+        "SELECT provider, endpoint FROM run_providers WHERE run_id = ? AND status = 'ready'", [run_id]
+    ).to_dict("records")
+    by_name = {plan.name: plan for plan in plans}
+    for row in stored:
+        plan = by_name.get(row["provider"])
+        if plan is None or plan.status != "ready":
+            why = plan.reason if plan is not None else "it is not among the providers given"
+            raise ProviderError(f"run {run_id} was started with {row['provider']}, which cannot run now ({why}); "
+                                "fix that and resume again")
+        if row["endpoint"] and plan.describe_endpoint() != row["endpoint"]:
+            raise ProviderError(
+                f"run {run_id} called {row['provider']} at {row['endpoint']}; resuming would call "
+                f"{plan.describe_endpoint()}: resume with the same endpoint (--base-url or the environment) "
+                "or start a new run"
+            )
+
+
 def _refresh_providers(
     store: Store, run_id: str, suite: Suite, plans: list[ProviderPlan], pricing: PricingTable
 ) -> None:
@@ -400,7 +427,7 @@ def _provider_row(run_id: str, suite: Suite, plan: ProviderPlan, pricing: Pricin
     price = pricing.lookup(plan.request_model, provider_id=plan.name) if plan.status == "ready" else None
     spec = plan.spec.model_dump()
     if spec.get("base_url"):
-        spec["base_url"] = redact(spec["base_url"])
+        spec["base_url"] = public_url(spec["base_url"])
     return {
         "run_id": run_id, "provider": plan.name, "role": plan.spec.role, "kind": plan.kind, "model": plan.model,
         "served_model": plan.request_model if plan.status == "ready" else None,

@@ -255,7 +255,7 @@ class Store:
         done = self.done_pairs(run_id)
         pending: dict[str, list[dict[str, Any]]] = defaultdict(list)
         records = 0
-        for line in path.read_text(encoding="utf-8").splitlines():
+        for line in path.read_bytes().split(b"\n"):
             try:
                 record = json.loads(line)
             except ValueError:  # the line being written when the process died
@@ -364,11 +364,10 @@ class BatchWriter(threading.Thread):
         if self.error is not None:
             raise StoreError(f"writing results failed: {_first_line(self.error)}")
         if self._journal_fd is not None:
-            line = json.dumps(record, ensure_ascii=False, default=str) + "\n"
-            os.write(self._journal_fd, line.encode("utf-8"))
-        for table, rows in record.items():
-            for row in rows:
-                self._queue.put((table, row))
+            # ASCII escapes: no raw U+2028 or NEL in a line that a reader might split on
+            line = json.dumps(record, ensure_ascii=True, default=str) + "\n"
+            os.write(self._journal_fd, line.encode("ascii"))
+        self._queue.put((None, record))  # one item: a batch never holds half a record
 
     def run(self) -> None:
         pending: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -381,6 +380,10 @@ class BatchWriter(threading.Thread):
                 item = self._queue.get(timeout=timeout)
                 if item is self._STOP:
                     stopping = True
+                elif item[0] is None:
+                    for table, rows in item[1].items():
+                        pending[table].extend(rows)
+                        count += len(rows)
                 else:
                     pending[item[0]].append(item[1])
                     count += 1

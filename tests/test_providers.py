@@ -225,3 +225,12 @@ def test_concurrent_rejections_move_to_the_next_form_once():
     assert all(c.error is None for c in completions)
     assert provider.schema_style == "json_object_schema"
     assert all("response_format" in body for body in server.requests)
+
+
+def test_public_url_and_redact_keep_hosts_and_drop_credentials():
+    from harness.providers import public_url, redact
+
+    assert public_url("https://user:pw@pk-llm.internal:8443/v1?api-key=abc&x=1") == "https://pk-llm.internal:8443/v1?x=1"
+    assert public_url("http://127.0.0.1:8000/v1") == "http://127.0.0.1:8000/v1"
+    text = "at https://pk-llm.internal/v1: Incorrect API key sk-proj-****abcd; https://g.dev/v1?key=AIzaSy123&alt=sse"
+    assert redact(text) == "at https://pk-llm.internal/v1: Incorrect API key ***; https://g.dev/v1?key=***&alt=sse"

@@ -392,3 +392,56 @@ max_attempts = 1
     blobs += [p.read_text() for p in reports.rglob("*") if p.is_file()]
     for secret in secrets.values():
         assert not any(secret in blob for blob in blobs)
+
+
+def test_the_cache_never_answers_for_another_endpoint(mini_suite, tmp_path, monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    db = tmp_path / "s.duckdb"
+    with OpenAIServer(lambda body: Reply(text="{}")) as a, OpenAIServer(lambda body: Reply(text="{}")) as b:
+        for server in (a, b, a):
+            assert _run([str(mini_suite), "--db", str(db), "--reports", str(tmp_path / "r"),
+                         "--base-url", server.base_url]) == 0
+        assert (len(a.requests), len(b.requests)) == (6, 6)  # the third run was answered from a's answers
+
+
+def test_resume_refuses_another_endpoint_and_fills_in_only_the_missing(mini_suite, tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    db = tmp_path / "s.duckdb"
+    with OpenAIServer(lambda body: Reply(text="{}")) as a, OpenAIServer(lambda body: Reply(text="{}")) as b:
+        args = ["--db", str(db), "--reports", str(tmp_path / "r")]
+        assert _run([str(mini_suite), *args, "--base-url", a.base_url, "--cache", "off"]) == 0
+        con = duckdb.connect(str(db))
+        run_id = con.execute("SELECT run_id FROM runs").fetchone()[0]
+        con.execute("UPDATE runs SET status = 'interrupted'")
+        con.execute("DELETE FROM scores WHERE case_id IN (SELECT case_id FROM cases ORDER BY position LIMIT 2)")
+        con.execute("DELETE FROM responses WHERE case_id IN (SELECT case_id FROM cases ORDER BY position LIMIT 2)")
+        con.close()
+        capsys.readouterr()
+        assert _run(["--resume", run_id, *args, "--base-url", b.base_url]) == 2
+        err = capsys.readouterr().err
+        assert f"run {run_id} called local:smollm2-135m at {a.base_url}; resuming would call {b.base_url}" in err
+        assert _run([str(mini_suite), *args, "--base-url", a.base_url, "--resume", "last"]) == 0
+        assert (len(a.requests), len(b.requests)) == (8, 0)
+    con = duckdb.connect(str(db), read_only=True)
+    assert con.execute("SELECT count(*), count(DISTINCT case_id) FROM responses").fetchone() == (6, 6)
+    assert con.execute("SELECT status, resumed FROM runs").fetchone() == ("completed", 1)
+
+
+def test_a_failed_final_write_marks_the_run_failed(mini_suite, tmp_path, monkeypatch, capsys):
+    from harness.errors import StoreError
+    from harness.store import BatchWriter
+
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    original = BatchWriter.close
+
+    def failing_close(self):
+        original(self)
+        raise StoreError("writing results failed: disk full")
+
+    monkeypatch.setattr(BatchWriter, "close", failing_close)
+    db = tmp_path / "s.duckdb"
+    with OpenAIServer(lambda body: Reply(text="{}")) as server:
+        code = _run([str(mini_suite), "--db", str(db), "--reports", str(tmp_path / "r"), "--base-url", server.base_url])
+    assert code == 2 and "disk full" in capsys.readouterr().err
+    con = duckdb.connect(str(db), read_only=True)
+    assert con.execute("SELECT status FROM runs").fetchone()[0] == "failed"

@@ -153,7 +153,8 @@ def test_the_journal_recovers_what_a_killed_run_had_not_written(tmp_path: Path):
         writer = store.writer(flush_interval=60, journal=store.journal_path(run_id))
         for i in range(4):
             writer.put_record({{
-                "responses": [{{"run_id": run_id, "case_id": f"c{{i}}", "provider": "p", "text": f"answer {{i}}",
+                "responses": [{{"run_id": run_id, "case_id": f"c{{i}}", "provider": "p",
+                                "text": f"answer {{i}}" + "\u2028\x85",
                                 "started_at": __import__("datetime").datetime.now(__import__("datetime").UTC)}}],
                 "scores": [{{"run_id": run_id, "case_id": f"c{{i}}", "provider": "p", "scorer": "s",
                              "metric": "case_pass", "value": 1.0, "passed": True, "detail": {{"outcome": "ok"}}}}],
@@ -170,8 +171,34 @@ def test_the_journal_recovers_what_a_killed_run_had_not_written(tmp_path: Path):
             f.write('{"responses": [{"run_id": "torn')
         assert store.recover(run_id) == 3
         rows = store.query("SELECT case_id, text FROM responses ORDER BY case_id").values.tolist()
-        assert rows == [["c0", "stored"], ["c1", "answer 1"], ["c2", "answer 2"], ["c3", "answer 3"]]
+        assert rows == [["c0", "stored"], *[[f"c{i}", f"answer {i}\u2028\x85"] for i in (1, 2, 3)]]
         details = store.query("SELECT detail FROM scores ORDER BY case_id")["detail"].tolist()
         assert details == ['{"outcome": "ok"}'] * 3
         assert not journal.exists()
         assert store.recover(run_id) == 0
+
+
+def test_a_batch_never_holds_half_a_record(tmp_path: Path):
+    """A response and its scores are written in the same transaction, however small the batches."""
+    from harness.store import BatchWriter
+
+    batches = []
+
+    class Spy(BatchWriter):
+        def _flush(self, pending):
+            batches.append({table: len(rows) for table, rows in pending.items()})
+            super()._flush(pending)
+
+    with Store(tmp_path / "s.duckdb") as store:
+        run_id = store.start_run({"suite": "t"})
+        writer = Spy(store.con.cursor(), flush_interval=0.01, max_batch=2)
+        writer.start()
+        for i in range(20):
+            writer.put_record({
+                "responses": [_response(run_id, i)],
+                "scores": [{"run_id": run_id, "case_id": f"c{i}", "provider": "p", "scorer": "s", "metric": m}
+                           for m in ("a", "b", "c")],
+            })
+        writer.close()
+        assert store.query("SELECT count(*) AS n FROM scores")["n"][0] == 60
+    assert batches and all(b.get("scores", 0) == 3 * b.get("responses", 0) for b in batches)
