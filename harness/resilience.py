@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from harness.providers import Completion, Provider, Request
 
 RATE_LIMITED = "http_429"
+_SLOW_DOWN = frozenset({RATE_LIMITED, "http_529"})  # answers that ask for less concurrency (529: Anthropic overloaded)
 
 
 def is_retryable(error_kind: str | None) -> bool:
@@ -60,7 +61,7 @@ class RetryPolicy:
 
 
 class AdaptiveLimiter:
-    """A concurrency limit that halves when the provider answers 429 and grows by one after each
+    """A concurrency limit that halves when the provider answers 429 (or 529) and grows by one after each
     `limit` successful calls in a row, between 1 and `maximum` (additive increase, multiplicative decrease).
 
     Concurrent 429s from requests sent under the same limit cut it once, not once each.
@@ -98,7 +99,7 @@ class AdaptiveLimiter:
                 self._cond.notify_all()
 
     def _adjust(self, kind: str | None, epoch: int) -> None:
-        if kind == RATE_LIMITED:
+        if kind in _SLOW_DOWN:
             self._successes = 0
             if epoch == self._epoch:  # sent under the current limit: the limit is too high
                 self.limit = max(1, self.limit // 2)
