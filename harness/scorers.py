@@ -35,12 +35,32 @@ class Score:
     detail: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Metric:
+    """One aggregate over a provider's answers (e.g. macro-F1, item recall); `value` None when undefined."""
+
+    name: str
+    value: float | None
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
 class Scorer(Protocol):
     """Scores a completed, error-free response to a case."""
 
     name: str
 
     def __call__(self, case: Case, completion: Completion) -> list[Score]: ...
+
+
+class Aggregating(Protocol):
+    """A scorer that also computes run-level metrics from its own score rows.
+
+    `scores`: this scorer's rows for one provider (columns case_id, metric, value, passed, detail; `detail`
+    parsed into a dict). `unanswered`: the cases this provider has no answer for (failed calls), which
+    count as misses (false negatives) wherever recall is computed.
+    """
+
+    def aggregate(self, scores: pd.DataFrame, unanswered: list[Case]) -> list[Metric]: ...
 
 
 def normalize_text(value: Any) -> str:

@@ -150,6 +150,9 @@ class Case:
     gold: Any
     line: int
     messages: list[dict[str, str]] = field(default_factory=list)
+    # When a long input was cut to fit the context ([context] in suite.toml): {"field", "chars" (full length),
+    # "strategy", "truncated", "kept": [[start, end], ...] (the character ranges of the full text the prompt got)}.
+    context: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
