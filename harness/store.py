@@ -128,12 +128,30 @@ MIGRATIONS: list[tuple[str, str]] = [
         ALTER TABLE runs ADD COLUMN resumed_at TIMESTAMPTZ;
         """,
     ),
+    (
+        "metrics_context_rescoring",
+        """
+        CREATE TABLE metrics (             -- run-level aggregates per provider and scorer (F1, confusion matrix...)
+            run_id VARCHAR NOT NULL,
+            provider VARCHAR NOT NULL,
+            scorer VARCHAR NOT NULL,
+            metric VARCHAR NOT NULL,
+            value DOUBLE,                  -- NULL when undefined (0/0) or when the metric is all detail
+            detail VARCHAR,                -- JSON
+            PRIMARY KEY (run_id, provider, scorer, metric)
+        );
+        ALTER TABLE cases ADD COLUMN context VARCHAR;     -- JSON: how a long input was cut to fit, if it was
+        ALTER TABLE runs ADD COLUMN scorers VARCHAR;      -- JSON: the scorer entries the stored scores came from
+        ALTER TABLE runs ADD COLUMN scored_at TIMESTAMPTZ;
+        ALTER TABLE runs ADD COLUMN rescored INTEGER DEFAULT 0;  -- times `harness score` re-scored the run
+        """,
+    ),
 ]
 
 # New files stay readable by every DuckDB since 1.0 (the `duckdb` CLI, DBeaver...), not only by this version.
 CONNECT_CONFIG = {"storage_compatibility_version": "v1.0.0"}
 
-TABLES = ("runs", "run_providers", "cases", "responses", "scores")
+TABLES = ("runs", "run_providers", "cases", "responses", "scores", "metrics")
 
 
 def new_run_id() -> str:
@@ -238,6 +256,38 @@ class Store:
         finally:
             self.con.unregister("_keys")
         return {row["cache_key"]: row for row in rows}
+
+    def put_metrics(self, run_id: str, rows: list[dict[str, Any]]) -> None:
+        """Replace the run's aggregate metrics with `rows` (provider, scorer, metric, value, detail)."""
+        with self._transaction():
+            self.con.execute("DELETE FROM metrics WHERE run_id = ?", [run_id])
+            _insert(self.con, "metrics", [{"run_id": run_id, **row} for row in rows])
+
+    def replace_scores(
+        self,
+        run_id: str,
+        scores: list[dict[str, Any]],
+        metrics: list[dict[str, Any]],
+        scorers: list[dict[str, Any]],
+        gold: dict[str, Any] | None = None,
+    ) -> None:
+        """Swap every score and metric of a run for new ones in one transaction (re-scoring), recording
+        which scorers produced them and any corrected gold values (case id -> gold); a failure leaves the old
+        scores as they were."""
+        with self._transaction():
+            for case_id, value in (gold or {}).items():
+                self.con.execute(
+                    "UPDATE cases SET gold = ? WHERE run_id = ? AND case_id = ?",
+                    [_cell("gold", value), run_id, case_id],
+                )
+            self.con.execute("DELETE FROM scores WHERE run_id = ?", [run_id])
+            self.con.execute("DELETE FROM metrics WHERE run_id = ?", [run_id])
+            _insert(self.con, "scores", scores)
+            _insert(self.con, "metrics", [{"run_id": run_id, **row} for row in metrics])
+            self.con.execute(
+                "UPDATE runs SET scorers = ?, scored_at = ?, rescored = coalesce(rescored, 0) + 1 WHERE run_id = ?",
+                [json.dumps(scorers), datetime.now(UTC), run_id],
+            )
 
     def journal_path(self, run_id: str) -> Path:
         """Where a run's write-ahead journal lives while the run is going."""
@@ -436,7 +486,8 @@ def _insert(con: duckdb.DuckDBPyConnection, table: str, rows: list[dict[str, Any
 
 
 JSON_COLUMNS = frozenset(
-    {"params", "package_versions", "input", "gold", "messages", "detail", "cache_parts", "spec", "pricing", "stats"}
+    {"params", "package_versions", "input", "gold", "messages", "detail", "cache_parts", "spec", "pricing", "stats",
+     "context", "scorers"}
 )
 
 

@@ -35,6 +35,8 @@ class CasesSpec(_Strict):
     split: str = "train"
     id_field: str = "id"
     gold_field: str = "gold"
+    # cases a run takes when no --limit/--all is given: the first N in file order (None: every case)
+    default_limit: int | None = Field(default=None, ge=1)
 
 
 class PromptSpec(_Strict):
@@ -42,6 +44,19 @@ class PromptSpec(_Strict):
 
     template: str = "prompt.j2"
     system: str | None = None
+    vars: dict[str, Any] = {}  # extra template variables, the same for every case (e.g. the categories asked)
+
+
+class ContextSpec(_Strict):
+    """Long inputs cut to fit the model's context, explicitly and recorded per case.
+
+    `field`: the case field that can be long; `max_chars`: the most characters of it the prompt gets;
+    `strategy`: `head` keeps the beginning, `head_tail` the first two thirds and the last third of the budget,
+    `fail` refuses a suite with a longer input (so nothing is ever cut silently)."""
+
+    field: str
+    max_chars: int = Field(ge=200)
+    strategy: Literal["head", "head_tail", "fail"] = "head"
 
 
 class OutputSpec(_Strict):
@@ -50,22 +65,60 @@ class OutputSpec(_Strict):
     format: Literal["json", "text"] = "json"
     json_schema: dict[str, Any] | None = Field(default=None, alias="schema")
     schema_file: str | None = None
+    # classification: the label set, inline or in a JSON file (a list of strings); the template sees `labels`
+    labels: list[str] | None = None
+    labels_file: str | None = None
+    label_key: str = "label"  # the JSON key holding the label (format = "json")
+
+
+ScorerKind = Literal["fields", "exact", "label", "line_items", "clauses", "python"]
+
+# the keys each kind of scorer takes besides kind and name
+SCORER_KEYS: dict[str, set[str]] = {
+    "fields": {"fields", "dayfirst"},
+    "exact": set(),
+    "label": set(),
+    "line_items": {"key", "item_fields", "min_similarity", "dayfirst"},
+    "clauses": {"categories", "text_field"},
+    "python": {"function", "threshold", "options"},
+}
 
 
 class ScorerSpec(_Strict):
-    """One scorer. `fields` maps each gold field to how it is compared (extraction)."""
+    """One scorer: `kind` and the keys that kind takes (see suites/README.md)."""
 
-    kind: Literal["fields", "exact"]
+    kind: ScorerKind
     name: str | None = None  # how its scores are labelled; defaults to the kind
-    fields: dict[str, FieldType] = {}
-    dayfirst: bool = True
+    fields: dict[str, FieldType] = {}  # fields: gold field -> how it is compared
+    dayfirst: bool = True  # fields, line_items: 01/02/2019 is the 1st of February
+    key: str = "line_items"  # line_items: the gold and answer key holding the list of items
+    item_fields: dict[str, FieldType] = {"name": "text", "quantity": "amount", "price": "amount"}
+    min_similarity: float = Field(default=0.5, ge=0, le=1)  # line_items: name similarity for a match
+    categories: list[str] | None = None  # clauses: defaults to prompt.vars.categories, else a dozen common ones
+    text_field: str = "text"  # clauses: the case field holding the contract
+    function: str | None = None  # python: "module:function", the module looked up in the suite folder first
+    threshold: float | None = None  # python: a number returned passes at or above this
+    options: dict[str, Any] = {}  # python: keyword arguments for the function
+
+    @model_validator(mode="before")
+    @classmethod
+    def _keys_of_kind(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("kind") in SCORER_KEYS:
+            allowed = SCORER_KEYS[data["kind"]] | {"kind", "name"}
+            for key in data:
+                if key not in allowed:
+                    takes = ", ".join(sorted(SCORER_KEYS[data["kind"]])) or "no other keys"
+                    raise ValueError(f"a '{data['kind']}' scorer does not take '{key}' (it takes {takes})")
+        return data
 
     @model_validator(mode="after")
-    def _fields_named(self) -> ScorerSpec:
+    def _complete(self) -> ScorerSpec:
         if self.kind == "fields" and not self.fields:
             raise ValueError("a 'fields' scorer needs [scorers.fields], e.g. total = \"amount\"")
-        if self.kind == "exact" and self.fields:
-            raise ValueError("an 'exact' scorer compares the whole answer; remove its fields")
+        if self.kind == "python" and (not self.function or ":" not in self.function):
+            raise ValueError("a 'python' scorer needs function = \"module:function\", e.g. \"checks:has_total\"")
+        if self.kind == "line_items" and "name" not in self.item_fields:
+            raise ValueError("item_fields must include 'name', the field items are matched on")
         if self.name is None:
             self.name = self.kind
         return self
@@ -108,9 +161,10 @@ class SuiteSpec(_Strict):
     name: str
     description: str = ""
     version: str = "1"
-    task: Literal["extraction", "classification"]
+    task: Literal["extraction", "classification", "review"]
     cases: CasesSpec = CasesSpec()
     prompt: PromptSpec = PromptSpec()
+    context: ContextSpec | None = None
     output: OutputSpec = OutputSpec()
     scorers: list[ScorerSpec]
     providers: list[ProviderSpec]
@@ -164,6 +218,7 @@ class Suite:
     cases: list[Case]
     response_schema: dict[str, Any] | None
     hash: str
+    labels: list[str] | None = None
 
     @property
     def name(self) -> str:
@@ -185,7 +240,14 @@ def load_suite(path: str | Path) -> Suite:
         raise SuiteError(f"{config}: not valid TOML: {exc}") from None
     spec = _validate_spec(config, data)
 
+    labels = _load_labels(path, spec)
     schema = _load_schema(path, spec)
+    if schema is None and labels and spec.output.format == "json":
+        schema = {
+            "type": "object",
+            "properties": {spec.output.label_key: {"type": "string", "enum": labels}},
+            "required": [spec.output.label_key],
+        }
     template_path = path / spec.prompt.template
     if not template_path.is_file():
         raise SuiteError(f"{config}: prompt.template: {template_path} does not exist")
@@ -198,12 +260,64 @@ def load_suite(path: str | Path) -> Suite:
         raise SuiteError(f"{template_path} line {exc.lineno}: template syntax error: {exc.message}") from None
 
     rows, place, numbers, cases_hash = _read_rows(path, spec.cases)
-    cases = _build_cases(rows, place, numbers, spec, template, template_path, sorted(variables))
+    shared = {**spec.prompt.vars, **({"labels": labels} if labels else {})}
+    per_case = sorted(set(variables) - set(shared))
+    cases = _build_cases(rows, place, numbers, spec, template, template_path, per_case, shared)
 
     digest = hashlib.sha256()
-    for part in (raw, template_text.encode(), json.dumps(schema, sort_keys=True).encode(), cases_hash.encode()):
+    parts = (raw, template_text.encode(), json.dumps([schema, labels], sort_keys=True).encode(), cases_hash.encode())
+    for part in parts:
         digest.update(hashlib.sha256(part).digest())
-    return Suite(path=path, spec=spec, cases=cases, response_schema=schema, hash=digest.hexdigest()[:16])
+    return Suite(
+        path=path, spec=spec, cases=cases, response_schema=schema, hash=digest.hexdigest()[:16], labels=labels,
+    )
+
+
+def _load_labels(path: Path, spec: SuiteSpec) -> list[str] | None:
+    """The label set of a classification suite: `output.labels` or the JSON list in `output.labels_file`."""
+    out, config = spec.output, path / "suite.toml"
+    if out.labels is not None and out.labels_file:
+        raise SuiteError(f"{config}: output: give either 'labels' or 'labels_file', not both")
+    labels = out.labels
+    if out.labels_file:
+        file = path / out.labels_file
+        try:
+            labels = json.loads(file.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise SuiteError(f"{config}: output.labels_file: {file} does not exist") from None
+        except json.JSONDecodeError as exc:
+            raise SuiteError(f"{file} line {exc.lineno}: not valid JSON: {exc.msg}") from None
+        if isinstance(labels, dict) and isinstance(labels.get("labels"), list):
+            labels = labels["labels"]
+        if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
+            raise SuiteError(f"{file}: a labels file must hold a JSON list of strings")
+    if labels is not None:
+        if len(labels) < 2:
+            raise SuiteError(f"{config}: output.labels: name at least two labels")
+        if len(set(labels)) != len(labels):
+            dup = next(x for x in labels if labels.count(x) > 1)
+            raise SuiteError(f"{config}: output.labels: '{dup}' appears twice")
+    if any(s.kind == "label" for s in spec.scorers) and not labels:
+        raise SuiteError(f"{config}: a 'label' scorer needs the label set: output.labels or output.labels_file")
+    return labels
+
+
+def fit_context(text: str, spec: ContextSpec) -> tuple[str, dict[str, Any]]:
+    """Cut `text` to `spec.max_chars` by the spec's strategy. Returns the text the prompt gets (with a marker
+    where text was left out, so the model knows) and the record stored with the case."""
+    n = len(text)
+    record: dict[str, Any] = {"field": spec.field, "chars": n, "strategy": spec.strategy, "truncated": False,
+                              "kept": [[0, n]]}
+    if n <= spec.max_chars:
+        return text, record
+    if spec.strategy == "head":
+        kept = text[: spec.max_chars]
+        record.update(truncated=True, kept=[[0, spec.max_chars]])
+        return kept + f"\n[... {n - spec.max_chars} more characters not shown ...]", record
+    head = spec.max_chars * 2 // 3
+    tail = spec.max_chars - head
+    record.update(truncated=True, kept=[[0, head], [n - tail, n]])
+    return text[:head] + f"\n[... {n - head - tail} characters not shown ...]\n" + text[n - tail:], record
 
 
 def _validate_spec(config: Path, data: dict[str, Any]) -> SuiteSpec:
@@ -356,6 +470,7 @@ def _build_cases(
     template: jinja2.Template,
     template_path: Path,
     variables: list[str],
+    shared: dict[str, Any],
 ) -> list[Case]:
     id_field, gold_field = spec.cases.id_field, spec.cases.gold_field
     field_names = list(dict.fromkeys(f for scorer in spec.scorers if scorer.kind == "fields" for f in scorer.fields))
@@ -381,8 +496,22 @@ def _build_cases(
         if case_id in seen:
             raise SuiteError(f"{where}: duplicate id '{case_id}' (first seen at {seen[case_id]})")
         seen[case_id] = where
+        if shared.get("labels") and row[gold_field] not in shared["labels"]:
+            raise SuiteError(f"{where}: gold label '{row[gold_field]}' is not in the label set (output.labels)")
+        shown, context = row, None
+        if spec.context is not None:
+            long = row.get(spec.context.field)
+            if not isinstance(long, str):
+                raise SuiteError(f"{where}: context.field '{spec.context.field}' must be a text field of every case")
+            if spec.context.strategy == "fail" and len(long) > spec.context.max_chars:
+                raise SuiteError(
+                    f"{where}: '{spec.context.field}' has {len(long)} characters, over context.max_chars = "
+                    f"{spec.context.max_chars}; raise it or set context.strategy = \"head\" or \"head_tail\""
+                )
+            cut, context = fit_context(long, spec.context)
+            shown = {**row, spec.context.field: cut}
         try:
-            user = template.render(**row)
+            user = template.render(**{**shared, **shown})
         except jinja2.UndefinedError as exc:
             raise SuiteError(
                 f"{where}: {template_path.name}: {exc.message}; add it to the case or the template"
@@ -392,5 +521,7 @@ def _build_cases(
         if spec.prompt.system:
             messages.append({"role": "system", "content": spec.prompt.system})
         messages.append({"role": "user", "content": user})
-        cases.append(Case(id=case_id, input=inputs, gold=row[gold_field], line=number, messages=messages))
+        cases.append(
+            Case(id=case_id, input=inputs, gold=row[gold_field], line=number, messages=messages, context=context)
+        )
     return cases

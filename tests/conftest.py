@@ -11,12 +11,21 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).parent))
 
 
-def copy_invoices(tmp_path: Path, n_cases: int) -> Path:
-    """A copy of the invoices suite with its first `n_cases` cases, in a folder a test may break."""
-    target = tmp_path / "invoices"
-    shutil.copytree(ROOT / "suites" / "invoices", target)
+def copy_suite(tmp_path: Path, name: str, n_cases: int) -> Path:
+    """A copy of suite `name` with its first `n_cases` cases, in a folder a test may break."""
+    target = tmp_path / name
+    shutil.copytree(ROOT / "suites" / name, target)
     lines = (target / "cases.jsonl").read_text().splitlines()[:n_cases]
     (target / "cases.jsonl").write_text("\n".join(lines) + "\n")
+    return target
+
+
+def copy_invoices(tmp_path: Path, n_cases: int) -> Path:
+    """A copy of the invoices suite with its first `n_cases` cases, in a folder a test may break; a run of it
+    takes every one of them (no default_limit)."""
+    target = copy_suite(tmp_path, "invoices", n_cases)
+    config = target / "suite.toml"
+    config.write_text("\n".join(x for x in config.read_text().splitlines() if not x.startswith("default_limit")))
     return target
 
 

@@ -1,0 +1,225 @@
+"""The workload suites end to end against a local OpenAI-compatible server: classification metrics stored,
+re-scoring without calls, custom scorers, default samples and long-input cuts recorded per case."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import duckdb
+import pytest
+from conftest import copy_suite
+from openai_server import OpenAIServer, Reply
+
+from harness.cli import main
+
+
+def _rows(suite_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (suite_dir / "cases.jsonl").read_text().splitlines() if line.strip()]
+
+
+def _run(suite_dir: Path, tmp_path: Path, server: OpenAIServer, *extra: str) -> int:
+    return main(["run", str(suite_dir), "--db", str(tmp_path / "shadow.duckdb"), "--reports", str(tmp_path / "rep"),
+                 "--base-url", server.base_url, "--no-progress", *extra])
+
+
+def _query(tmp_path: Path, sql: str) -> list[tuple]:
+    con = duckdb.connect(str(tmp_path / "shadow.duckdb"), read_only=True)
+    try:
+        return con.execute(sql).fetchall()
+    finally:
+        con.close()
+
+
+def _tickets_responder(rows: list[dict]):
+    """Case 0 and 5 right; 1 right but spelled 'Card Arrival' style; 2 answers case 3's label; 3 a label
+    outside the set; 4 an HTTP 500."""
+
+    def responder(body: dict) -> Reply:
+        prompt = body["messages"][-1]["content"]
+        i = next(k for k, row in enumerate(rows) if f"Message: {row['text']}" in prompt)
+        label = {0: rows[0]["label"], 1: rows[1]["label"].replace("_", " ").title(), 2: rows[3]["label"],
+                 3: "not_an_intent", 5: rows[5]["label"]}.get(i)
+        if label is None:
+            return Reply(status=500, error_message="overloaded")
+        return Reply(text=json.dumps({"label": label}))
+
+    return responder
+
+
+@pytest.fixture
+def tickets(tmp_path: Path) -> Path:
+    return copy_suite(tmp_path, "tickets", 6)
+
+
+def test_tickets_stores_sklearn_metrics_and_the_confusion_matrix(tickets, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    rows = _rows(tickets)
+    assert len({row["label"] for row in rows}) == 6  # round-robin order: the first cases are 6 intents
+    with OpenAIServer(_tickets_responder(rows)) as server:
+        assert _run(tickets, tmp_path, server) == 0
+    # the label set reached the server as a JSON schema enum
+    schema = server.requests[0]["response_format"]
+    assert "not_an_intent" not in json.dumps(schema) and rows[0]["label"] in json.dumps(schema)
+    metrics = {m: (v, json.loads(d)) for m, v, d in _query(tmp_path, "SELECT metric, value, detail FROM metrics")}
+    # by hand: 3 of 6 right (case 1 folds to its label; the failed call counts as a miss); classes g0..g5 have
+    # F1 1, 1, 0, 0, 0, 1 -> macro and weighted (one case each) 0.5
+    assert metrics["accuracy"][0] == pytest.approx(3 / 6)
+    assert metrics["macro_f1"][0] == pytest.approx(0.5)
+    assert metrics["weighted_f1"][0] == pytest.approx(0.5)
+    assert metrics["invalid_label_rate"][0] == pytest.approx(1 / 6)
+    pairs = {(p["gold"], p["pred"]) for p in metrics["confused_pairs"][1]["pairs"]}
+    assert pairs == {(rows[2]["label"], rows[3]["label"]), (rows[3]["label"], "(invalid)"),
+                     (rows[4]["label"], "(no answer)")}
+    matrix = metrics["confusion_matrix"][1]
+    assert sum(map(sum, matrix["matrix"])) == 6 and "(no answer)" in matrix["labels"]
+    assert metrics["per_class"][1][rows[0]["label"]]["f1"] == 1.0
+    out = capsys.readouterr().out
+    assert "accuracy 0.5" in out and "macro_f1 0.5" in out
+
+
+def test_score_rescores_stored_answers_without_calling_a_model(tickets, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    rows = _rows(tickets)
+    with OpenAIServer(_tickets_responder(rows)) as server:
+        assert _run(tickets, tmp_path, server) == 0
+    calls = len(server.requests)
+    # a reviewer decides case 2's gold label was wrong: the model's answer (case 3's label) is right after all
+    rows[2]["label"] = rows[3]["label"]
+    (tickets / "cases.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    capsys.readouterr()
+    assert main(["score", "--db", str(tmp_path / "shadow.duckdb"), "--reports", str(tmp_path / "rep")]) == 0
+    out = capsys.readouterr().out
+    assert "re-scored 5 answers" in out and "1 failed calls" in out and "no model called" in out
+    assert "gold changed since the run for 1 case(s): " + rows[2]["id"] in out
+    assert "pass rate 50% -> 67%" in out
+    assert len(server.requests) == calls  # the server is closed anyway: nothing was asked
+    passed = dict(_query(tmp_path, "SELECT case_id, passed FROM scores WHERE metric = 'case_pass'"))
+    assert passed[rows[2]["id"]] is True and len(passed) == 5
+    (accuracy,) = _query(tmp_path, "SELECT value FROM metrics WHERE metric = 'accuracy'")[0]
+    assert accuracy == pytest.approx(4 / 6)
+    (gold,) = _query(tmp_path, f"SELECT gold FROM cases WHERE case_id = '{rows[2]['id']}'")[0]
+    assert json.loads(gold) == rows[3]["label"]
+    (rescored, scorers) = _query(tmp_path, "SELECT rescored, scorers FROM runs")[0]
+    assert rescored == 1 and json.loads(scorers) == [{"kind": "label", "name": "label"}]
+
+
+def test_score_refuses_another_suite_and_an_unknown_run(tickets, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    with OpenAIServer(_tickets_responder(_rows(tickets))) as server:
+        assert _run(tickets, tmp_path, server) == 0
+    db = str(tmp_path / "shadow.duckdb")
+    before = _query(tmp_path, "SELECT count(*) FROM scores")
+    capsys.readouterr()
+    assert main(["score", "--db", db, "--suite", str(copy_suite(tmp_path, "invoices", 2))]) == 2
+    err = capsys.readouterr().err
+    assert "this is suite 'invoices', but run" in err and err.count("\n") == 1
+    assert main(["score", "nope", "--db", db]) == 2
+    assert "no run 'nope'" in capsys.readouterr().err
+    assert _query(tmp_path, "SELECT count(*) FROM scores") == before
+
+
+CHECKS = '''
+import json
+
+
+def total_at_least(case, output, minimum=0):
+    """Passes when the answer's total is a number of at least `minimum`."""
+    try:
+        return float(json.loads(output)["total"]) >= minimum
+    except (ValueError, KeyError, TypeError):
+        return False
+
+
+def company_share(case, output):
+    """The share of the gold company name's words found in the answer."""
+    words = case.gold["company"].lower().split()
+    return sum(word in output.lower() for word in words) / len(words)
+'''
+
+
+def _with_custom_scorers(suite_dir: Path, function: str = "checks:total_at_least") -> None:
+    (suite_dir / "checks.py").write_text(CHECKS)
+    with (suite_dir / "suite.toml").open("a") as f:
+        f.write(f'\n[[scorers]]\nkind = "python"\nname = "total_floor"\nfunction = "{function}"\n'
+                'options = {minimum = 20}\n'
+                '\n[[scorers]]\nkind = "python"\nname = "company_words"\nfunction = "checks:company_share"\n'
+                'threshold = 0.99\n')
+
+
+def test_custom_python_scorers_from_the_suite_folder(tmp_path, monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    suite = copy_suite(tmp_path, "invoices", 4)
+    _with_custom_scorers(suite)
+    rows = _rows(suite)
+
+    def responder(body: dict) -> Reply:
+        i = next(k for k, row in enumerate(rows) if row["text"] in body["messages"][-1]["content"])
+        gold = dict(rows[i]["gold"])
+        if i == 1:
+            gold["company"] = gold["company"].split()[0]  # half the name
+        return Reply(text=json.dumps(gold))
+
+    with OpenAIServer(responder) as server:
+        assert _run(suite, tmp_path, server) == 0
+    got = {(c, s, m): (v, p) for c, s, m, v, p in _query(
+        tmp_path, "SELECT case_id, scorer, metric, value, passed FROM scores WHERE scorer <> 'fields'")}
+    for row in rows:
+        expected = float(row["gold"]["total"].replace(",", "")) >= 20
+        assert got[(row["id"], "total_floor", "case_pass")][1] is expected
+    share = got[(rows[1]["id"], "company_words", "value")][0]
+    assert 0 < share < 1 and got[(rows[1]["id"], "company_words", "case_pass")][1] is False
+    assert got[(rows[0]["id"], "company_words", "case_pass")][1] is True
+
+
+def test_a_custom_scorer_that_cannot_load_stops_before_any_call(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    suite = copy_suite(tmp_path, "invoices", 2)
+    _with_custom_scorers(suite, function="checks:no_such_function")
+    with OpenAIServer() as server:
+        assert _run(suite, tmp_path, server) == 2
+    err = capsys.readouterr().err
+    assert "scorers[2].function: module 'checks' has no function 'no_such_function'" in err
+    assert err.count("\n") == 1 and server.requests == []
+    assert main(["validate", str(suite)]) == 2
+    assert "no_such_function" in capsys.readouterr().err
+
+
+def test_default_limit_all_and_limit(tickets, tmp_path, monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    config = tickets / "suite.toml"
+    config.write_text(config.read_text().replace("default_limit = 20", "default_limit = 2"))
+    with OpenAIServer(lambda body: Reply(text='{"label": "age_limit"}')) as server:
+        for extra in ((), ("--all",), ("--limit", "all"), ("--limit", "3")):
+            assert _run(tickets, tmp_path, server, "--cache", "off", *extra) == 0
+    counts = [n for (n,) in _query(tmp_path, "SELECT n_cases FROM runs ORDER BY started_at")]
+    assert counts == [2, 6, 6, 3]
+
+
+def test_contracts_are_cut_to_the_context_budget_and_the_cut_is_recorded(tmp_path, monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    suite = copy_suite(tmp_path, "contracts", 2)
+    config = suite / "suite.toml"
+    config.write_text(config.read_text().replace("max_chars = 6000", "max_chars = 1000"))
+    rows = _rows(suite)
+    with OpenAIServer(lambda body: Reply(text="{}")) as server:
+        assert _run(suite, tmp_path, server) == 0
+    prompts = [body["messages"][-1]["content"] for body in server.requests]
+    contexts = {c: json.loads(x) for c, x in _query(tmp_path, "SELECT case_id, context FROM cases")}
+    for row in rows:
+        prompt = next(p for p in prompts if row["text"][:200] in p)
+        record = contexts[row["id"]]
+        assert record == {"field": "text", "chars": len(row["text"]), "strategy": "head", "truncated": True,
+                          "kept": [[0, 1000]]}
+        assert row["text"][:1000] in prompt and row["text"][1000:1100] not in prompt
+        assert f"[... {len(row['text']) - 1000} more characters not shown ...]" in prompt
+
+
+def test_a_refused_cut_names_the_line_and_the_fix(tmp_path, capsys):
+    suite = copy_suite(tmp_path, "contracts", 2)
+    config = suite / "suite.toml"
+    config.write_text(config.read_text().replace('strategy = "head"', 'strategy = "fail"'))
+    assert main(["validate", str(suite)]) == 2
+    err = capsys.readouterr().err
+    assert "cases.jsonl line 2: 'text' has " in err and "over context.max_chars = 6000" in err
+    assert err.count("\n") == 1
