@@ -17,6 +17,10 @@ from harness.scorers import field_metrics, summarize
 from harness.store import Store
 
 MAX_FAILED_CASES = 500
+COUNT_METRICS = frozenset({
+    "quotes.hallucinated", "confused_pairs", "items.n_gold", "items.n_pred", "items.matched", "items.invalid_outputs",
+    "items.unanswered",
+})
 
 
 def _environment() -> jinja2.Environment:
@@ -81,6 +85,9 @@ def report_data(store: Store, run_id: str) -> dict[str, Any]:
     ]
 
     by_case = _index(responses, scores)
+    row_names = list(dict.fromkeys(
+        [*field_names, *(name for entry in by_case.values() for name in entry["fields"] if name not in field_names)]
+    ))
     failed = []
     for entry in by_case.values():
         entry["passed"] = bool(entry["passed"])
@@ -88,7 +95,7 @@ def report_data(store: Store, run_id: str) -> dict[str, Any]:
         outcomes = {p: by_case.get((case.case_id, p)) for p in order}
         if not any(o is None or not o["passed"] for o in outcomes.values()):
             continue
-        failed.append(_failed_case(case, outcomes, order, field_names))
+        failed.append(_failed_case(case, outcomes, order, row_names))
     incumbents = [p for p in order if roles.get(p) == "incumbent"]
     if incumbents:
         # regressions first: the incumbent passes, a candidate does not
@@ -104,6 +111,8 @@ def report_data(store: Store, run_id: str) -> dict[str, Any]:
         "notes": [note for note in (_provider_note(row) for row in providers.to_dict("records")) if note],
         "field_names": field_names,
         "field_table": field_table,
+        **_metric_sections(store.table("metrics", run_id), order),
+        "context_note": _context_note(cases),
         "failed": failed[:MAX_FAILED_CASES],
         "n_failed": len(failed),
         "n_cases": n_cases,
@@ -141,7 +150,69 @@ def _index(responses: pd.DataFrame, scores: pd.DataFrame) -> dict[tuple[str, str
             entry["fields"][s.metric.removeprefix("field.")] = {
                 "pred": detail.get("pred"), "ok": bool(s.passed), "outcome": detail.get("outcome"),
             }
+        elif s.metric.startswith("clause."):
+            hallucinated = detail.get("grounded") is False
+            quote = detail.get("quote")
+            entry["fields"]["clause: " + s.metric.removeprefix("clause.")] = {
+                "pred": (quote if quote else "present, no quote") if detail.get("pred_present") else "absent",
+                "ok": bool(s.passed) and not hallucinated,
+                "outcome": "hallucinated quote" if hallucinated else detail.get("outcome"),
+            }
+        elif s.metric == "items.f1":
+            missing, extra = detail.get("missing") or [], detail.get("extra") or []
+            entry["fields"]["line items"] = {
+                "pred": {"matched": f"{detail.get('tp')} of {detail.get('n_gold')}", "missing": missing,
+                         "extra": extra},
+                "ok": bool(s.passed), "outcome": detail.get("problem") or f"F1 {s.value:.2f}",
+            }
     return per
+
+
+def _metric_sections(metrics: pd.DataFrame, order: list[str]) -> dict[str, Any]:
+    """The run-level metrics for the report: headline numbers per provider, clause types, confused labels."""
+    out: dict[str, Any] = {"metric_table": [], "category_table": [], "confused": []}
+    if metrics.empty:
+        return out
+    metrics = metrics.assign(detail=metrics["detail"].map(lambda d: json.loads(d) if isinstance(d, str) else {}))
+    cell = {(r.provider, r.scorer, r.metric): r for r in metrics.itertuples()}
+    headline = [
+        (scorer, metric) for scorer, metric in dict.fromkeys(zip(metrics["scorer"], metrics["metric"], strict=True))
+        if not metric.startswith(("presence.", "answers.")) or metric.startswith("presence.micro")
+    ]
+    for scorer, metric in headline:
+        values = [cell.get((p, scorer, metric)) for p in order]
+        if all(v is None or _missing(v.value) for v in values):
+            continue
+        out["metric_table"].append({"name": f"{scorer} · {metric}", "count": metric in COUNT_METRICS, "cells": [
+            None if v is None or _missing(v.value) else v.value for v in values
+        ]})
+    categories = [m.removeprefix("presence.") for m in dict.fromkeys(metrics["metric"])
+                  if m.startswith("presence.") and not m.startswith("presence.micro")]
+    for category in categories:
+        row = []
+        for p in order:
+            found = [r for (prov, _, m), r in cell.items() if prov == p and m == f"presence.{category}"]
+            row.append(found[0].detail if found else None)
+        out["category_table"].append({"category": category, "cells": row})
+    for p in order:
+        found = [r for (prov, _, m), r in cell.items() if prov == p and m == "confused_pairs"]
+        if found and found[0].detail.get("pairs"):
+            out["confused"].append({"provider": p, "pairs": found[0].detail["pairs"][:10]})
+    return out
+
+
+def _context_note(cases: pd.DataFrame) -> str | None:
+    """One line on long inputs cut to fit the context, when any were."""
+    if "context" not in cases or cases["context"].isna().all():
+        return None
+    records = [json.loads(c) for c in cases["context"].dropna()]
+    cut = [r for r in records if r.get("truncated")]
+    if not cut:
+        return None
+    first = cut[0]
+    kept = sum(end - start for start, end in first["kept"])
+    return (f"{len(cut)} of {len(cases)} inputs were cut to fit the context: '{first['field']}' to {kept:,} "
+            f"characters ({first['strategy']}); recall on clauses inside the part shown is given apart.")
 
 
 def _failed_case(case: Any, outcomes: dict[str, Any], order: list[str], field_names: list[str]) -> dict[str, Any]:
@@ -156,11 +227,28 @@ def _failed_case(case: Any, outcomes: dict[str, Any], order: list[str], field_na
             o = outcomes.get(p)
             f = (o or {}).get("fields", {}).get(name)
             cells.append(f or {"pred": None, "ok": False, "outcome": "no answer" if o is None else "error"})
-        rows.append({"field": name, "gold": gold.get(name) if isinstance(gold, dict) else None, "cells": cells})
+        rows.append({"field": name, "gold": _gold_cell(name, gold), "cells": cells})
     return {
         "case_id": case.case_id, "position": case.position, "line": case.source_line,
         "input": inputs, "prompt": prompt, "gold": gold, "rows": rows, "outcomes": outcomes,
     }
+
+
+def _gold_cell(name: str, gold: Any) -> Any:
+    """What the failed-case table shows as gold for a field, a clause type or the line items."""
+    if not isinstance(gold, dict):
+        return None
+    if name.startswith("clause: "):
+        entry = gold.get(name.removeprefix("clause: ")) or {}
+        if not entry.get("present"):
+            return "absent"
+        spans = [s.get("text", "") for s in entry.get("spans") or []]
+        answer = entry.get("answer")
+        head = f"present ({answer})" if answer and answer not in ("Yes", "No") else "present"
+        return head + (": " + spans[0][:600] if spans else "")
+    if name == "line items":
+        return gold.get("line_items")
+    return gold.get(name)
 
 
 def _field_cell(fields: pd.DataFrame, provider: str, name: str) -> dict[str, Any] | None:

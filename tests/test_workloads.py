@@ -223,3 +223,57 @@ def test_a_refused_cut_names_the_line_and_the_fix(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "cases.jsonl line 2: 'text' has " in err and "over context.max_chars = 6000" in err
     assert err.count("\n") == 1
+
+
+def test_contracts_count_a_hallucinated_clause_quote_in_duckdb_and_the_report(tmp_path, monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    suite = copy_suite(tmp_path, "contracts", 1)
+    row = _rows(suite)[0]
+    parties = row["gold"]["Parties"]["spans"][0]["text"]
+    answer = {
+        # a real clause with its line breaks and spacing changed: grounded
+        "Parties": {"present": True, "quote": "  " + parties.replace(" ", "\n  "), "answer": None},
+        # an invented governing-law clause: a hallucinated clause reference
+        "Governing Law": {"present": True, "quote": "This Agreement is governed by the laws of Atlantis.",
+                          "answer": "Atlantis"},
+    }
+    with OpenAIServer(lambda body: Reply(text=json.dumps(answer))) as server:
+        assert _run(suite, tmp_path, server) == 0
+    details = {m: json.loads(d) for m, d in _query(tmp_path, "SELECT metric, detail FROM scores")}
+    assert details["clause.Parties"]["grounded"] is True
+    assert details["clause.Governing Law"]["grounded"] is False
+    assert details["hallucinated_quotes"]["quotes"] == ["This Agreement is governed by the laws of Atlantis."]
+    metrics = dict(_query(tmp_path, "SELECT metric, value FROM metrics"))
+    assert metrics["quotes.hallucinated"] == 1
+    run_id = _query(tmp_path, "SELECT run_id FROM runs")[0][0]
+    html = (tmp_path / "rep" / "contracts" / run_id / "index.html").read_text()
+    assert "hallucinated quote" in html and "Per clause type" in html and "laws of Atlantis" in html
+    assert "quotes.hallucinated" in html
+
+
+def test_receipts_line_items_scored_and_shown(tmp_path, monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    suite = copy_suite(tmp_path, "receipts", 2)
+    rows = _rows(suite)
+
+    def responder(body: dict) -> Reply:
+        i = next(k for k, r in enumerate(rows) if r["text"] in body["messages"][-1]["content"])
+        gold = rows[i]["gold"]
+        answer = {k: (v[0] if isinstance(v, list) and v and k != "line_items" else v) for k, v in gold.items()}
+        answer = {k: (None if v == [] else v) for k, v in answer.items()}
+        if i == 1:  # drop one item and invent another
+            answer["line_items"] = [*gold["line_items"][1:], {"name": "UNICORN STEAK", "quantity": "1", "price": "99"}]
+        return Reply(text=json.dumps(answer))
+
+    with OpenAIServer(responder) as server:
+        assert _run(suite, tmp_path, server) == 0
+    f1 = dict(_query(tmp_path, "SELECT case_id, value FROM scores WHERE metric = 'items.f1'"))
+    n = len(rows[1]["gold"]["line_items"])
+    assert f1[rows[0]["id"]] == 1.0
+    assert f1[rows[1]["id"]] == pytest.approx(2 * (n - 1) / (2 * n))
+    metrics = dict(_query(tmp_path, "SELECT metric, value FROM metrics WHERE scorer = 'line_items'"))
+    n0 = len(rows[0]["gold"]["line_items"])
+    assert metrics["items.micro_recall"] == pytest.approx((n0 + n - 1) / (n0 + n))
+    run_id = _query(tmp_path, "SELECT run_id FROM runs")[0][0]
+    html = (tmp_path / "rep" / "receipts" / run_id / "index.html").read_text()
+    assert "UNICORN STEAK" in html and "line items" in html
