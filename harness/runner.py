@@ -109,12 +109,13 @@ def git_revision(cwd: Path | None = None) -> str | None:
 
 def request_for(suite: Suite, case: Case, plan: ProviderPlan) -> Request:
     """The request sent for `case` to `plan`'s provider: suite parameters overridden by the provider's,
-    less the ones the provider `omit`s."""
+    less the ones the provider `omit`s; the output schema unless the provider's `structured_output` says not."""
+    mode = plan.spec.structured_output
     return Request(
         messages=case.messages,
         params=params_for(suite, plan),
-        response_schema=suite.response_schema,
-        json_output=suite.spec.output.format == "json",
+        response_schema=suite.response_schema if mode == "schema" else None,
+        json_output=suite.spec.output.format == "json" and mode != "off",
         case_id=case.id,
     )
 

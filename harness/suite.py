@@ -136,6 +136,10 @@ class ProviderSpec(_Strict):
     timeout: float | None = Field(default=None, gt=0)  # seconds per attempt, first byte to last token
     max_attempts: int | None = Field(default=None, ge=1, le=20)  # the first call included
     api_version: str | None = None  # Azure OpenAI API version
+    # schema: the suite's output schema is sent (constrained decoding where the server has it); json: JSON mode
+    # only; off: no response format. llama.cpp's grammar sampler is slow on large enums (77 labels: seconds a
+    # token on a CPU), where "json" keeps a run short; vLLM's constrained decoding has no such cost.
+    structured_output: Literal["schema", "json", "off"] = "schema"
 
     @field_validator("id")
     @classmethod

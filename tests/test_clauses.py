@@ -234,6 +234,19 @@ def test_repeated_quote_is_placed_on_gold():
     assert quote_span("Beta shall pay.", text) == (0, 15)  # the public function gives the first occurrence
 
 
+def test_identical_quotes_cover_two_gold_locations():
+    text = "Acme Inc. agrees. Some terms. Acme Inc. signs."
+    spans = [{"text": "Acme Inc.", "start": 0, "end": 9}, {"text": "Acme Inc.", "start": 30, "end": 39}]
+    assert all(text[s["start"]:s["end"]] == s["text"] for s in spans)
+    case = Case(id="c", input={"text": text}, gold={"Parties": {"present": True, "answer": "Acme Inc.",
+                                                                "spans": spans}}, line=1)
+    detail = _score({"Parties": {"present": True, "quote": ["Acme Inc.", "Acme Inc."]}}, case, ["Parties"])[
+        "clause.Parties"].detail
+    assert detail["overlap"] == 1.0 and detail["gold_coverage"] == 1.0
+    detail = _score({"Parties": {"present": True, "quote": "Acme Inc."}}, case, ["Parties"])["clause.Parties"].detail
+    assert detail["overlap"] == 0.5 and detail["gold_coverage"] == 0.5
+
+
 def test_presence_outcomes():
     out = {
         "Parties": {"present": True, "quote": "ACME WIDGETS, INC."},  # tp
