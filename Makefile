@@ -10,6 +10,9 @@ RESUME ?=
 PRICING ?=
 RUN    ?=
 
+# make puts command-line variables in the environment of every command; keep these ones to the Makefile
+unexport SUITE LIMIT DB CACHE RESUME PRICING RUN
+
 .PHONY: setup shadow score test serve lint report runs clean
 
 ## setup: a .venv with the harness, the llama.cpp server and the bundled model (first run compiles llama.cpp)

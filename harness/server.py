@@ -94,6 +94,25 @@ def server_command(plan: ServerPlan, port: int, threads: int | None = None) -> l
     raise ServerError(f"unknown server engine '{plan.engine}'")
 
 
+def server_env(plan: ServerPlan, environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment a managed server starts with: ours, less the variables its settings would read.
+
+    llama-cpp-python's server reads every setting from a same-named environment variable too, so a stray
+    `CACHE=fresh` (what `make shadow CACHE=fresh` exports), `MODEL` or `PORT` would override the command line
+    or stop it from starting. Those are dropped."""
+    env = dict(os.environ if environ is None else environ)
+    if plan.engine != "llama_cpp":
+        return env
+    try:
+        from llama_cpp.server.settings import ModelSettings, ServerSettings
+
+        names = set(ModelSettings.model_fields) | set(ServerSettings.model_fields) | {"config_file"}
+    except Exception:  # an llama-cpp-python without these classes: drop the ones known to break a start
+        names = {"model", "model_alias", "cache", "cache_type", "cache_size", "host", "port", "n_ctx", "n_threads",
+                 "api_key", "config_file", "chat_format", "verbose"}
+    return {k: v for k, v in env.items() if k.lower() not in names}
+
+
 def _load_prctl() -> Any:
     try:
         return ctypes.CDLL(None, use_errno=True).prctl
@@ -133,7 +152,7 @@ class ManagedServer:
         self.log_path = log_dir / f"{self.plan.engine}-{self.port}.log"
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
-                command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=server_env(self.plan),
                 preexec_fn=_die_with_parent if _PRCTL is not None else None,
                 start_new_session=True,
             )

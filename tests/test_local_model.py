@@ -13,7 +13,7 @@ from pathlib import Path
 
 import duckdb
 import pytest
-from conftest import ROOT
+from conftest import ROOT, copy_suite
 
 pytestmark = [
     pytest.mark.model,
@@ -168,3 +168,47 @@ def test_serve_answers_until_interrupted(tmp_path: Path):
     out, _ = proc.communicate(timeout=30)
     assert proc.returncode == 0 and "server stopped" in out
     assert children and not any(_alive(pid) for pid in children)
+
+
+def test_real_model_on_tickets_despite_make_variables_in_the_environment(tmp_path: Path):
+    """`make shadow CACHE=fresh` puts CACHE in the environment; llama.cpp's server reads its settings from
+    same-named variables, so the harness must keep them from it, or the server does not start."""
+    db = tmp_path / "shadow.duckdb"
+    env = {**_env(), "CACHE": "fresh", "MODEL": "/no/such/model.gguf", "PORT": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "harness.cli", "run", "suites/tickets", "--limit", "2", "--db", str(db),
+         "--reports", str(tmp_path / "reports"), "--no-progress"],
+        env=env, cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    con = duckdb.connect(str(db), read_only=True)
+    rows = con.execute("SELECT text, error FROM responses").fetchall()
+    assert len(rows) == 2 and all(error is None and text.strip() for text, error in rows)
+    metrics = dict(con.execute("SELECT metric, value FROM metrics").fetchall())
+    con.close()
+    assert set(metrics) >= {"accuracy", "macro_f1", "invalid_label_rate", "confusion_matrix"}
+    assert 0 <= metrics["accuracy"] <= 1
+
+
+def test_real_model_reviews_a_contract_cut_to_its_context(tmp_path: Path):
+    """A contract cut to fit the context: an answer comes back from the real server, is scored per clause
+    type, and the cut is recorded."""
+    db = tmp_path / "shadow.duckdb"
+    suite = copy_suite(tmp_path, "contracts", 2)
+    config = suite / "suite.toml"  # a shorter cut and answer than the suite's, to keep the test short
+    config.write_text(config.read_text().replace("max_chars = 6000", "max_chars = 2500")
+                      .replace("max_tokens = 900", "max_tokens = 300"))
+    proc = subprocess.run(
+        [sys.executable, "-m", "harness.cli", "run", str(suite), "--limit", "2", "--db", str(db),
+         "--reports", str(tmp_path / "reports"), "--no-progress"],
+        env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=400,
+    )
+    assert proc.returncode == 0, proc.stderr
+    con = duckdb.connect(str(db), read_only=True)
+    errors = con.execute("SELECT error FROM responses").fetchall()
+    clause_rows = con.execute("SELECT count(*) FROM scores WHERE metric LIKE 'clause.%'").fetchone()[0]
+    cut = con.execute("SELECT count(*) FROM cases WHERE context->>'$.truncated' = 'true'").fetchone()[0]
+    con.close()
+    assert errors == [(None,), (None,)]
+    assert clause_rows == 2 * 12
+    assert cut == 1  # the first contract (2,010 characters) fits; the second is cut

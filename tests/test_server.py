@@ -12,7 +12,7 @@ import pytest
 from harness.errors import ServerError
 from harness.openai_client import OpenAICompatible
 from harness.providers import Request, ServerPlan
-from harness.server import ManagedServer, bundled_model_path, server_command
+from harness.server import ManagedServer, bundled_model_path, server_command, server_env
 
 
 @pytest.fixture
@@ -68,3 +68,10 @@ def test_bundled_model_errors_name_the_fix(tmp_path: Path):
         bundled_model_path("llama-70b")
     with pytest.raises(ServerError, match="does not exist"):
         bundled_model_path(str(tmp_path / "nope.gguf"))
+
+
+def test_a_llama_cpp_server_does_not_inherit_variables_that_its_settings_read():
+    env = {"CACHE": "fresh", "model": "x.gguf", "PORT": "1", "PATH": "/usr/bin", "HOME": "/root", "LIMIT": "5"}
+    kept = server_env(ServerPlan("llama_cpp", "smollm2-135m", "smollm2-135m"), env)
+    assert kept == {"PATH": "/usr/bin", "HOME": "/root", "LIMIT": "5"}
+    assert server_env(ServerPlan("vllm", "org/m", "m"), env) == env
