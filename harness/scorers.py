@@ -363,6 +363,9 @@ def score_completion(scorers: list[Scorer], case: Case, completion: Completion) 
     return out
 
 
+VALIDITY_METRICS = ("valid_json", "valid_label")  # an answer failing any of these is invalid output
+
+
 def summarize(responses: pd.DataFrame, scores: pd.DataFrame, n_cases: int) -> pd.DataFrame:
     """One row per provider: pass rate (errors and missing answers count as failures), error and
     invalid-output rates, latency percentiles and cost (cache hits excluded from both: they cost nothing and
@@ -374,7 +377,8 @@ def summarize(responses: pd.DataFrame, scores: pd.DataFrame, n_cases: int) -> pd
     for provider, group in responses.groupby("provider", sort=False):
         mine = scores[scores["provider"] == provider]
         passes = case_passes(mine)
-        valid = mine[mine["metric"] == "valid_json"]["passed"].fillna(False).astype(bool)
+        checks = mine[mine["metric"].isin(VALIDITY_METRICS)]
+        valid = checks["passed"].fillna(False).astype(bool).groupby(checks["case_id"]).all()
         called = group[~group["cached"].fillna(False).astype(bool)]
         live = called[called["error"].isna()]
         priced = called["cost_usd"].dropna()

@@ -78,6 +78,7 @@ def test_tickets_stores_sklearn_metrics_and_the_confusion_matrix(tickets, tmp_pa
     assert metrics["per_class"][1][rows[0]["label"]]["f1"] == 1.0
     out = capsys.readouterr().out
     assert "accuracy 0.5" in out and "macro_f1 0.5" in out
+    assert "invalid output 20%" in out  # 1 label outside the set of 5 answers (the failed call has none)
 
 
 def test_score_rescores_stored_answers_without_calling_a_model(tickets, tmp_path, capsys, monkeypatch):
