@@ -166,10 +166,14 @@ class FieldsScorer:
 
     name = "fields"
 
-    def __init__(self, fields: dict[str, str], dayfirst: bool = True, name: str = "fields") -> None:
+    def __init__(
+        self, fields: dict[str, str], dayfirst: bool = True, name: str = "fields",
+        gold_in_input_field: str | None = None,
+    ) -> None:
         self.name = name
         self.fields = fields
         self.dayfirst = dayfirst
+        self.gold_in_input_field = gold_in_input_field
 
     def __call__(self, case: Case, completion: Completion) -> list[Score]:
         value, problem = parse_json_output(completion.text)
@@ -179,6 +183,8 @@ class FieldsScorer:
         obj = value if problem is None else {}
         all_ok = True
         gold = case.gold if isinstance(case.gold, dict) else {}
+        flags = case.input.get(self.gold_in_input_field) if self.gold_in_input_field else None
+        flags = flags if isinstance(flags, dict) else {}
         for name, kind in self.fields.items():
             g, p = gold.get(name), obj.get(name)
             if isinstance(p, (dict, list)) and not isinstance(g, list):
@@ -197,7 +203,10 @@ class FieldsScorer:
             else:
                 outcome = "wrong"
             all_ok = all_ok and ok
-            scores.append(Score(f"field.{name}", float(ok), ok, {"gold": g, "pred": p, "outcome": outcome}))
+            detail = {"gold": g, "pred": p, "outcome": outcome}
+            if isinstance(flags.get(name), bool):
+                detail["gold_in_input"] = flags[name]
+            scores.append(Score(f"field.{name}", float(ok), ok, detail))
         scores.append(Score("case_pass", float(all_ok), all_ok))
         return scores
 
@@ -280,7 +289,8 @@ def build_scorers(suite: Suite) -> list[Scorer]:
     for number, spec in enumerate(suite.spec.scorers, start=1):
         name = spec.name or spec.kind
         if spec.kind == "fields":
-            built.append(FieldsScorer(dict(spec.fields), dayfirst=spec.dayfirst, name=name))
+            built.append(FieldsScorer(dict(spec.fields), dayfirst=spec.dayfirst, name=name,
+                                      gold_in_input_field=spec.gold_in_input_field))
         elif spec.kind == "label":
             from harness.labels import LabelScorer
 
@@ -412,7 +422,8 @@ def case_passes(scores: pd.DataFrame) -> pd.Series:
 
 
 def field_metrics(scores: pd.DataFrame, failed_calls: dict[str, int] | None = None) -> pd.DataFrame:
-    """Per provider and field: accuracy, precision, recall and F1.
+    """Per provider and field: accuracy, precision, recall and F1; where the suite flags gold values that do
+    not occur in the input (`gold_in_input_field`), also the accuracy on the others and how many there are.
 
     True positive: `correct`. False positive: `wrong` or `extra` (a value where gold has none). False negative:
     `wrong`, `missing`, `invalid_output`, and one per failed call of the provider (`failed_calls`), which has
@@ -420,10 +431,13 @@ def field_metrics(scores: pd.DataFrame, failed_calls: dict[str, int] | None = No
     """
     fields = scores[scores["metric"].str.startswith("field.")]
     if fields.empty:
-        return pd.DataFrame(columns=["provider", "field", "accuracy", "precision", "recall", "f1", "n"])
+        return pd.DataFrame(columns=["provider", "field", "accuracy", "precision", "recall", "f1", "n",
+                                     "accuracy_gold_in_input", "n_gold_not_in_input"])
     failed_calls = failed_calls or {}
-    outcome = fields["detail"].map(lambda d: json.loads(d).get("outcome") if isinstance(d, str) else None)
-    frame = fields.assign(outcome=outcome, field=fields["metric"].str.removeprefix("field."))
+    details = fields["detail"].map(_parse_detail)
+    frame = fields.assign(outcome=details.map(lambda d: d.get("outcome")),
+                          gold_in_input=details.map(lambda d: d.get("gold_in_input")),
+                          field=fields["metric"].str.removeprefix("field."))
     rows = []
     for (provider, name), group in frame.groupby(["provider", "field"], sort=False):
         counts = group["outcome"].value_counts()
@@ -436,9 +450,14 @@ def field_metrics(scores: pd.DataFrame, failed_calls: dict[str, int] | None = No
         recall = tp / (tp + fn) if tp + fn else float("nan")
         f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else float("nan")
         n = len(group) + failed
+        flagged = group[group["gold_in_input"] == True]  # noqa: E712 (a column of True, False and None)
+        unflagged = int((group["gold_in_input"] == False).sum())  # noqa: E712
         rows.append({
             "provider": provider, "field": name, "accuracy": float(group["passed"].astype(bool).sum()) / n,
             "precision": precision, "recall": recall, "f1": f1, "n": n,
+            # accuracy where the gold value occurs in the input, and how many gold values do not (SROIE slips)
+            "accuracy_gold_in_input": float(flagged["passed"].astype(bool).mean()) if unflagged else None,
+            "n_gold_not_in_input": unflagged,
         })
     return pd.DataFrame(rows)
 

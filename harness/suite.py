@@ -75,7 +75,7 @@ ScorerKind = Literal["fields", "exact", "label", "line_items", "clauses", "pytho
 
 # the keys each kind of scorer takes besides kind and name
 SCORER_KEYS: dict[str, set[str]] = {
-    "fields": {"fields", "dayfirst"},
+    "fields": {"fields", "dayfirst", "gold_in_input_field"},
     "exact": set(),
     "label": set(),
     "line_items": {"key", "item_fields", "min_similarity", "dayfirst"},
@@ -91,6 +91,9 @@ class ScorerSpec(_Strict):
     name: str | None = None  # how its scores are labelled; defaults to the kind
     fields: dict[str, FieldType] = {}  # fields: gold field -> how it is compared
     dayfirst: bool = True  # fields, line_items: 01/02/2019 is the 1st of February
+    # fields: a case field mapping each gold field to whether its gold value occurs in the input; fields whose
+    # gold is not in the input (annotation slips) are then also reported apart
+    gold_in_input_field: str | None = None
     key: str = "line_items"  # line_items: the gold and answer key holding the list of items
     item_fields: dict[str, FieldType] = {"name": "text", "quantity": "amount", "price": "amount"}
     min_similarity: float = Field(default=0.5, ge=0, le=1)  # line_items: name similarity for a match

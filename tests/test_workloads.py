@@ -8,7 +8,7 @@ from pathlib import Path
 
 import duckdb
 import pytest
-from conftest import copy_suite
+from conftest import ROOT, copy_suite
 from openai_server import OpenAIServer, Reply
 
 from harness.cli import main
@@ -282,3 +282,29 @@ def test_receipts_line_items_scored_and_shown(tmp_path, monkeypatch):
     run_id = _query(tmp_path, "SELECT run_id FROM runs")[0][0]
     html = (tmp_path / "rep" / "receipts" / run_id / "index.html").read_text()
     assert "UNICORN STEAK" in html and "line items" in html
+
+
+def test_invoices_report_fields_whose_gold_is_not_in_the_text_apart(tmp_path, monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    rows = [json.loads(line) for line in (ROOT / "suites" / "invoices" / "cases.jsonl").read_text().splitlines()]
+    slip = next(r for r in rows if not r["gold_found_in_text"]["address"])
+    clean = [r for r in rows if all(r["gold_found_in_text"].values())][:2]
+    suite = copy_suite(tmp_path, "invoices", 1)
+    (suite / "cases.jsonl").write_text("".join(json.dumps(r) + "\n" for r in [*clean, slip]))
+
+    def responder(body: dict) -> Reply:
+        row = next(r for r in (*clean, slip) if r["text"] in body["messages"][-1]["content"])
+        answer = dict(row["gold"])
+        if row is slip:  # what the receipt says, not the slipped gold: wrong by the gold
+            answer["address"] = "an address printed on the receipt"
+        return Reply(text=json.dumps(answer))
+
+    with OpenAIServer(responder) as server:
+        assert _run(suite, tmp_path, server) == 0
+    details = {c: json.loads(d) for c, d in _query(tmp_path, "SELECT case_id, detail FROM scores "
+                                                             "WHERE metric = 'field.address'")}
+    assert details[slip["id"]]["gold_in_input"] is False and details[clean[0]["id"]]["gold_in_input"] is True
+    run_id = _query(tmp_path, "SELECT run_id FROM runs")[0][0]
+    html = (tmp_path / "rep" / "invoices" / run_id / "index.html").read_text()
+    # address: 2 of 3 right overall; 2 of 2 where the gold value is in the text
+    assert "100.0% where gold is in the input (1 gold values are not)" in html
