@@ -56,7 +56,7 @@ from typing import Any
 import pandas as pd
 
 from harness.providers import Completion
-from harness.scorers import Metric, Score, normalize_text, parse_date, parse_json_output
+from harness.scorers import Metric, Score, normalize_text, parse_date, parse_detail, parse_json_output
 from harness.suite import Case
 
 DEFAULT_CATEGORIES = [
@@ -653,7 +653,7 @@ class ClausesScorer:
         rows = scores if isinstance(scores, pd.DataFrame) and not scores.empty else pd.DataFrame(
             columns=["metric", "value", "detail"])
         for metric, value, raw in zip(rows["metric"], rows["value"], rows["detail"], strict=True):
-            detail = _detail(raw)
+            detail = parse_detail(raw)
             if metric.startswith("clause."):
                 category = metric.removeprefix("clause.")
                 gold_present, pred_present = bool(detail.get("gold_present")), bool(detail.get("pred_present"))
@@ -711,18 +711,6 @@ class ClausesScorer:
                     "correct": int(correct), "n": int(n), "mean_score": score_sum / n,
                 }))
         return metrics
-
-
-def _detail(raw: Any) -> dict[str, Any]:
-    if isinstance(raw, dict):
-        return raw
-    if isinstance(raw, str):
-        try:
-            parsed = json.loads(raw)
-        except ValueError:
-            return {}
-        return parsed if isinstance(parsed, dict) else {}
-    return {}
 
 
 def _ratio(num: int, den: int) -> float | None:

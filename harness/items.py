@@ -46,7 +46,7 @@ import pandas as pd
 from scipy.optimize import linear_sum_assignment
 
 from harness.providers import Completion
-from harness.scorers import Metric, Score, compare, normalize_text, parse_amount, parse_json_output
+from harness.scorers import Metric, Score, compare, normalize_text, parse_amount, parse_detail, parse_json_output
 from harness.suite import Case
 
 DEFAULT_ITEM_FIELDS: dict[str, str] = {"name": "text", "quantity": "amount", "price": "amount"}
@@ -261,7 +261,7 @@ class LineItemsScorer:
         field_counts = {f: [0, 0] for f in self.compared_fields}
         if {"metric", "detail"} <= set(scores.columns):
             for metric, raw in zip(scores["metric"], scores["detail"], strict=True):
-                detail = _as_dict(raw)
+                detail = parse_detail(raw)
                 if metric == "items.f1":
                     scored += 1
                     tp += int(detail.get("tp", 0))
@@ -363,15 +363,3 @@ def _clip(value: Any) -> Any:
 def _json_type(value: Any) -> str:
     names = {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}
     return names.get(type(value), "number")
-
-
-def _as_dict(detail: Any) -> dict[str, Any]:
-    if isinstance(detail, dict):
-        return detail
-    if isinstance(detail, str):
-        try:
-            parsed = json.loads(detail)
-        except ValueError:
-            return {}
-        return parsed if isinstance(parsed, dict) else {}
-    return {}

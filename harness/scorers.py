@@ -325,7 +325,7 @@ def aggregate_metrics(
     rows: list[dict[str, Any]] = []
     if responses.empty:
         return rows
-    parsed = scores.assign(detail=scores["detail"].map(_parse_detail)) if not scores.empty else scores
+    parsed = scores.assign(detail=scores["detail"].map(parse_detail)) if not scores.empty else scores
     for provider, group in responses.groupby("provider", sort=False):
         unanswered = [cases[c] for c in group[group["error"].notna()]["case_id"] if c in cases]
         for scorer in scorers:
@@ -347,13 +347,14 @@ def aggregate_metrics(
     return rows
 
 
-def _parse_detail(value: Any) -> dict[str, Any]:
+def parse_detail(value: Any) -> dict[str, Any]:
+    """A score's `detail` as a dict, whether stored JSON text or already parsed; {} when it is neither."""
     if isinstance(value, dict):
         return value
     if isinstance(value, str) and value:
         try:
             parsed = json.loads(value)
-        except json.JSONDecodeError:
+        except ValueError:
             return {}
         return parsed if isinstance(parsed, dict) else {}
     return {}
@@ -434,7 +435,7 @@ def field_metrics(scores: pd.DataFrame, failed_calls: dict[str, int] | None = No
         return pd.DataFrame(columns=["provider", "field", "accuracy", "precision", "recall", "f1", "n",
                                      "accuracy_gold_in_input", "n_gold_not_in_input"])
     failed_calls = failed_calls or {}
-    details = fields["detail"].map(_parse_detail)
+    details = fields["detail"].map(parse_detail)
     frame = fields.assign(outcome=details.map(lambda d: d.get("outcome")),
                           gold_in_input=details.map(lambda d: d.get("gold_in_input")),
                           field=fields["metric"].str.removeprefix("field."))
