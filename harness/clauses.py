@@ -57,13 +57,9 @@ import pandas as pd
 
 from harness.providers import Completion
 from harness.scorers import Metric, Score, normalize_text, parse_date, parse_detail, parse_json_output
-from harness.suite import Case
+from harness.suite import DEFAULT_CLAUSE_CATEGORIES, Case
 
-DEFAULT_CATEGORIES = [
-    "Parties", "Agreement Date", "Governing Law", "Expiration Date", "Renewal Term", "Anti-Assignment",
-    "Termination For Convenience", "Exclusivity", "Non-Compete", "Cap On Liability", "Uncapped Liability",
-    "Change Of Control",
-]
+DEFAULT_CATEGORIES = DEFAULT_CLAUSE_CATEGORIES
 
 DATE_CATEGORIES = frozenset({"agreementdate", "effectivedate", "expirationdate"})
 

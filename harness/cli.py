@@ -223,6 +223,7 @@ def _run(args: argparse.Namespace, open_store: Callable[[], Store]) -> int:
             print(f"  {name}: {stats['summary']}")
     _print_summary(store, result.run_id, result.n_cases)
     _print_metrics(store, result.run_id)
+    _print_scorer_errors(store, result.run_id)
     path = render_report(store, result.run_id, args.reports)
     print(f"DuckDB:  {args.db}  (run_id = '{result.run_id}')")
     print(f"Report:  {path}")
@@ -398,6 +399,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_score(args: argparse.Namespace) -> int:
     """`harness score [RUN_ID]`: re-score a stored run with the current scorers, then rewrite its report."""
+    if not Path(args.db).exists():
+        raise HarnessError(f"{args.db}: no such DuckDB file; run a suite first (make shadow SUITE=...)")
     with Store(args.db) as store:
         run_id = args.run_id or store.latest_run()
         if run_id is None:
@@ -414,9 +417,20 @@ def cmd_score(args: argparse.Namespace) -> int:
                   "stored with the run")
         for provider, (before, after) in result.pass_rates.items():
             print(f"  {provider:<28} pass rate {_rate(before)} -> {_rate(after)}")
+        _print_scorer_errors(store, run_id)
         _print_metrics(store, run_id)
         print(f"Report:  {render_report(store, run_id, args.reports)}")
     return 0
+
+
+def _print_scorer_errors(store: Store, run_id: str) -> None:
+    """Say when a scorer raised (its cases fail; the report shows the error on each)."""
+    rows = store.query(
+        "SELECT scorer, count(*) AS n, any_value(detail->>'$.scorer_error') AS example FROM scores "
+        "WHERE run_id = ? AND detail->>'$.scorer_error' IS NOT NULL GROUP BY scorer", [run_id]
+    )
+    for row in rows.itertuples():
+        print(f"  scorer '{row.scorer}' raised on {row.n} answer(s), which fail: {row.example}")
 
 
 def _print_metrics(store: Store, run_id: str) -> None:

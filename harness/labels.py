@@ -2,8 +2,9 @@
 
 Per case, the answer's label is read from the JSON key `label_key` (or the whole stripped text, or a JSON
 string). It counts as a valid label when it is one of the suite's labels, exactly or after folding case,
-spaces and hyphens to the label set's spelling (`Card Arrival` -> `card_arrival`); anything else is an
-invalid label: wrong, and counted apart, since a constrained decoder would never produce it.
+spaces and punctuation to the label set's spelling (`Card Arrival` -> `card_arrival`, `reverted card payment`
+-> `reverted_card_payment?`); anything else is an invalid label: wrong, and counted apart (as a share of the
+answers), since a constrained decoder would never produce it.
 
 Over a provider's answers, `LabelScorer.aggregate` computes accuracy, macro- and weighted-F1, per-class
 precision/recall/F1 and the confusion matrix (stored in full, so the report can list the most confused
@@ -27,7 +28,7 @@ NO_ANSWER = "(no answer)"
 
 
 def _fold(label: str) -> str:
-    return re.sub(r"[\s\-_]+", "_", label.strip().casefold()).strip("_")
+    return re.sub(r"[\W_]+", "", label.casefold())
 
 
 class LabelScorer:
@@ -37,7 +38,11 @@ class LabelScorer:
         self.name = name
         self.labels = list(labels)
         self.label_key = label_key
-        self._folded = {_fold(x): x for x in labels}
+        folded: dict[str, list[str]] = {}
+        for label in labels:
+            folded.setdefault(_fold(label), []).append(label)
+        # two labels that fold alike ("card-arrival", "card_arrival") accept only their exact spellings
+        self._folded = {key: names[0] for key, names in folded.items() if len(names) == 1}
 
     def read_label(self, text: str) -> tuple[str | None, Any]:
         """(the canonical label or None when it is not in the set, the raw prediction)."""
@@ -49,7 +54,7 @@ class LabelScorer:
             raw = value
         if not isinstance(raw, str):
             return None, raw
-        if raw in self._folded.values():
+        if raw in self.labels:
             return raw, raw
         return self._folded.get(_fold(raw)), raw
 
@@ -75,6 +80,7 @@ class LabelScorer:
         if not gold:
             return []
         invalid = sum(p == INVALID for p in pred)
+        answered = len(pred) - len(unanswered)
         present = [x for x in self.labels if x in set(gold) | set(pred)]
         extra = [x for x in (INVALID, NO_ANSWER) if x in pred]
         # Averages run over the classes that occur in gold or in the answers; the pseudo-labels are left out
@@ -100,7 +106,7 @@ class LabelScorer:
             Metric("accuracy", float(accuracy_score(gold, pred)), {"n": len(gold)}),
             Metric("macro_f1", float(macro), {"classes": len(present)}),
             Metric("weighted_f1", float(weighted), {"classes": len(present)}),
-            Metric("invalid_label_rate", invalid / len(pred), {"invalid": invalid, "n": len(pred)}),
+            Metric("invalid_label_rate", invalid / answered if answered else None, {"invalid": invalid, "n": answered}),
             Metric("per_class", None, per_class),
             Metric("confusion_matrix", None, {"labels": matrix_labels, "matrix": matrix.tolist()}),
             Metric("confused_pairs", float(len(confused)), {"pairs": confused[:50]}),

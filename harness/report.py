@@ -95,7 +95,7 @@ def report_data(store: Store, run_id: str) -> dict[str, Any]:
         outcomes = {p: by_case.get((case.case_id, p)) for p in order}
         if not any(o is None or not o["passed"] for o in outcomes.values()):
             continue
-        failed.append(_failed_case(case, outcomes, order, row_names))
+        failed.append(_failed_case(case, outcomes, order, row_names, _items_key(run)))
     incumbents = [p for p in order if roles.get(p) == "incumbent"]
     if incumbents:
         # regressions first: the incumbent passes, a candidate does not
@@ -144,6 +144,10 @@ def _index(responses: pd.DataFrame, scores: pd.DataFrame) -> dict[tuple[str, str
         detail = json.loads(s.detail) if isinstance(s.detail, str) else {}
         if s.metric == "case_pass":  # with several scorers, a case passes when all of them pass
             entry["passed"] = bool(s.passed) and entry["passed"] is not False
+            if detail.get("scorer_error"):
+                entry["fields"][f"scorer {s.scorer}"] = {
+                    "pred": detail["scorer_error"], "ok": False, "outcome": "scorer error",
+                }
         elif s.metric == "valid_json" and not s.passed:
             entry["problem"] = detail.get("problem")
         elif s.metric.startswith("field."):
@@ -166,6 +170,15 @@ def _index(responses: pd.DataFrame, scores: pd.DataFrame) -> dict[tuple[str, str
                 "ok": bool(s.passed), "outcome": detail.get("problem") or f"F1 {s.value:.2f}",
             }
     return per
+
+
+def _items_key(run: dict[str, Any]) -> str:
+    """The gold key of the run's line items (a `line_items` scorer's `key`)."""
+    try:
+        specs = json.loads(run.get("scorers") or "[]")
+    except (TypeError, ValueError):
+        specs = []
+    return next((s.get("key", "line_items") for s in specs if s.get("kind") == "line_items"), "line_items")
 
 
 def _metric_sections(metrics: pd.DataFrame, order: list[str]) -> dict[str, Any]:
@@ -215,7 +228,9 @@ def _context_note(cases: pd.DataFrame) -> str | None:
             f"characters ({first['strategy']}); recall on clauses inside the part shown is given apart.")
 
 
-def _failed_case(case: Any, outcomes: dict[str, Any], order: list[str], field_names: list[str]) -> dict[str, Any]:
+def _failed_case(
+    case: Any, outcomes: dict[str, Any], order: list[str], field_names: list[str], items_key: str
+) -> dict[str, Any]:
     gold = json.loads(case.gold) if isinstance(case.gold, str) else case.gold
     inputs = json.loads(case.input) if isinstance(case.input, str) else case.input
     messages = json.loads(case.messages) if isinstance(case.messages, str) else []
@@ -227,14 +242,14 @@ def _failed_case(case: Any, outcomes: dict[str, Any], order: list[str], field_na
             o = outcomes.get(p)
             f = (o or {}).get("fields", {}).get(name)
             cells.append(f or {"pred": None, "ok": False, "outcome": "no answer" if o is None else "error"})
-        rows.append({"field": name, "gold": _gold_cell(name, gold), "cells": cells})
+        rows.append({"field": name, "gold": _gold_cell(name, gold, items_key), "cells": cells})
     return {
         "case_id": case.case_id, "position": case.position, "line": case.source_line,
         "input": inputs, "prompt": prompt, "gold": gold, "rows": rows, "outcomes": outcomes,
     }
 
 
-def _gold_cell(name: str, gold: Any) -> Any:
+def _gold_cell(name: str, gold: Any, items_key: str = "line_items") -> Any:
     """What the failed-case table shows as gold for a field, a clause type or the line items."""
     if not isinstance(gold, dict):
         return None
@@ -247,7 +262,9 @@ def _gold_cell(name: str, gold: Any) -> Any:
         head = f"present ({answer})" if answer and answer not in ("Yes", "No") else "present"
         return head + (": " + spans[0][:600] if spans else "")
     if name == "line items":
-        return gold.get("line_items")
+        return gold.get(items_key)
+    if name.startswith("scorer "):
+        return None
     return gold.get(name)
 
 

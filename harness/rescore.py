@@ -66,6 +66,8 @@ def rescore(store: Store, run_id: str, suite_path: str | Path | None = None) -> 
     another suite."""
     run = store.run(run_id)
     path = Path(suite_path or run["suite_path"])
+    if not suite_path and not (path / "suite.toml").is_file():
+        raise SuiteError(f"{path}: the suite of run {run_id} is no longer there; pass --suite FOLDER")
     suite = load_suite(path)
     if suite.name != run["suite"]:
         raise SuiteError(f"{path}: this is suite '{suite.name}', but run {run_id} is of suite '{run['suite']}'")

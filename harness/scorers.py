@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import json
+import numbers
 import re
 import unicodedata
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ from dateutil import parser as dateparser
 
 from harness.errors import SuiteError
 from harness.providers import Completion
-from harness.suite import Case, Suite
+from harness.suite import Case, Suite, clause_categories
 
 
 @dataclass(frozen=True)
@@ -246,10 +247,14 @@ class PythonScorer:
         if isinstance(result, Score):
             return [result]
         if isinstance(result, list) and all(isinstance(x, Score) for x in result):
+            names = [score.metric for score in result]
+            if len(set(names)) != len(names):
+                raise TypeError(f"returned two Scores named '{next(n for n in names if names.count(n) > 1)}'; "
+                                "give each metric of a case its own name")
             return result
-        if isinstance(result, bool):
-            return [Score("case_pass", float(result), result)]
-        if isinstance(result, (int, float)):
+        if type(result).__name__ in ("bool_", "bool"):  # numpy's bool too
+            return [Score("case_pass", float(bool(result)), bool(result))]
+        if isinstance(result, numbers.Real):
             value = float(result)
             if self.threshold is None:
                 return [Score("value", value, None)]
@@ -301,10 +306,9 @@ def build_scorers(suite: Suite) -> list[Scorer]:
             built.append(LineItemsScorer(key=spec.key, item_fields=dict(spec.item_fields),
                                          min_similarity=spec.min_similarity, dayfirst=spec.dayfirst, name=name))
         elif spec.kind == "clauses":
-            from harness.clauses import DEFAULT_CATEGORIES, ClausesScorer
+            from harness.clauses import ClausesScorer
 
-            asked = suite.spec.prompt.vars.get("categories")
-            categories = spec.categories or (list(asked) if isinstance(asked, (list, dict)) else DEFAULT_CATEGORIES)
+            categories = clause_categories(suite.spec, spec)
             built.append(ClausesScorer(categories=categories, text_field=spec.text_field, name=name))
         elif spec.kind == "python":
             where = f"{suite.path / 'suite.toml'}: scorers[{number}].function"
@@ -320,14 +324,17 @@ def aggregate_metrics(
 ) -> list[dict[str, Any]]:
     """Run-level metrics of every aggregating scorer, per provider, as rows for the store's `metrics` table.
 
-    `scores` and `responses` are the run's stored rows (`detail` as JSON text); `cases` maps case id to Case.
-    A provider's failed calls are passed to the scorer as unanswered cases."""
+    `scores` and `responses` are the run's stored rows (`detail` as JSON text); `cases` maps case id to Case
+    (every case of the run). A provider's failed calls and the cases it has no answer for are passed to the
+    scorer as unanswered cases."""
     rows: list[dict[str, Any]] = []
     if responses.empty:
         return rows
     parsed = scores.assign(detail=scores["detail"].map(parse_detail)) if not scores.empty else scores
     for provider, group in responses.groupby("provider", sort=False):
-        unanswered = [cases[c] for c in group[group["error"].notna()]["case_id"] if c in cases]
+        # failed calls, and cases an interrupted run never got to: misses, as in the pass rate
+        answered = set(group[group["error"].isna()]["case_id"])
+        unanswered = [case for case_id, case in cases.items() if case_id not in answered]
         for scorer in scorers:
             if not hasattr(scorer, "aggregate"):
                 continue

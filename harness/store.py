@@ -364,6 +364,11 @@ class Store:
         """All rows of one run in `name` (one of `TABLES`)."""
         if name not in TABLES:
             raise StoreError(f"unknown table '{name}'; one of {', '.join(TABLES)}")
+        exists = self.con.execute(
+            "SELECT count(*) FROM information_schema.tables WHERE table_name = ? AND table_schema = 'main'", [name]
+        ).fetchone()[0]
+        if not exists:  # a file written by an older harness, opened read-only (so not migrated)
+            return pd.DataFrame(columns=["run_id"])
         return self.query(f"SELECT * FROM {name} WHERE run_id = ?", [run_id])
 
     def close(self) -> None:

@@ -268,6 +268,7 @@ def load_suite(path: str | Path) -> Suite:
 
     rows, place, numbers, cases_hash = _read_rows(path, spec.cases)
     shared = {**spec.prompt.vars, **({"labels": labels} if labels else {})}
+    _check_scorer_data(spec, rows, place, numbers, config)
     per_case = sorted(set(variables) - set(shared))
     cases = _build_cases(rows, place, numbers, spec, template, template_path, per_case, shared)
 
@@ -307,6 +308,52 @@ def _load_labels(path: Path, spec: SuiteSpec) -> list[str] | None:
     if any(s.kind == "label" for s in spec.scorers) and not labels:
         raise SuiteError(f"{config}: a 'label' scorer needs the label set: output.labels or output.labels_file")
     return labels
+
+
+DEFAULT_CLAUSE_CATEGORIES = [
+    "Parties", "Agreement Date", "Governing Law", "Expiration Date", "Renewal Term", "Anti-Assignment",
+    "Termination For Convenience", "Exclusivity", "Non-Compete", "Cap On Liability", "Uncapped Liability",
+    "Change Of Control",
+]
+
+
+def clause_categories(spec: SuiteSpec, scorer: ScorerSpec) -> list[str]:
+    """The clause types a `clauses` scorer scores: its own list, else `prompt.vars.categories`, else a dozen."""
+    asked = spec.prompt.vars.get("categories")
+    return list(scorer.categories or (asked if isinstance(asked, (list, dict)) else DEFAULT_CLAUSE_CATEGORIES))
+
+
+def _check_scorer_data(
+    spec: SuiteSpec, rows: list[dict[str, Any]], place: str, numbers: list[int], config: Path
+) -> None:
+    """The case fields and gold keys that `clauses` and `line_items` scorers name must be there: a misspelt
+    one would otherwise score every case wrong (or right) without a word."""
+    gold_field = spec.cases.gold_field
+    for index, scorer in enumerate(spec.scorers, start=1):
+        if scorer.kind == "clauses":
+            seen: set[str] = set()
+            for row, number in zip(rows, numbers, strict=True):
+                if not isinstance(row.get(scorer.text_field), str):
+                    raise SuiteError(f"{place} {number}: no text field '{scorer.text_field}', which "
+                                     f"scorers[{index}].text_field names (the contract the quotes are checked in)")
+                gold = row.get(gold_field)
+                if not isinstance(gold, dict):
+                    raise SuiteError(f"{place} {number}: gold '{gold_field}' must be an object keyed by clause type")
+                seen.update(_fold_key(key) for key in gold)
+            for category in clause_categories(spec, scorer):
+                if _fold_key(category) not in seen:
+                    raise SuiteError(f"{config}: scorers[{index}].categories: no case's gold has '{category}'; "
+                                     "check its spelling against the gold's clause types")
+        elif scorer.kind == "line_items":
+            for row, number in zip(rows, numbers, strict=True):
+                gold = row.get(gold_field)
+                if not isinstance(gold, dict) or scorer.key not in gold:
+                    raise SuiteError(f"{place} {number}: gold has no '{scorer.key}', which scorers[{index}].key "
+                                     "names; add it ([] for none)")
+
+
+def _fold_key(key: str) -> str:
+    return "".join(ch for ch in key.casefold() if ch.isalnum())
 
 
 def fit_context(text: str, spec: ContextSpec) -> tuple[str, dict[str, Any]]:

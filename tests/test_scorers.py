@@ -181,3 +181,15 @@ def test_a_failing_scorer_fails_the_case_not_the_run():
     [(name, score)] = score_completion([Broken()], case, _completion("{}"))
     assert name == "broken" and score.metric == "case_pass" and score.passed is False
     assert score.detail == {"scorer_error": "KeyError: 'boom'"}
+
+
+def test_labels_fold_case_spaces_and_punctuation_to_the_set():
+    from harness.labels import LabelScorer
+
+    scorer = LabelScorer(["reverted_card_payment?", "card_arrival", "card-linking", "card_linking"])
+    assert scorer.read_label('{"label": "Reverted card payment"}')[0] == "reverted_card_payment?"
+    assert scorer.read_label("CARD ARRIVAL")[0] == "card_arrival"
+    # two labels that fold alike: only their exact spellings count
+    assert scorer.read_label("card linking")[0] is None
+    assert scorer.read_label("card-linking")[0] == "card-linking"
+    assert scorer.read_label("card_arrivals")[0] is None

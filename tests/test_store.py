@@ -202,3 +202,26 @@ def test_a_batch_never_holds_half_a_record(tmp_path: Path):
         writer.close()
         assert store.query("SELECT count(*) AS n FROM scores")["n"][0] == 60
     assert batches and all(b.get("scores", 0) == 3 * b.get("responses", 0) for b in batches)
+
+
+def test_a_report_of_a_file_from_before_the_metrics_table_opens_read_only(tmp_path):
+    """An older file (no `metrics` table, no `cases.context`) is not migrated when opened read-only; the
+    report of its runs still renders."""
+    import duckdb as _duckdb
+    from conftest import copy_invoices
+    from openai_server import OpenAIServer, Reply
+
+    from harness.cli import main
+
+    suite = copy_invoices(tmp_path, 2)
+    db = tmp_path / "old.duckdb"
+    with OpenAIServer(lambda body: Reply(text="{}")) as server:
+        assert main(["run", str(suite), "--db", str(db), "--reports", str(tmp_path / "r"),
+                     "--base-url", server.base_url, "--no-progress"]) == 0
+    con = _duckdb.connect(str(db))
+    con.execute("DROP TABLE metrics")
+    con.execute("ALTER TABLE cases DROP COLUMN context")
+    con.execute("DELETE FROM schema_migrations WHERE version >= 3")
+    con.close()
+    assert main(["report", "--db", str(db), "--reports", str(tmp_path / "r2")]) == 0
+    assert list((tmp_path / "r2" / "invoices").glob("*/index.html"))

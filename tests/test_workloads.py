@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import duckdb
+import pandas as pd
 import pytest
 from conftest import ROOT, copy_suite
 from openai_server import OpenAIServer, Reply
@@ -69,7 +70,7 @@ def test_tickets_stores_sklearn_metrics_and_the_confusion_matrix(tickets, tmp_pa
     assert metrics["accuracy"][0] == pytest.approx(3 / 6)
     assert metrics["macro_f1"][0] == pytest.approx(0.5)
     assert metrics["weighted_f1"][0] == pytest.approx(0.5)
-    assert metrics["invalid_label_rate"][0] == pytest.approx(1 / 6)
+    assert metrics["invalid_label_rate"][0] == pytest.approx(1 / 5)  # of the 5 answers
     pairs = {(p["gold"], p["pred"]) for p in metrics["confused_pairs"][1]["pairs"]}
     assert pairs == {(rows[2]["label"], rows[3]["label"]), (rows[3]["label"], "(invalid)"),
                      (rows[4]["label"], "(no answer)")}
@@ -308,3 +309,63 @@ def test_invoices_report_fields_whose_gold_is_not_in_the_text_apart(tmp_path, mo
     html = (tmp_path / "rep" / "invoices" / run_id / "index.html").read_text()
     # address: 2 of 3 right overall; 2 of 2 where the gold value is in the text
     assert "100.0% where gold is in the input (1 gold values are not)" in html
+
+
+@pytest.mark.parametrize(("suite_name", "edit", "message"), [
+    ("contracts", ('text_field = "text"', 'text_field = "body"'),
+     "line 1: no text field 'body', which scorers[1].text_field names"),
+    ("contracts", ('"Governing Law" = "which', '"Governing Lore" = "which'),
+     "scorers[1].categories: no case's gold has 'Governing Lore'"),
+    ("receipts", ('key = "line_items"', 'key = "lineitems"'),
+     "line 1: gold has no 'lineitems', which scorers[2].key names"),
+])
+def test_misspelt_scorer_fields_are_refused(tmp_path, capsys, suite_name, edit, message):
+    suite = copy_suite(tmp_path, suite_name, 2)
+    config = suite / "suite.toml"
+    assert edit[0] in config.read_text()
+    config.write_text(config.read_text().replace(*edit))
+    assert main(["validate", str(suite)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+def test_a_scorer_that_raises_fails_its_cases_visibly_and_the_run_goes_on(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    suite = copy_suite(tmp_path, "invoices", 2)
+    (suite / "checks.py").write_text(
+        "from harness.scorers import Score\n\n"
+        "def twice(case, output):\n    return [Score('x', 1.0, True), Score('x', 0.0, False)]\n"
+    )
+    with (suite / "suite.toml").open("a") as f:
+        f.write('\n[[scorers]]\nkind = "python"\nname = "twice"\nfunction = "checks:twice"\n')
+    rows = _rows(suite)
+    with OpenAIServer(lambda body: Reply(text=json.dumps(
+        next(r["gold"] for r in rows if r["text"] in body["messages"][-1]["content"])
+    ))) as server:
+        assert _run(suite, tmp_path, server) == 0
+    out = capsys.readouterr().out
+    assert "scorer 'twice' raised on 2 answer(s), which fail: TypeError: returned two Scores named 'x'" in out
+    assert _query(tmp_path, "SELECT count(*) FROM responses")[0][0] == 2
+    run_id = _query(tmp_path, "SELECT run_id FROM runs")[0][0]
+    html = (tmp_path / "rep" / "invoices" / run_id / "index.html").read_text()
+    assert "scorer twice" in html and "returned two Scores named" in html
+
+
+def test_metrics_of_an_interrupted_run_count_cases_never_answered(tmp_path):
+    from harness.labels import LabelScorer
+    from harness.scorers import aggregate_metrics
+    from harness.suite import Case
+
+    cases = {f"c{i}": Case(id=f"c{i}", input={}, gold="a", line=i) for i in range(4)}
+    responses = pd.DataFrame({"provider": ["p", "p"], "case_id": ["c0", "c1"], "error": [None, "boom"]})
+    scores = pd.DataFrame({"provider": ["p"], "scorer": ["label"], "case_id": ["c0"], "metric": ["case_pass"],
+                           "value": [1.0], "passed": [True], "detail": ['{"gold": "a", "pred": "a"}']})
+    rows = aggregate_metrics([LabelScorer(["a", "b"])], scores, responses, cases)
+    accuracy = next(r for r in rows if r["metric"] == "accuracy")
+    assert accuracy["value"] == pytest.approx(1 / 4) and accuracy["detail"] == {"n": 4}
+
+
+def test_score_on_a_missing_database_creates_nothing(tmp_path, capsys):
+    db = tmp_path / "nothere.duckdb"
+    assert main(["score", "--db", str(db)]) == 2
+    assert "no such DuckDB file" in capsys.readouterr().err and not db.exists()
