@@ -18,7 +18,8 @@ Rules, per category (`clause.<Category>` rows):
   term such as "Confidential Information" is not "confidential information"; ALL-CAPS marks the conspicuous
   disclaimers that the law requires). A quote that is right apart from case is still ungrounded, but is
   counted as `differs_only_in_case` so that it can be told from an invented one. A quote with an ellipsis
-  (`...`, `…`, `. . .`, `[...]`) is grounded when each part occurs, in order, without overlapping; quotation
+  (`...`, `…`, `. . .`, `[...]`) is grounded when each part (of at least 3 words, so that "the ... the" is
+  not) occurs, in order, without overlapping; quotation
   marks wrapped around the whole quote are ignored. An ungrounded quote is a **hallucinated clause
   reference**.
 - Overlap: a grounded quote is mapped back to character offsets of the original text (`quote_span`) and
@@ -63,6 +64,7 @@ DEFAULT_CATEGORIES = DEFAULT_CLAUSE_CATEGORIES
 
 DATE_CATEGORIES = frozenset({"agreementdate", "effectivedate", "expirationdate"})
 
+MIN_PART_WORDS = 3  # words in each part of a quote joined by an ellipsis
 _TRUNCATE = 300  # characters kept of each quote or gold span in a detail
 _MAX_LISTED = 5  # quotes or gold spans listed per detail
 _MAX_OCCURRENCES = 50  # occurrences of one quote weighed against gold
@@ -186,7 +188,8 @@ def _find_in(norm_quote: str, haystack: str) -> list[tuple[int, int]] | None:
         return None
     parts = [p.strip() for p in _ELLIPSIS.split(norm_quote)]
     parts = [p for p in parts if p]
-    if not parts:
+    # each part must say something: "the ... the" or "... of ..." would be found in any contract
+    if not parts or any(len(p.split()) < MIN_PART_WORDS for p in parts):
         return None
     spans: list[tuple[int, int]] = []
     cursor = 0

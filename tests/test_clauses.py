@@ -569,3 +569,11 @@ def test_real_contracts_verbatim_gold_quotes():
     assert scores["hallucinated_quotes"].value == 1.0
     assert len(scores["hallucinated_quotes"].detail["quotes"]) == 1
     assert scores["case_pass"].passed is False
+
+
+def test_ellipsis_parts_too_short_to_mean_anything_are_not_grounded():
+    text = "The Company shall indemnify the Distributor against all claims of third parties arising from the Products."
+    assert is_grounded("The Company shall indemnify ... claims of third parties", text)
+    assert not is_grounded("the ... the", text)
+    assert not is_grounded("... of ...", text)
+    assert not is_grounded("The Company shall ... Products", text)
