@@ -5,18 +5,26 @@
 
 from __future__ import annotations
 
+import base64
+import gzip
 import json
 import math
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import jinja2
+import markupsafe
 import pandas as pd
 
-from harness.scorers import field_metrics, summarize
+from harness.outcomes import agreement, paired_category, paired_counts, wilson_interval
+from harness.scorers import field_metrics, normalize_text, parse_json_output, summarize
 from harness.store import Store
 
-MAX_FAILED_CASES = 500
+FIRST_PAGE = 50  # failed cases rendered into the page itself; the script pages through the rest
+TEXT_LIMIT = 4000  # characters of an output (or gold) kept for a failed case
+PASSING_TEXT_LIMIT = 300  # for a case every provider passed
+INPUT_LIMIT = 6000  # characters of the prompt kept for a failed case (the page shows it collapsed)
 COUNT_METRICS = frozenset({
     "quotes.hallucinated", "confused_pairs", "items.n_gold", "items.n_pred", "items.matched", "items.invalid_outputs",
     "items.unanswered",
@@ -35,7 +43,16 @@ def _environment() -> jinja2.Environment:
     env.filters["usd"] = _fmt_usd
     env.filters["pretty"] = _pretty
     env.filters["when"] = _fmt_when
+    env.filters["safe_svg"] = _safe_svg
     return env
+
+
+def _safe_svg(svg: str) -> markupsafe.Markup:
+    """Mark a chart built by harness.charts as markup; anything else is escaped. Its text (provider, field and
+    label names) was escaped by matplotlib's SVG writer."""
+    if not (isinstance(svg, str) and svg.lstrip().startswith("<svg") and "<script" not in svg.lower()):
+        return markupsafe.escape(svg)
+    return markupsafe.Markup(svg)
 
 
 def _fmt_usd(value: float) -> str:
@@ -75,7 +92,7 @@ def report_data(store: Store, run_id: str) -> dict[str, Any]:
     for name in order:
         match = summary[summary["provider"] == name] if not summary.empty else summary
         row = match.iloc[0].to_dict() if len(match) else {"provider": name, "cases": n_cases, "answered": 0}
-        summary_rows.append({**row, "role": roles.get(name)})
+        summary_rows.append(_with_intervals({**row, "role": roles.get(name)}, responses, n_cases))
 
     failed_calls = responses[responses["error"].notna()].groupby("provider").size().to_dict()
     fields = field_metrics(scores, failed_calls) if not scores.empty else pd.DataFrame()
@@ -84,40 +101,225 @@ def report_data(store: Store, run_id: str) -> dict[str, Any]:
         {"field": f, "cells": [_field_cell(fields, p, f) for p in order]} for f in field_names
     ]
 
+    items_key = _items_key(run)
     by_case = _index(responses, scores)
     row_names = list(dict.fromkeys(
         [*field_names, *(name for entry in by_case.values() for name in entry["fields"] if name not in field_names)]
     ))
-    failed = []
     for entry in by_case.values():
         entry["passed"] = bool(entry["passed"])
+    incumbent = next((p for p in order if roles.get(p) == "incumbent"), None)
+    candidates = [p for p in order if p != incumbent]
+    statuses: dict[str, dict[str, str]] = {}
+    records, failed = [], []
     for case in cases.itertuples():
         outcomes = {p: by_case.get((case.case_id, p)) for p in order}
-        if not any(o is None or not o["passed"] for o in outcomes.values()):
-            continue
-        failed.append(_failed_case(case, outcomes, order, row_names, _items_key(run)))
-    incumbents = [p for p in order if roles.get(p) == "incumbent"]
-    if incumbents:
-        # regressions first: the incumbent passes, a candidate does not
-        inc = incumbents[0]
-        failed.sort(key=lambda c: (not (c["outcomes"][inc] or {}).get("passed"), c["position"]))
+        status = {p: _status(o) for p, o in outcomes.items()}
+        statuses[case.case_id] = status
+        category = (
+            {c: paired_category(status[incumbent] == "pass", status[c] == "pass") for c in candidates}
+            if incumbent else {}
+        )
+        failing = any(v != "pass" for v in status.values())
+        detail = _failed_case(case, outcomes, order, row_names, items_key) if failing else None
+        if detail is not None:
+            detail["category"] = category
+            failed.append(detail)
+        records.append(_record(case, outcomes, status, category, detail))
+    failed.sort(key=lambda c: (not any(v == "regression" for v in c["category"].values()), c["position"]))
+    records.sort(key=lambda r: (not any(v == "regression" for v in (r["cat"] or {}).values()),
+                                all(v == "pass" for v in r["st"].values()), r["pos"]))
+
     return {
         "run": run,
         "providers": providers.to_dict("records"),
         "skipped": providers[providers["status"] == "skipped"].to_dict("records"),
         "order": order,
         "roles": roles,
+        "incumbent": incumbent,
         "summary": summary_rows,
         "notes": [note for note in (_provider_note(row) for row in providers.to_dict("records")) if note],
         "field_names": field_names,
         "field_table": field_table,
         **_metric_sections(store.table("metrics", run_id), order),
         "context_note": _context_note(cases),
-        "failed": failed[:MAX_FAILED_CASES],
+        "paired": _paired(statuses, incumbent, candidates, by_case),
+        "taxonomy": _taxonomy(by_case, order),
+        "charts": _charts(responses, fields, store.table("metrics", run_id), order),
+        "failed": failed[:FIRST_PAGE],
         "n_failed": len(failed),
         "n_cases": n_cases,
+        "cases_data": _encode(records),
+        "filter_where": sorted({w for r in records for ws in r["w"].values() for w in ws}),
+        "filter_kinds": sorted({k for r in records for ks in r["k"].values() for k in ks}),
         "db_path": str(store.path),
     }
+
+
+def _status(outcome: dict[str, Any] | None) -> str:
+    if outcome is None:
+        return "missing"
+    if outcome["error"]:
+        return "error"
+    return "pass" if outcome["passed"] else "fail"
+
+
+def _with_intervals(row: dict[str, Any], responses: pd.DataFrame, n_cases: int) -> dict[str, Any]:
+    """A summary row with the 95% interval of its pass rate, and tokens and cost per 1,000 cases."""
+    passed = row.get("passed")
+    interval = wilson_interval(int(passed), n_cases) if passed is not None and not _missing(passed) else None
+    row["pass_rate_ci"] = interval
+    mine = responses[(responses["provider"] == row["provider"]) & responses["error"].isna()] if len(responses) else None
+    if mine is not None and len(mine):
+        live = mine[~mine["cached"].fillna(False).astype(bool)]
+        tokens = (mine["input_tokens"].fillna(0) + mine["output_tokens"].fillna(0))
+        row["tokens_per_1k"] = float(tokens.mean()) * 1000 if tokens.notna().any() else None
+        priced = live["cost_usd"].dropna()
+        row["cost_per_1k"] = float(priced.mean()) * 1000 if len(priced) else None
+    else:
+        row["tokens_per_1k"] = row["cost_per_1k"] = None
+    return row
+
+
+def _paired(
+    statuses: dict[str, dict[str, str]], incumbent: str | None, candidates: list[str], by_case: dict[Any, Any]
+) -> list[dict[str, Any]]:
+    """Per candidate: the paired outcome counts against the incumbent, and agreement of the answers."""
+    if incumbent is None:
+        return []
+    out = []
+    for candidate in candidates:
+        texts_a = {c: o["text"] for (c, p), o in by_case.items() if p == incumbent and not o["error"]}
+        texts_b = {c: o["text"] for (c, p), o in by_case.items() if p == candidate and not o["error"]}
+        agreeing, both = agreement(texts_a, texts_b, _same_answer)
+        out.append({"candidate": candidate, "counts": paired_counts(statuses, incumbent, candidate),
+                    "agree": agreeing, "both_answered": both})
+    return out
+
+
+def _same_answer(a: str, b: str) -> bool:
+    """Two answers say the same: equal JSON after normalising every text value, else equal normalised text."""
+    def canonical(text: str) -> Any:
+        value, problem = parse_json_output(text or "")
+        return _normalized_json(value) if problem is None else normalize_text(text or "")
+    return canonical(a) == canonical(b)
+
+
+def _normalized_json(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {normalize_text(k): _normalized_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_normalized_json(v) for v in value]
+    return normalize_text(value) if value is not None else None
+
+
+def _taxonomy(by_case: dict[Any, Any], order: list[str]) -> dict[str, Any]:
+    """Failure counts by kind and by field/label/clause type, per provider (a case counts once per label)."""
+    kinds = {p: Counter() for p in order}
+    where = {p: Counter() for p in order}
+    for (_, provider), entry in by_case.items():
+        if provider in kinds and (entry["error"] or not entry["passed"]):
+            kinds[provider].update(set(entry["kinds"]))
+            where[provider].update(set(entry["where"]))
+    kind_names = sorted({k for c in kinds.values() for k in c}, key=lambda k: -sum(c[k] for c in kinds.values()))
+    where_names = sorted({w for c in where.values() for w in c}, key=lambda w: -sum(c[w] for c in where.values()))
+    return {
+        "kinds": [{"name": k, "cells": [kinds[p][k] for p in order]} for k in kind_names],
+        "where": [{"name": w, "cells": [where[p][w] for p in order]} for w in where_names[:40]],
+        "where_total": len(where_names),
+    }
+
+
+def _charts(responses: pd.DataFrame, fields: pd.DataFrame, metrics: pd.DataFrame, order: list[str]) -> list[dict]:
+    """Inline SVG charts: latency per provider, and the score per field, clause type or label per provider."""
+    from harness.charts import latency_chart, metric_bars  # matplotlib takes seconds to import: only here
+
+    out = []
+    if len(responses):
+        live = responses[responses["error"].isna() & ~responses["cached"].fillna(False).astype(bool)]
+        latencies = {p: [v / 1000 for v in live[live["provider"] == p]["latency_ms"].dropna()] for p in order}
+        svg = latency_chart(latencies, title="Latency per answer (s)")
+        if svg:
+            out.append({"id": "chart-latency", "title": "Latency", "svg": svg})
+    rows, values, title = _score_rows(fields, metrics, order)
+    if rows:
+        svg = metric_bars(rows, order, values, title=title)
+        if svg:
+            out.append({"id": "chart-scores", "title": title, "svg": svg})
+    return out
+
+
+def _score_rows(fields: pd.DataFrame, metrics: pd.DataFrame, order: list[str]) -> tuple[list[str], list, str]:
+    if not fields.empty:
+        names = list(dict.fromkeys(fields["field"]))
+        values = [[_value(fields, p, f, "accuracy") for p in order] for f in names]
+        return names, values, "Accuracy per field"
+    if metrics.empty:
+        return [], [], ""
+    presence = metrics[metrics["metric"].str.startswith("presence.") & ~metrics["metric"].str.startswith(
+        "presence.micro")]
+    if len(presence):
+        names = [m.removeprefix("presence.") for m in dict.fromkeys(presence["metric"])]
+        values = [[_metric_value(presence, p, f"presence.{n}") for p in order] for n in names]
+        return names, values, "Presence F1 per clause type"
+    per_class = metrics[metrics["metric"] == "per_class"]
+    if len(per_class):
+        details = {r.provider: json.loads(r.detail) for r in per_class.itertuples() if isinstance(r.detail, str)}
+        names = list(dict.fromkeys(label for d in details.values() for label in d))
+        values = [[(details.get(p) or {}).get(n, {}).get("f1") for p in order] for n in names]
+        return names, values, "F1 per label"
+    return [], [], ""
+
+
+def _value(frame: pd.DataFrame, provider: str, name: str, column: str) -> float | None:
+    match = frame[(frame["provider"] == provider) & (frame["field"] == name)]
+    return None if match.empty or _missing(match.iloc[0][column]) else float(match.iloc[0][column])
+
+
+def _metric_value(frame: pd.DataFrame, provider: str, metric: str) -> float | None:
+    match = frame[(frame["provider"] == provider) & (frame["metric"] == metric)]
+    return None if match.empty or _missing(match.iloc[0]["value"]) else float(match.iloc[0]["value"])
+
+
+def _record(
+    case: Any, outcomes: dict[str, Any], status: dict[str, str], category: dict[str, str], detail: dict | None
+) -> dict[str, Any]:
+    """One case for the page's script: statuses, failure kinds and places, outputs; details when it failed."""
+    limit = TEXT_LIMIT if detail is not None else PASSING_TEXT_LIMIT
+    record: dict[str, Any] = {
+        "id": case.case_id, "pos": int(case.position), "line": None if _missing(case.source_line) else int(
+            case.source_line),
+        "cat": category or None, "st": status,
+        "k": {p: sorted(set(o["kinds"])) if o else ["no answer"] for p, o in outcomes.items() if status[p] != "pass"},
+        "w": {p: sorted(set(o["where"])) for p, o in outcomes.items() if o and status[p] != "pass"},
+        "o": {p: _cut(o["text"], limit) if o else None for p, o in outcomes.items()},
+        "e": {p: o["error"] for p, o in outcomes.items() if o and o["error"]},
+        "lat": {p: o["latency_ms"] for p, o in outcomes.items() if o and not _missing(o["latency_ms"])},
+    }
+    if detail is not None:
+        record["in"] = _cut(detail["prompt"], INPUT_LIMIT)
+        record["gold"] = _cut(_pretty(detail["gold"]), TEXT_LIMIT)
+        record["rows"] = [
+            [r["field"], _cut(_pretty(r["gold"]), 2000) if r["gold"] is not None else "",
+             [[_cut(_pretty(c["pred"]), 2000) if c["pred"] is not None else "", bool(c["ok"]), c["outcome"]]
+              for c in r["cells"]]]
+            for r in detail["rows"]
+        ]
+    return record
+
+
+def _cut(text: Any, limit: int) -> str | None:
+    if text is None:
+        return None
+    text = str(text)
+    return text if len(text) <= limit else text[:limit] + f" … [{len(text) - limit:,} more characters]"
+
+
+def _encode(records: list[dict[str, Any]]) -> str:
+    """The cases for the page's script: JSON, gzipped and base64-encoded (the browser inflates it with
+    DecompressionStream), so a 10,000-case report stays small enough to attach to a CI run."""
+    raw = json.dumps(records, ensure_ascii=False, separators=(",", ":"), default=str).encode()
+    return base64.b64encode(gzip.compress(raw, compresslevel=6, mtime=0)).decode("ascii")
 
 
 def render_report(store: Store, run_id: str, reports_dir: str | Path = "reports") -> Path:
@@ -131,11 +333,16 @@ def render_report(store: Store, run_id: str, reports_dir: str | Path = "reports"
 
 
 def _index(responses: pd.DataFrame, scores: pd.DataFrame) -> dict[tuple[str, str], dict[str, Any]]:
+    """Per (case, provider): the answer, whether it passed, its field rows, and for a failure its kinds
+    (wrong, missing, extra, invalid_output, hallucinated quote, error kind...) and where it failed (field,
+    gold label, clause type, line items)."""
     per: dict[tuple[str, str], dict[str, Any]] = {}
     for r in responses.itertuples():
+        error = r.error if isinstance(r.error, str) else None
         per[(r.case_id, r.provider)] = {
-            "text": r.text, "error": r.error if isinstance(r.error, str) else None,
-            "latency_ms": r.latency_ms, "passed": None, "fields": {}, "problem": None,
+            "text": r.text, "error": error, "latency_ms": r.latency_ms, "passed": None, "fields": {},
+            "problem": None, "where": [],
+            "kinds": [f"error: {r.error_kind or 'call failed'}"] if error else [],
         }
     for s in scores.itertuples():
         entry = per.get((s.case_id, s.provider))
@@ -148,20 +355,33 @@ def _index(responses: pd.DataFrame, scores: pd.DataFrame) -> dict[tuple[str, str
                 entry["fields"][f"scorer {s.scorer}"] = {
                     "pred": detail["scorer_error"], "ok": False, "outcome": "scorer error",
                 }
+                entry["kinds"].append("scorer error")
+            elif "gold" in detail and "pred" in detail and not s.passed:  # a label
+                entry["kinds"].append("invalid label" if detail.get("pred") == "(invalid)" else "wrong label")
+                entry["where"].append(f"label: {detail.get('gold')}")
         elif s.metric == "valid_json" and not s.passed:
             entry["problem"] = detail.get("problem")
+            entry["kinds"].append("invalid JSON")
         elif s.metric.startswith("field."):
-            entry["fields"][s.metric.removeprefix("field.")] = {
-                "pred": detail.get("pred"), "ok": bool(s.passed), "outcome": detail.get("outcome"),
-            }
+            name = s.metric.removeprefix("field.")
+            entry["fields"][name] = {"pred": detail.get("pred"), "ok": bool(s.passed), "outcome": detail.get("outcome")}
+            if not s.passed and detail.get("outcome") != "invalid_output":
+                entry["kinds"].append(f"{detail.get('outcome')} value")
+                entry["where"].append(name)
         elif s.metric.startswith("clause."):
+            category = s.metric.removeprefix("clause.")
             hallucinated = detail.get("grounded") is False
             quote = detail.get("quote")
-            entry["fields"]["clause: " + s.metric.removeprefix("clause.")] = {
+            ok = bool(s.passed) and not hallucinated
+            entry["fields"]["clause: " + category] = {
                 "pred": (quote if quote else "present, no quote") if detail.get("pred_present") else "absent",
-                "ok": bool(s.passed) and not hallucinated,
-                "outcome": "hallucinated quote" if hallucinated else detail.get("outcome"),
+                "ok": ok, "outcome": "hallucinated quote" if hallucinated else detail.get("outcome"),
             }
+            if not ok:
+                outcome = detail.get("outcome")
+                entry["kinds"].append("hallucinated clause quote" if hallucinated else
+                                      {"fp": "clause not there", "fn": "clause missed"}.get(outcome, str(outcome)))
+                entry["where"].append(category)
         elif s.metric == "items.f1":
             missing, extra = detail.get("missing") or [], detail.get("extra") or []
             entry["fields"]["line items"] = {
@@ -169,6 +389,15 @@ def _index(responses: pd.DataFrame, scores: pd.DataFrame) -> dict[tuple[str, str
                          "extra": extra},
                 "ok": bool(s.passed), "outcome": detail.get("problem") or f"F1 {s.value:.2f}",
             }
+            if missing:
+                entry["kinds"].append("missing item")
+            if extra:
+                entry["kinds"].append("extra item")
+            if missing or extra:
+                entry["where"].append("line items")
+        elif s.metric.startswith("item_field.") and s.value is not None and s.value < 1:
+            entry["kinds"].append("wrong item field")
+            entry["where"].append("line items: " + s.metric.removeprefix("item_field."))
     return per
 
 

@@ -1,0 +1,62 @@
+"""Case outcomes compared across providers: confidence intervals, paired outcomes, failure taxonomy.
+
+Pure functions over plain data, shared by the report (and usable by a gate): a case's status for a provider
+is `pass`, `fail`, `error` (the call failed) or `missing` (no answer stored, e.g. an interrupted run); only
+`pass` passes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+PAIRED = ("regression", "win", "both_fail", "both_pass")
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float] | None:
+    """The Wilson score interval of a proportion (95% by default); None when n is 0.
+
+    Chosen over the normal approximation because it stays inside [0, 1] and is honest at 0% and 100%,
+    which small suites hit often."""
+    if n <= 0:
+        return None
+    p = successes / n
+    denominator = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denominator
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def paired_category(incumbent_passed: bool, candidate_passed: bool) -> str:
+    """`regression` (the incumbent passes, the candidate does not), `win`, `both_fail` or `both_pass`."""
+    if incumbent_passed and not candidate_passed:
+        return "regression"
+    if candidate_passed and not incumbent_passed:
+        return "win"
+    return "both_pass" if candidate_passed else "both_fail"
+
+
+def paired_counts(statuses: Mapping[str, Mapping[str, str]], incumbent: str, candidate: str) -> dict[str, int]:
+    """Counts of each paired category over every case (`statuses[case_id][provider]`); a case either
+    provider did not pass (failed, errored or has no answer) counts as a failure of that provider."""
+    counts = Counter(
+        paired_category(by.get(incumbent) == "pass", by.get(candidate) == "pass") for by in statuses.values()
+    )
+    return {name: counts.get(name, 0) for name in PAIRED}
+
+
+def agreement(outputs_a: Mapping[str, Any], outputs_b: Mapping[str, Any], same: Any) -> tuple[int, int]:
+    """(cases where both answered and `same(a, b)`, cases where both answered): agreement without gold."""
+    both = [case for case in outputs_a if case in outputs_b]
+    return sum(1 for case in both if same(outputs_a[case], outputs_b[case])), len(both)
+
+
+def taxonomy(entries: Iterable[tuple[str, Iterable[str]]]) -> list[tuple[str, int]]:
+    """Counts of labels (failure kinds, or fields/labels/categories) over `(provider, labels)` pairs, most
+    frequent first, as `(label, count)`; call it per provider."""
+    counts: Counter[str] = Counter()
+    for _, labels in entries:
+        counts.update(set(labels))
+    return sorted(counts.items(), key=lambda item: (-item[1], item[0]))
