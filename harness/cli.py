@@ -104,6 +104,16 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--reports", default="reports")
     report.set_defaults(func=cmd_report)
 
+    compare = sub.add_parser("compare", help="what changed between two runs of a suite: new failures, fixed cases, "
+                                             "metric deltas (terminal summary and an HTML page)")
+    compare.add_argument("run_a", metavar="RUN_A", help="the baseline run id")
+    compare.add_argument("run_b", metavar="RUN_B", help="the run to compare with it (e.g. the new prompt or model)")
+    compare.add_argument("--db", default=DEFAULT_DB)
+    compare.add_argument("--reports", default="reports")
+    compare.add_argument("--provider", metavar="KIND:MODEL",
+                         help="only this provider (default: every provider in both runs)")
+    compare.set_defaults(func=cmd_compare)
+
     runs = sub.add_parser("runs", help="list the stored runs")
     runs.add_argument("--db", default=DEFAULT_DB)
     runs.set_defaults(func=cmd_runs)
@@ -458,6 +468,43 @@ def cmd_report(args: argparse.Namespace) -> int:
         if run_id is None:
             raise HarnessError(f"{args.db}: no runs yet; run `make shadow SUITE=invoices` first")
         print(render_report(store, run_id, args.reports))
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    """`harness compare RUN_A RUN_B`: what changed from run A to run B (informational: exit 0 whatever changed)."""
+    from harness.compare import compare_runs, format_delta, render_comparison
+
+    with Store(args.db, read_only=True) as store:
+        comparison = compare_runs(store, args.run_a, args.run_b, provider=args.provider)
+        path = render_comparison(store, comparison, args.reports)
+    c = comparison
+    print(f"suite {c.suite}: run {c.run_b} (B) against {c.run_a} (A), {len(c.shared_cases)} shared cases")
+    for warning in c.warnings:
+        print(f"warning: {warning}")
+    for p in c.providers:
+        change = "" if p.pass_rate_delta is None else f" ({100 * p.pass_rate_delta:+.0f} pts)"
+        print(f"  {p.provider:<28} {p.n_shared} shared cases  pass rate {_rate(p.pass_rate_a)} -> "
+              f"{_rate(p.pass_rate_b)}{change}  +{len(p.fixed)} fixed  -{len(p.new_failures)} new failures  "
+              f"({len(p.still_failing)} still failing)")
+        if p.new_failures:
+            print(f"    new failures: {', '.join(p.new_failures[:5])}"
+                  + (f" and {len(p.new_failures) - 5} more" if len(p.new_failures) > 5 else ""))
+        line = ""
+        for d in p.top_changes():
+            a, b, delta = format_delta(d)
+            item = f"{d.name} {a} -> {b} ({delta}{', worse' if d.worse else ''})"
+            if line and len(line) + len(item) > 110:
+                print(line)
+                line = ""
+            line = f"{line}  ·  {item}" if line else f"    {item}"
+        if line:
+            print(line)
+    for name in c.added:
+        print(f"  {name:<28} only in B" + (f" ({c.skipped[name]})" if name in c.skipped else ""))
+    for name in c.removed:
+        print(f"  {name:<28} only in A" + (f" ({c.skipped[name]})" if name in c.skipped else ""))
+    print(f"Report:  {path}")
     return 0
 
 
