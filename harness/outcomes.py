@@ -1,4 +1,4 @@
-"""Case outcomes compared across providers: confidence intervals, paired outcomes, failure taxonomy.
+"""Case outcomes compared across providers: confidence intervals and paired outcomes.
 
 Pure functions over plain data, shared by the report (and usable by a gate): a case's status for a provider
 is `pass`, `fail`, `error` (the call failed) or `missing` (no answer stored, e.g. an interrupted run); only
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 PAIRED = ("regression", "win", "both_fail", "both_pass")
@@ -51,12 +51,3 @@ def agreement(outputs_a: Mapping[str, Any], outputs_b: Mapping[str, Any], same: 
     """(cases where both answered and `same(a, b)`, cases where both answered): agreement without gold."""
     both = [case for case in outputs_a if case in outputs_b]
     return sum(1 for case in both if same(outputs_a[case], outputs_b[case])), len(both)
-
-
-def taxonomy(entries: Iterable[tuple[str, Iterable[str]]]) -> list[tuple[str, int]]:
-    """Counts of labels (failure kinds, or fields/labels/categories) over `(provider, labels)` pairs, most
-    frequent first, as `(label, count)`; call it per provider."""
-    counts: Counter[str] = Counter()
-    for _, labels in entries:
-        counts.update(set(labels))
-    return sorted(counts.items(), key=lambda item: (-item[1], item[0]))
