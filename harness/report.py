@@ -24,6 +24,7 @@ from harness.store import Store
 FIRST_PAGE = 50  # failed cases rendered into the page itself; the script pages through the rest
 TEXT_LIMIT = 4000  # characters of an output (or gold) kept for a failed case
 PASSING_TEXT_LIMIT = 300  # for a case every provider passed
+PASSING_INPUT_LIMIT = 1500
 INPUT_LIMIT = 6000  # characters of the prompt kept for a failed case (the page shows it collapsed)
 COUNT_METRICS = frozenset({
     "quotes.hallucinated", "confused_pairs", "items.n_gold", "items.n_pred", "items.matched", "items.invalid_outputs",
@@ -296,7 +297,12 @@ def _record(
         "e": {p: o["error"] for p, o in outcomes.items() if o and o["error"]},
         "lat": {p: o["latency_ms"] for p, o in outcomes.items() if o and not _missing(o["latency_ms"])},
     }
-    if detail is not None:
+    if detail is None:  # enough of a passing case for the text search to find it by its input or gold
+        messages = json.loads(case.messages) if isinstance(case.messages, str) else []
+        record["in"] = _cut(messages[-1]["content"] if messages else "", PASSING_INPUT_LIMIT)
+        record["gold"] = _cut(_pretty(json.loads(case.gold) if isinstance(case.gold, str) else case.gold),
+                              PASSING_TEXT_LIMIT)
+    else:
         record["in"] = _cut(detail["prompt"], INPUT_LIMIT)
         record["gold"] = _cut(_pretty(detail["gold"]), TEXT_LIMIT)
         record["rows"] = [

@@ -144,7 +144,7 @@ def test_kill_9_of_the_harness_takes_the_server_down(tmp_path: Path):
     proc = _harness("run", "suites/invoices", "--limit", "40", "--db", str(tmp_path / "s.duckdb"),
                     "--reports", str(tmp_path / "r"))
     server = _wait_for_server(proc, tmp_path)
-    time.sleep(3)  # the run is recorded and answering
+    _wait_for_answers(tmp_path / "s.journal", 1)  # the run is recorded and answering
     proc.kill()
     proc.communicate(timeout=30)
     deadline = time.monotonic() + 20

@@ -66,7 +66,8 @@
     if (f.outcome === "failing" && !providers.some(function (p) { return r.st[p] !== "pass"; })) { return false; }
     if (PAIRED.indexOf(f.outcome) >= 0) {
       var cat = r.cat || {};
-      var candidates = f.provider ? [f.provider] : Object.keys(cat);
+      // outcomes are the candidates' against the incumbent: with the incumbent chosen, any candidate counts
+      var candidates = f.provider && cat[f.provider] !== undefined ? [f.provider] : Object.keys(cat);
       if (!candidates.some(function (c) { return cat[c] === f.outcome; })) { return false; }
     }
     if (f.where && !providers.some(function (p) { return (r.w[p] || []).indexOf(f.where) >= 0; })) { return false; }
@@ -151,6 +152,9 @@
     link.addEventListener("click", function () {
       $("f-outcome").value = link.getAttribute("data-filter-outcome");
       $("f-provider").value = link.getAttribute("data-filter-provider") || "";
+      $("f-where").value = "";
+      $("f-kind").value = "";
+      $("f-text").value = "";
       apply();
     });
   });
