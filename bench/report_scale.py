@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 from harness.report import render_report  # noqa: E402
 from harness.store import Store  # noqa: E402
 
-PROVIDERS = [("openai:gpt-4o-mini", "incumbent"), ("anthropic:claude-haiku-4-5", "incumbent-2"),
+PROVIDERS = [("openai:gpt-4o-mini", "incumbent"), ("anthropic:claude-haiku-4-5", "candidate"),
              ("local:smollm2-135m", "candidate")]
 FIELDS = ("company", "date", "address", "total")
 BUDGET_S = 15.0  # render time budget for 10,000 cases x 3 providers on a 2-core machine
@@ -36,8 +36,7 @@ def synthetic_run(store: Store, n_cases: int, seed: int = 0) -> str:
     rng = random.Random(seed)
     run_id = store.start_run({"suite": "synthetic", "n_cases": n_cases, "task": "extraction"})
     store.insert("run_providers", [
-        {"run_id": run_id, "provider": p, "role": "incumbent" if i == 0 else "candidate", "status": "ready"}
-        for i, (p, _) in enumerate(PROVIDERS)
+        {"run_id": run_id, "provider": p, "role": role, "status": "ready"} for p, role in PROVIDERS
     ])
     words = [f"{w}{rng.randint(0, 99)}" for w in ("JALAN", "TAMAN", "SDN", "BHD", "KEDAI", "RM", "TOTAL", "GST")]
     cases, responses, scores = [], [], []

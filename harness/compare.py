@@ -37,7 +37,7 @@ import pandas as pd
 
 from harness.errors import HarnessError
 from harness.report import COUNT_METRICS, _environment, _gold_cell, _index, _items_key
-from harness.scorers import case_passes
+from harness.scorers import case_passes, parse_detail
 from harness.store import Store
 
 MAX_LISTED_CASES = 500
@@ -300,8 +300,11 @@ class _RunData:
                            & self.scores["metric"].str.startswith(("field.", "clause."))]
         mine = mine[mine["case_id"].isin(set(shared))]
         out = {}
-        for metric, group in mine.groupby("metric", sort=False):
-            out[metric] = float(group["passed"].fillna(False).astype(bool).sum()) / len(shared)
+        # a clause row passes on presence alone; a hallucinated quote makes it wrong here, as in the report
+        grounded = mine["detail"].map(lambda d: parse_detail(d).get("grounded") is not False)
+        ok = mine["passed"].fillna(False).astype(bool) & grounded
+        for metric, group in ok.groupby(mine["metric"], sort=False):
+            out[metric] = float(group.sum()) / len(shared)
         return out
 
 

@@ -92,7 +92,10 @@ def report_data(store: Store, run_id: str) -> dict[str, Any]:
     summary_rows = []
     for name in order:
         match = summary[summary["provider"] == name] if not summary.empty else summary
-        row = match.iloc[0].to_dict() if len(match) else {"provider": name, "cases": n_cases, "answered": 0}
+        row = match.iloc[0].to_dict() if len(match) else {  # no answer stored: every case is a failure
+            "provider": name, "cases": n_cases, "answered": 0, "errors": 0, "passed": 0, "cached": 0,
+            "pass_rate": 0.0 if n_cases else float("nan"),
+        }
         summary_rows.append(_with_intervals({**row, "role": roles.get(name)}, responses, n_cases))
 
     failed_calls = responses[responses["error"].notna()].groupby("provider").size().to_dict()
@@ -145,7 +148,7 @@ def report_data(store: Store, run_id: str) -> dict[str, Any]:
         **_metric_sections(store.table("metrics", run_id), order),
         "context_note": _context_note(cases),
         "paired": _paired(statuses, incumbent, candidates, by_case),
-        "taxonomy": _taxonomy(by_case, order),
+        "taxonomy": _taxonomy(by_case, order, statuses),
         "charts": _charts(responses, fields, store.table("metrics", run_id), order),
         "failed": failed[:FIRST_PAGE],
         "n_failed": len(failed),
@@ -173,8 +176,9 @@ def _with_intervals(row: dict[str, Any], responses: pd.DataFrame, n_cases: int) 
     mine = responses[(responses["provider"] == row["provider"]) & responses["error"].isna()] if len(responses) else None
     if mine is not None and len(mine):
         live = mine[~mine["cached"].fillna(False).astype(bool)]
-        tokens = (mine["input_tokens"].fillna(0) + mine["output_tokens"].fillna(0))
-        row["tokens_per_1k"] = float(tokens.mean()) * 1000 if tokens.notna().any() else None
+        # unknown when any answer lacks a count: a partial sum would pass for the whole
+        tokens = mine["input_tokens"] + mine["output_tokens"]
+        row["tokens_per_1k"] = float(tokens.mean()) * 1000 if tokens.notna().all() else None
         priced = live["cost_usd"].dropna()
         row["cost_per_1k"] = float(priced.mean()) * 1000 if len(priced) else None
     else:
@@ -214,14 +218,19 @@ def _normalized_json(value: Any) -> Any:
     return normalize_text(value) if value is not None else None
 
 
-def _taxonomy(by_case: dict[Any, Any], order: list[str]) -> dict[str, Any]:
-    """Failure counts by kind and by field/label/clause type, per provider (a case counts once per label)."""
+def _taxonomy(by_case: dict[Any, Any], order: list[str], statuses: dict[str, dict[str, str]]) -> dict[str, Any]:
+    """Failure counts by kind and by field/label/clause type, per provider (a case counts once per label);
+    a case with no stored answer counts as `no answer`."""
     kinds = {p: Counter() for p in order}
     where = {p: Counter() for p in order}
     for (_, provider), entry in by_case.items():
         if provider in kinds and (entry["error"] or not entry["passed"]):
             kinds[provider].update(set(entry["kinds"]))
             where[provider].update(set(entry["where"]))
+    for status in statuses.values():
+        for provider, value in status.items():
+            if value == "missing":
+                kinds[provider]["no answer"] += 1
     kind_names = sorted({k for c in kinds.values() for k in c}, key=lambda k: -sum(c[k] for c in kinds.values()))
     where_names = sorted({w for c in where.values() for w in c}, key=lambda w: -sum(c[w] for c in where.values()))
     return {

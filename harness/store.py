@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import queue
+import re
 import secrets
 import threading
 import time
@@ -499,8 +500,21 @@ JSON_COLUMNS = frozenset(
 def _cell(column: str, value: Any) -> Any:
     # JSON columns always hold JSON text: a gold label "spam" is stored as "\"spam\"", so it reads back as itself
     if column in JSON_COLUMNS and value is not None:
-        return json.dumps(value, ensure_ascii=False, default=str)
-    return value
+        return _utf8(json.dumps(value, ensure_ascii=False, default=str))
+    return _utf8(value) if isinstance(value, str) else value
+
+
+def _utf8(text: str) -> str:
+    """`text`, with any lone surrogate (a model can emit one as the JSON escape \\ud800) replaced by U+FFFD:
+    UTF-8, and so DuckDB, cannot hold one, and one answer must not fail a whole batch."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return _SURROGATE.sub("\ufffd", text)
+    return text
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 _TIME_COLUMNS = ("started_at",)

@@ -237,3 +237,17 @@ def test_run_level_metrics_are_compared(tmp_path, capsys, monkeypatch):
     assert p.fixed == [rows[2]["id"], rows[3]["id"]] and p.new_failures == []
     html = path.read_text()
     assert "label · accuracy" in html and "+0.500" in html
+
+
+def test_a_hallucinated_clause_quote_counts_as_wrong_in_the_per_clause_accuracy():
+    """A clause row passes on presence alone; its quote being made up must still make it wrong here."""
+    import pandas as pd
+
+    from harness.compare import _RunData
+
+    data = _RunData.__new__(_RunData)
+    data.scores = pd.DataFrame({
+        "provider": ["p", "p"], "case_id": ["c1", "c2"], "metric": ["clause.Governing Law"] * 2,
+        "passed": [True, True], "detail": ['{"grounded": true}', '{"grounded": false}'],
+    })
+    assert data.field_accuracy("p", ["c1", "c2"]) == {"clause.Governing Law": 0.5}

@@ -49,3 +49,15 @@ def test_report_of_an_interrupted_run_with_missing_answers(tmp_path: Path):
     assert "(no answer recorded)" in html
     assert "receipt 0 &lt;b&gt;bold&lt;/b&gt;" in html
     assert json.dumps(data["failed"][0]["gold"]) == '{"total": "5.00"}'
+
+
+def test_a_provider_with_no_stored_answer_fails_every_case_in_summary_and_taxonomy(tmp_path: Path):
+    with Store(tmp_path / "s.duckdb") as store:
+        run_id = _interrupted_run(store)
+        data = report_data(store, run_id)
+    incumbent = next(row for row in data["summary"] if row["provider"] == "openai:gpt-4o-mini")
+    assert (incumbent["passed"], incumbent["pass_rate"]) == (0, 0.0)
+    low, high = incumbent["pass_rate_ci"]
+    assert low == 0.0 and round(high, 3) == 0.658  # 0 of 2: z²/(n + z²) = 3.84 / 5.84
+    kinds = {row["name"]: row["cells"] for row in data["taxonomy"]["kinds"]}
+    assert kinds["no answer"] == [2, 1]  # the incumbent has no answer at all, the candidate lacks one

@@ -369,3 +369,15 @@ def test_score_on_a_missing_database_creates_nothing(tmp_path, capsys):
     db = tmp_path / "nothere.duckdb"
     assert main(["score", "--db", str(db)]) == 2
     assert "no such DuckDB file" in capsys.readouterr().err and not db.exists()
+
+
+def test_a_lone_surrogate_in_model_output_is_made_storable_and_the_run_goes_on(tmp_path, monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    suite = copy_suite(tmp_path, "tickets", 2)
+    # the JSON escape \ud800 decodes to a lone surrogate, which UTF-8 (and so DuckDB) cannot hold
+    with OpenAIServer(lambda body: Reply(text='{"label": "lone \\ud800 surrogate"}')) as server:
+        assert _run(suite, tmp_path, server) == 0
+    texts = [t for (t,) in _query(tmp_path, "SELECT text FROM responses")]
+    assert texts == ['{"label": "lone \\ud800 surrogate"}'] * 2  # the answer as sent
+    raws = [json.loads(d)["raw"] for (d,) in _query(tmp_path, "SELECT detail FROM scores WHERE metric = 'case_pass'")]
+    assert raws == ["lone \ufffd surrogate"] * 2  # the label read from it, made storable
