@@ -302,7 +302,7 @@ class _RunData:
         out = {}
         # a clause row passes on presence alone; a hallucinated quote makes it wrong here, as in the report
         grounded = mine["detail"].map(lambda d: parse_detail(d).get("grounded") is not False)
-        ok = mine["passed"].fillna(False).astype(bool) & grounded
+        ok = mine["passed"].fillna(False).astype(bool) & grounded.astype(bool)
         for metric, group in ok.groupby(mine["metric"], sort=False):
             out[metric] = float(group.sum()) / len(shared)
         return out
