@@ -9,11 +9,12 @@ CACHE  ?= replay
 RESUME ?=
 PRICING ?=
 RUN    ?=
+BASELINE ?=
 
 # make puts command-line variables in the environment of every command; keep these ones to the Makefile
-unexport SUITE LIMIT DB CACHE RESUME PRICING RUN
+unexport SUITE LIMIT DB CACHE RESUME PRICING RUN BASELINE
 
-.PHONY: setup shadow score test bench serve lint report runs clean
+.PHONY: setup shadow score gate test bench serve lint report runs clean
 
 ## setup: a .venv with the harness, the llama.cpp server and the bundled model (first run compiles llama.cpp)
 setup: $(VENV)/.setup-done
@@ -39,6 +40,10 @@ endif
 ## score: re-score a stored run with the suite's current scorers, no model called (RUN=id, default the latest)
 score: setup
 	$(BIN)/harness score $(RUN) --db $(DB)
+
+## gate: may the candidate of SUITE's latest run ship? exit 0 pass, 1 fail, 2 error (BASELINE=run_id: against it)
+gate: setup
+	$(BIN)/harness gate --suite suites/$(SUITE) --db $(DB) $(if $(BASELINE),--baseline $(BASELINE))
 
 ## test: the whole test suite, the real bundled model included
 test: setup

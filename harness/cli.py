@@ -94,6 +94,21 @@ def _parser() -> argparse.ArgumentParser:
     score.add_argument("--reports", default="reports")
     score.set_defaults(func=cmd_score)
 
+    gate = sub.add_parser("gate", help="may the candidate ship? paired statistics; exit 0 pass, 1 fail, 2 error")
+    gate.add_argument("run_id", nargs="?", help="run id (default: the latest run, of --suite if given)")
+    gate.add_argument("--baseline", metavar="RUN_ID", help="compare with this earlier run of the suite, same provider")
+    gate.add_argument("--candidate", metavar="KIND:MODEL", help="the provider to gate (default: the run's first)")
+    gate.add_argument("--suite", help="read [gate] from this suite folder (default: the run's)")
+    gate.add_argument("--metric", help="override gate.metric (pass_rate, field.total, items.f1...)")
+    for option, kind in (("margin", float), ("confidence", float), ("min-score", float), ("max-invalid-rate", float),
+                         ("max-error-rate", float), ("max-latency-p95-ms", float), ("max-ttft-p95-ms", float),
+                         ("max-cost-per-1k", float), ("max-slice-drop", float)):
+        gate.add_argument(f"--{option}", type=kind, help=f"override gate.{option.replace('-', '_')}")
+    gate.add_argument("--out", help="folder for gate.json and junit.xml (default: beside the run's report)")
+    gate.add_argument("--db", default=DEFAULT_DB)
+    gate.add_argument("--reports", default="reports")
+    gate.set_defaults(func=cmd_gate)
+
     validate = sub.add_parser("validate", help="check a suite (config, cases, template) without running it")
     validate.add_argument("suite")
     validate.set_defaults(func=cmd_validate)
@@ -431,6 +446,36 @@ def cmd_score(args: argparse.Namespace) -> int:
         _print_metrics(store, run_id)
         print(f"Report:  {render_report(store, run_id, args.reports)}")
     return 0
+
+
+def cmd_gate(args: argparse.Namespace) -> int:
+    """`harness gate [RUN_ID]`: the verdict, gate.json and junit.xml; exit 0 pass, 1 fail (2: error)."""
+    from harness.suite import GateSpec
+    from harness.verdict import gate_run, verdict_text, write_outputs
+
+    if not Path(args.db).exists():
+        raise HarnessError(f"{args.db}: no such DuckDB file; run a suite first (make shadow SUITE=...)")
+    with Store(args.db, read_only=True) as store:
+        named = load_suite(args.suite).name if args.suite and not args.run_id else None
+        run_id = args.run_id or store.latest_run(named)
+        if run_id is None:
+            raise HarnessError(f"{args.db}: no runs{f' of suite {named}' if named else ''} yet; "
+                               "run `make shadow SUITE=...` first")
+        run = store.run(run_id)
+        suite_dir = Path(args.suite or run["suite_path"])
+        policy = load_suite(suite_dir).spec.gate if (suite_dir / "suite.toml").is_file() else GateSpec()
+        overrides = {key: getattr(args, key) for key in GateSpec.model_fields if getattr(args, key, None) is not None}
+        try:
+            policy = GateSpec.model_validate({**policy.model_dump(), **overrides})
+        except ValueError as exc:
+            first = exc.errors()[0] if hasattr(exc, "errors") else {"loc": ("?",), "msg": str(exc)}
+            raise HarnessError(f"--{str(first['loc'][0]).replace('_', '-')}: {first['msg']}") from None
+        result = gate_run(store, run_id, policy, baseline=args.baseline, candidate=args.candidate)
+    print(verdict_text(result))
+    out = Path(args.out) if args.out else Path(args.reports) / str(run["suite"]) / run_id / "gate"
+    paths = write_outputs(result, out)
+    print(f"gate.json: {paths['json']}\njunit.xml: {paths['junit']}")
+    return 0 if result.passed else 1
 
 
 def _print_scorer_errors(store: Store, run_id: str) -> None:

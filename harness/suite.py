@@ -162,6 +162,23 @@ class ParamsSpec(_Strict):
     top_p: float | None = None
 
 
+class GateSpec(_Strict):
+    """`[gate]`: when a candidate may replace the incumbent (`harness gate`). Rates are fractions: 0.02 = 2 points."""
+
+    metric: str = "pass_rate"  # pass_rate, or a per-case score metric such as "field.total" or "items.f1"
+    margin: float = Field(default=0.02, ge=0, le=1)  # non-inferiority: the candidate may be this much worse
+    confidence: float = Field(default=0.95, gt=0.5, lt=1)
+    min_score: float | None = Field(default=None, ge=0, le=1)  # floor on the candidate's metric
+    max_invalid_rate: float | None = Field(default=None, ge=0, le=1)
+    max_error_rate: float | None = Field(default=None, ge=0, le=1)
+    max_latency_p95_ms: float | None = Field(default=None, gt=0)
+    max_ttft_p95_ms: float | None = Field(default=None, gt=0)
+    max_cost_per_1k: float | None = Field(default=None, ge=0)  # USD per 1,000 cases
+    max_slice_drop: float | None = Field(default=None, ge=0, le=1)  # per field/label/clause: accuracy drop allowed
+    bootstrap: int = Field(default=2000, ge=200, le=100_000)  # resamples for the paired bootstrap
+    seed: int = 0
+
+
 class SuiteSpec(_Strict):
     """The validated contents of `suite.toml`."""
 
@@ -176,6 +193,7 @@ class SuiteSpec(_Strict):
     scorers: list[ScorerSpec]
     providers: list[ProviderSpec]
     params: ParamsSpec = ParamsSpec()
+    gate: GateSpec = GateSpec()
 
     @field_validator("scorers")
     @classmethod

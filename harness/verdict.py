@@ -1,0 +1,172 @@
+"""`harness gate` around the pure gate: read a stored run (and a baseline), decide, write the verdict.
+
+Inputs: the candidate's and the reference's per-case metric from DuckDB (the reference is the run's incumbent,
+or with a baseline run the same provider in that run), the candidate's rates from the run summary, and per
+field/label/clause accuracy for the slice checks. Outputs: a plain-text verdict, `gate.json`, JUnit XML (one
+test case per check) and, when `GITHUB_STEP_SUMMARY` is set, a Markdown table appended to it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+from xml.etree import ElementTree
+
+import pandas as pd
+
+from harness.errors import HarnessError
+from harness.gate import GateResult, evaluate
+from harness.report import _index
+from harness.scorers import case_passes, summarize
+from harness.store import Store
+from harness.suite import GateSpec
+
+
+def gate_run(
+    store: Store, run_id: str, policy: GateSpec, *, baseline: str | None = None, candidate: str | None = None
+) -> GateResult:
+    """Decide whether the candidate of `run_id` may ship. Raises HarnessError when there is nothing to compare."""
+    run = store.run(run_id)
+    providers = store.table("run_providers", run_id)
+    ready = providers[providers["status"] == "ready"]
+    candidates = list(ready[ready["role"] == "candidate"]["provider"])
+    if candidate is None:
+        if not candidates:
+            raise HarnessError(f"run {run_id} has no candidate that ran")
+        candidate = candidates[0]
+    elif candidate not in set(ready["provider"]):
+        raise HarnessError(f"run {run_id} has no answers of '{candidate}' (ran: {', '.join(ready['provider'])})")
+    if baseline is not None:
+        base = store.run(baseline)
+        if base["suite"] != run["suite"]:
+            raise HarnessError(f"baseline {baseline} is of suite '{base['suite']}', run {run_id} of '{run['suite']}'")
+        reference_run, reference = baseline, candidate
+        base_providers = store.table("run_providers", baseline)
+        if reference not in set(base_providers[base_providers["status"] == "ready"]["provider"]):
+            raise HarnessError(f"baseline {baseline} has no answers of '{reference}'")
+    else:
+        incumbents = list(ready[ready["role"] == "incumbent"]["provider"])
+        if not incumbents:
+            reason = providers[providers["role"] == "incumbent"]["reason"]
+            why = f" (skipped: {reason.iloc[0]})" if len(reason) and isinstance(reason.iloc[0], str) else ""
+            raise HarnessError(f"run {run_id} has no incumbent answers to compare with{why}; "
+                               "gate against an earlier run with --baseline RUN_ID")
+        reference_run, reference = run_id, incumbents[0]
+    cases = list(store.table("cases", run_id)["case_id"])
+    mine = _per_case(store, run_id, candidate, policy.metric, cases)
+    theirs = _per_case(store, reference_run, reference, policy.metric,
+                       list(store.table("cases", reference_run)["case_id"]))
+    rates = _rates(store, run_id, candidate, len(cases), mine)
+    slices = _slices(store, run_id, candidate, reference_run, reference)
+    names = (candidate, f"{reference} in {baseline}" if baseline else reference)
+    result = evaluate(policy, mine, theirs, n_cases=len(cases), rates=rates, slices=slices, names=names)
+    result.stats.update(run_id=run_id, baseline=baseline, suite=run["suite"])
+    return result
+
+
+def _per_case(store: Store, run_id: str, provider: str, metric: str, cases: list[str]) -> dict[str, float]:
+    """Case id -> the metric for every case of the run (0 where the provider failed or has no answer)."""
+    scores = store.table("scores", run_id)
+    scores = scores[scores["provider"] == provider] if len(scores) else scores
+    if metric == "pass_rate":
+        passes = case_passes(scores) if len(scores) else pd.Series(dtype=bool)
+        return {c: float(bool(passes.get(c, False))) for c in cases}
+    rows = scores[scores["metric"] == metric] if len(scores) else scores
+    if metric not in set(store.table("scores", run_id)["metric"]):
+        raise HarnessError(f"gate.metric '{metric}': run {run_id} has no such score (e.g. pass_rate, field.total)")
+    values = rows.groupby("case_id")["value"].mean().to_dict()
+    return {c: float(values.get(c, 0.0)) for c in cases}
+
+
+def _rates(store: Store, run_id: str, provider: str, n_cases: int, per_case: dict[str, float]) -> dict[str, Any]:
+    responses = store.table("responses", run_id)
+    summary = summarize(responses, store.table("scores", run_id), n_cases) if len(responses) else pd.DataFrame()
+    row = summary[summary["provider"] == provider].iloc[0].to_dict() if len(summary) else {}
+    mine = responses[(responses["provider"] == provider) & responses["error"].isna()] if len(responses) else None
+    priced = mine[~mine["cached"].fillna(False).astype(bool)]["cost_usd"] if mine is not None else pd.Series()
+    unpriced = priced.isna().any() or priced.empty
+    return {
+        "score": sum(per_case.values()) / n_cases if n_cases else None,
+        "invalid_rate": _num(row.get("invalid_rate")),
+        "error_rate": (row.get("errors", 0) / n_cases) if n_cases else None,
+        "latency_p95_ms": _num(row.get("latency_p95_ms")),
+        "ttft_p95_ms": _num(row.get("ttft_p95_ms")),
+        "cost_per_1k": None if unpriced else float(priced.mean()) * 1000,
+    }
+
+
+def _slices(store: Store, run_id: str, provider: str, ref_run: str, ref: str) -> dict[str, tuple]:
+    """Per field, label or clause type: (reference accuracy, candidate accuracy) over the cases each answered."""
+    def accuracy(run: str, who: str) -> dict[str, float]:
+        index = _index(store.table("responses", run), store.table("scores", run))
+        totals: dict[str, list[int]] = {}
+        for (_, p), entry in index.items():
+            if p != who or entry["error"]:
+                continue
+            for name, cell in entry["fields"].items():
+                totals.setdefault(name, [0, 0])
+                totals[name][0] += int(bool(cell["ok"]))
+                totals[name][1] += 1
+        return {name: ok / n for name, (ok, n) in totals.items() if n}
+
+    before, after = accuracy(ref_run, ref), accuracy(run_id, provider)
+    return {name: (before.get(name), after.get(name)) for name in sorted(set(before) | set(after))}
+
+
+def _num(value: Any) -> float | None:
+    return None if value is None or pd.isna(value) else float(value)
+
+
+def verdict_text(result: GateResult) -> str:
+    """The plain-text verdict: a line per check with its number and threshold, then warnings."""
+    s = result.stats
+    lines = [f"gate {'PASSED' if result.passed else 'FAILED'}: {s.get('candidate')} against {s.get('incumbent')} "
+             f"({s.get('metric')}, margin {s.get('margin')}, confidence {s.get('confidence')})"]
+    for check in result.checks:
+        lines.append(f"  {'PASS' if check.passed else 'FAIL'}  {check.name}: {check.detail}")
+    if s.get("mcnemar_p") is not None:
+        lines.append(f"  info  McNemar exact: {s['regressions']} regressions, {s['wins']} wins, "
+                     f"p = {s['mcnemar_p']:.3g}")
+    if s.get("minimum_detectable_difference") is not None:
+        lines.append(f"  info  minimum detectable difference: {s['minimum_detectable_difference']:.3f}")
+    lines.extend(f"  warning: {w}" for w in result.warnings)
+    return "\n".join(lines)
+
+
+def junit_xml(result: GateResult) -> str:
+    """JUnit XML: one test case per check, a <failure> for each failed one."""
+    suite = ElementTree.Element("testsuite", name="shadow gate", tests=str(len(result.checks)),
+                                failures=str(sum(not c.passed for c in result.checks)))
+    for check in result.checks:
+        case = ElementTree.SubElement(suite, "testcase", classname=f"gate.{result.stats.get('suite')}", name=check.name)
+        if not check.passed:
+            ElementTree.SubElement(case, "failure", message=check.detail).text = check.detail
+    return '<?xml version="1.0" encoding="utf-8"?>\n' + ElementTree.tostring(suite, encoding="unicode") + "\n"
+
+
+def markdown(result: GateResult) -> str:
+    """A Markdown summary for `$GITHUB_STEP_SUMMARY`."""
+    s = result.stats
+    out = [f"### Shadow gate: {'✅ pass' if result.passed else '❌ fail'} — `{s.get('candidate')}` vs "
+           f"`{s.get('incumbent')}` ({s.get('suite')})", "", "| check | result | detail |", "|---|---|---|"]
+    for check in result.checks:
+        detail = check.detail.replace("|", "\\|")
+        out.append(f"| {check.name} | {'pass' if check.passed else '**fail**'} | {detail} |")
+    out.extend(["", *(f"> warning: {w}" for w in result.warnings)])
+    return "\n".join(out) + "\n"
+
+
+def write_outputs(result: GateResult, out_dir: Path) -> dict[str, Path]:
+    """Write gate.json and junit.xml under `out_dir`, and append to $GITHUB_STEP_SUMMARY when it is set."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out_dir / "gate.json", "junit": out_dir / "junit.xml"}
+    paths["json"].write_text(json.dumps(result.to_dict(), indent=1, default=str) + "\n", encoding="utf-8")
+    paths["junit"].write_text(junit_xml(result), encoding="utf-8")
+    summary = os.environ.get("GITHUB_STEP_SUMMARY")
+    if summary:
+        with open(summary, "a", encoding="utf-8") as f:
+            f.write(markdown(result))
+        paths["step_summary"] = Path(summary)
+    return paths
