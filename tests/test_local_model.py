@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -30,9 +31,28 @@ def _env() -> dict[str, str]:
     return env
 
 
+_STARTED: list[subprocess.Popen] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_leftovers():
+    """A failed test must not leave a harness (and its model server) running, slowing every later test."""
+    yield
+    while _STARTED:
+        proc = _STARTED.pop()
+        if proc.poll() is None:
+            for child in _children(proc.pid):
+                with contextlib.suppress(OSError):
+                    os.kill(child, signal.SIGKILL)
+            proc.kill()
+            proc.communicate()
+
+
 def _harness(*args: str, **kwargs) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "harness.cli", *args], env=_env(), cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, "-m", "harness.cli", *args], env=_env(), cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+    _STARTED.append(proc)
+    return proc
 
 
 def _children(pid: int) -> list[int]:
@@ -45,6 +65,13 @@ def _children(pid: int) -> list[int]:
         if int(fields[1]) == pid:
             found.append(int(stat.parent.name))
     return found
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
 
 
 def _alive(pid: int) -> bool:
@@ -62,7 +89,8 @@ def _wait_for_server(proc: subprocess.Popen, log_dir: Path, timeout: float = 120
         assert proc.poll() is None, proc.communicate()
         logs = list(log_dir.glob("llama_cpp-*.log"))
         if logs and "Uvicorn running" in logs[0].read_text(errors="replace"):
-            servers = _children(proc.pid)
+            # only the server: the harness may have another child for a moment (git describe, for provenance)
+            servers = [pid for pid in _children(proc.pid) if b"llama_cpp.server" in _cmdline(pid)]
             assert len(servers) == 1
             return servers[0]
         time.sleep(0.2)
