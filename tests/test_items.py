@@ -19,7 +19,7 @@ from harness.providers import Completion
 from harness.scorers import score_completion
 from harness.suite import Case
 
-WILDRECEIPT = Path("/work/shared/data/wildreceipt/cases.jsonl")
+WILDRECEIPT = Path(__file__).resolve().parent.parent / "suites" / "receipts" / "cases.jsonl"  # WildReceipt
 
 
 def _completion(text: str, error: str | None = None) -> Completion:
@@ -415,7 +415,6 @@ def test_aggregate_undefined_values_are_none():
 # --- real data ----------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.skipif(not WILDRECEIPT.exists(), reason=f"{WILDRECEIPT} is not there")
 def test_gold_items_as_prediction_score_perfectly_on_wildreceipt():
     rows = [json.loads(line) for line in WILDRECEIPT.read_text().splitlines()[:20]]
     assert len(rows) == 20
