@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from harness.providers import Completion
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -39,3 +41,9 @@ def gold_of(suite_dir: Path) -> dict[str, dict]:
     """case id -> gold object, read straight from the cases file."""
     rows = [json.loads(line) for line in (suite_dir / "cases.jsonl").read_text().splitlines() if line.strip()]
     return {row["id"]: row["gold"] for row in rows}
+
+
+def answer(text: str, error: str | None = None) -> Completion:
+    """A completed model answer with made-up measurements, for scorer tests."""
+    return Completion(text=text, model="m", input_tokens=1, output_tokens=1, ttft_ms=1.0, latency_ms=2.0,
+                      finish_reason="stop", error=error)

@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import answer
 
 from harness import clauses
 from harness.clauses import DEFAULT_CATEGORIES, ClausesScorer, answer_match, is_grounded, quote_span
-from harness.providers import Completion
 from harness.suite import Case
 
 CUAD = Path(__file__).resolve().parent.parent / "suites" / "contracts" / "cases.jsonl"  # CUAD, as the suite holds it
@@ -27,11 +27,6 @@ GOVERNING = "This Agreement shall be governed by\n    the laws of the State of C
 EXCLUSIVE = "Beta shall be the exclusive distributor of Acme’s products in the Territory."
 ASSIGN = "Neither party may assign this Agreement without the prior written consent of the other party."
 CATS = ["Parties", "Agreement Date", "Governing Law", "Exclusivity", "Anti-Assignment", "Non-Compete"]
-
-
-def _completion(text: str) -> Completion:
-    return Completion(text=text, model="m", input_tokens=1, output_tokens=1, ttft_ms=1.0, latency_ms=2.0,
-                      finish_reason="stop")
 
 
 def _span(text: str, piece: str) -> dict:
@@ -74,7 +69,7 @@ def _perfect() -> dict:
 
 def _score(output, case: Case | None = None, categories=CATS) -> dict:
     text = output if isinstance(output, str) else json.dumps(output)
-    rows = ClausesScorer(categories)(case or _case(), _completion(text))
+    rows = ClausesScorer(categories)(case or _case(), answer(text))
     by_metric = {s.metric: s for s in rows}
     assert len(by_metric) == len(rows)
     return by_metric
@@ -432,7 +427,7 @@ def test_aggregate_by_hand():
     cut = {"field": "text", "chars": len(CONTRACT), "strategy": "head", "truncated": True, "kept": [[0, gov_start]]}
     # case 1: Governing Law tp (answer right), Exclusivity tp with a hallucinated quote
     c1 = _case("c1")
-    s1 = scorer(c1, _completion(json.dumps({
+    s1 = scorer(c1, answer(json.dumps({
         "Governing Law": {"present": True, "quote": GOVERNING, "answer": "California"},
         "Exclusivity": {"present": True, "quote": "Beta shall be the sole distributor"},
     })))
@@ -440,7 +435,7 @@ def test_aggregate_by_hand():
     g2 = _gold()
     g2["Exclusivity"] = {"present": False, "answer": "No", "spans": []}
     c2 = _case("c2", gold=g2, context=cut)
-    s2 = scorer(c2, _completion(json.dumps({
+    s2 = scorer(c2, answer(json.dumps({
         "Governing Law": {"present": False},
         "Exclusivity": {"present": True, "quote": ["Beta shall be the exclusive distributor", "Acme's products"]},
     })))
@@ -482,7 +477,7 @@ def test_aggregate_empty_and_string_details():
     assert metrics["quotes.hallucination_rate"].value is None
     assert metrics["quotes.mean_overlap"].value is None
     # details stored as JSON text are read too
-    rows = scorer(_case(), _completion(json.dumps({"Governing Law": {"present": True, "quote": GOVERNING}})))
+    rows = scorer(_case(), answer(json.dumps({"Governing Law": {"present": True, "quote": GOVERNING}})))
     frame = _frame([("c1", rows)])
     frame["detail"] = frame["detail"].map(json.dumps)
     metrics = {m.name: m for m in scorer.aggregate(frame, [])}
@@ -503,7 +498,7 @@ def test_contract_normalised_once_per_text(monkeypatch):
     case = _case(text=CONTRACT + " ")
     scorer = ClausesScorer(DEFAULT_CATEGORIES)
     for _ in range(3):
-        scorer(case, _completion(json.dumps(_perfect())))
+        scorer(case, answer(json.dumps(_perfect())))
     assert calls == [1]
 
 
@@ -511,7 +506,7 @@ def test_default_categories():
     assert len(DEFAULT_CATEGORIES) == 12
     scorer = ClausesScorer()
     assert scorer.categories == DEFAULT_CATEGORIES and scorer.name == "clauses" and scorer.text_field == "text"
-    rows = scorer(_case(), _completion("{}"))
+    rows = scorer(_case(), answer("{}"))
     assert [s.metric for s in rows][:12] == [f"clause.{c}" for c in DEFAULT_CATEGORIES]
     # a category missing from gold counts as gold absent, and says so
     assert rows[3].detail["gold_missing"] is True and rows[3].detail["outcome"] == "tn"
@@ -519,7 +514,7 @@ def test_default_categories():
 
 def test_text_field_is_configurable():
     case = Case(id="c", input={"contract": CONTRACT}, gold=_gold(), line=1)
-    rows = {s.metric: s for s in ClausesScorer(CATS, text_field="contract")(case, _completion(json.dumps(_perfect())))}
+    rows = {s.metric: s for s in ClausesScorer(CATS, text_field="contract")(case, answer(json.dumps(_perfect())))}
     assert rows["hallucinated_quotes"].value == 0.0
 
 
@@ -540,7 +535,7 @@ def test_real_contracts_verbatim_gold_quotes():
         output = {c["category"]: {"present": c["present"], "quote": [s["text"] for s in c["spans"]] or None,
                                   "answer": c["answer"]} for c in row["clauses"]}
         case = Case(id=row["id"], input={"text": text}, gold=gold, line=1)
-        scores = {s.metric: s for s in scorer(case, _completion(json.dumps(output)))}
+        scores = {s.metric: s for s in scorer(case, answer(json.dumps(output)))}
         assert scores["hallucinated_quotes"].value == 0.0, scores["hallucinated_quotes"].detail
         assert scores["quotes_grounded"].value == 1.0
         assert scores["case_pass"].passed is True
@@ -562,7 +557,7 @@ def test_real_contracts_verbatim_gold_quotes():
     assert metrics["quotes.mean_overlap"].value == pytest.approx(1.0)
 
     case, output = changed
-    scores = {s.metric: s for s in scorer(case, _completion(json.dumps(output)))}
+    scores = {s.metric: s for s in scorer(case, answer(json.dumps(output)))}
     assert scores["hallucinated_quotes"].value == 1.0
     assert len(scores["hallucinated_quotes"].detail["quotes"]) == 1
     assert scores["case_pass"].passed is False

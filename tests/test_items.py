@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import answer
 
 from harness.items import (
     DETAIL_LIMIT,
@@ -15,16 +16,10 @@ from harness.items import (
     name_similarity,
     prices_agree,
 )
-from harness.providers import Completion
 from harness.scorers import score_completion
 from harness.suite import Case
 
 WILDRECEIPT = Path(__file__).resolve().parent.parent / "suites" / "receipts" / "cases.jsonl"  # WildReceipt
-
-
-def _completion(text: str, error: str | None = None) -> Completion:
-    return Completion(text=text, model="m", input_tokens=1, output_tokens=1, ttft_ms=1.0, latency_ms=2.0,
-                      finish_reason="stop", error=error)
 
 
 def _item(name, price=None, quantity=None) -> dict:
@@ -38,7 +33,7 @@ def _case(items, case_id: str = "c1") -> Case:
 def _run(gold_items, pred, scorer: LineItemsScorer | None = None, case_id: str = "c1") -> dict:
     """metric -> Score for one case; `pred` is a list of items (sent as {"line_items": pred}) or raw text."""
     text = pred if isinstance(pred, str) else json.dumps({"line_items": pred})
-    scores = (scorer or LineItemsScorer())(_case(gold_items, case_id), _completion(text))
+    scores = (scorer or LineItemsScorer())(_case(gold_items, case_id), answer(text))
     by_metric = {s.metric: s for s in scores}
     assert len(by_metric) == len(scores), "a metric was reported twice"
     for s in scores:
@@ -279,7 +274,7 @@ def test_empty_gold_and_empty_prediction_is_perfect():
     # gold without the key, or with null, is no items
     for gold in ({"store_name": "X"}, {"line_items": None}):
         case = Case(id="c", input={}, gold=gold, line=1)
-        scores = {x.metric: x for x in LineItemsScorer()(case, _completion('{"line_items": []}'))}
+        scores = {x.metric: x for x in LineItemsScorer()(case, answer('{"line_items": []}'))}
         assert scores["case_pass"].passed is True and scores["items.f1"].detail["n_gold"] == 0
 
 
@@ -302,10 +297,10 @@ def test_custom_key_and_item_fields():
     scorer = LineItemsScorer(key="items", item_fields={"description": "text", "amount": "amount"}, name="lines")
     case = Case(id="c", input={}, gold={"items": [{"description": "Consulting", "amount": "1,200.00"}]}, line=1)
     text = '{"items": [{"description": "CONSULTING", "amount": 1200}]}'
-    good = {x.metric: x for x in scorer(case, _completion(text))}
+    good = {x.metric: x for x in scorer(case, answer(text))}
     assert good["case_pass"].passed is True and good["item_field.amount"].value == 1.0
     assert scorer.name == "lines"
-    bad = {x.metric: x for x in scorer(case, _completion('{"line_items": []}'))}
+    bad = {x.metric: x for x in scorer(case, answer('{"line_items": []}'))}
     assert bad["items.recall"].value == 0.0 and "'items'" in bad["items.f1"].detail["problem"]
 
 
@@ -346,7 +341,7 @@ def test_deterministic():
 
 def test_runs_under_score_completion():
     scorer = LineItemsScorer()
-    out = score_completion([scorer], _case([_item("COKE", "3.00")]), _completion("garbage"))
+    out = score_completion([scorer], _case([_item("COKE", "3.00")]), answer("garbage"))
     assert [s.metric for _, s in out][-1] == "case_pass"
     assert all(name == "line_items" for name, _ in out)
 
@@ -357,7 +352,7 @@ def test_runs_under_score_completion():
 def _frame(scorer: LineItemsScorer, cases_and_outputs: list[tuple[Case, str]], as_json: bool = False) -> pd.DataFrame:
     rows = []
     for case, text in cases_and_outputs:
-        for s in scorer(case, _completion(text)):
+        for s in scorer(case, answer(text)):
             detail = json.dumps(s.detail) if as_json else s.detail
             rows.append({"case_id": case.id, "metric": s.metric, "value": s.value, "passed": s.passed,
                          "detail": detail})
@@ -423,7 +418,7 @@ def test_gold_items_as_prediction_score_perfectly_on_wildreceipt():
     for case in cases:
         items = case.gold["line_items"]
         for pred in (items, list(reversed(items))):
-            s = {x.metric: x for x in scorer(case, _completion(json.dumps({"line_items": pred})))}
+            s = {x.metric: x for x in scorer(case, answer(json.dumps({"line_items": pred})))}
             assert s["items.f1"].value == 1.0, case.id
             assert s["items.f1"].detail["tp"] == len(items), case.id
             assert s["case_pass"].passed is True, (case.id, s["case_pass"].detail)

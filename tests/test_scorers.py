@@ -5,8 +5,8 @@ from decimal import Decimal
 
 import pandas as pd
 import pytest
+from conftest import answer
 
-from harness.providers import Completion
 from harness.scorers import (
     ExactScorer,
     FieldsScorer,
@@ -24,14 +24,9 @@ GOLD = {"company": "SOON HUAT MACHINERY ENTERPRISE", "date": "11/01/2019",
         "address": "NO.53 JALAN PUTRA 1, TAMAN SRI PUTRA, 81200 JOHOR BAHRU JOHOR", "total": "327.00"}
 
 
-def _completion(text: str, error: str | None = None) -> Completion:
-    return Completion(text=text, model="m", input_tokens=1, output_tokens=1, ttft_ms=1.0, latency_ms=2.0,
-                      finish_reason="stop", error=error)
-
-
 def _scores(text: str, gold=GOLD):
     case = Case(id="c1", input={"text": "..."}, gold=gold, line=1)
-    return {s.metric: s for s in FieldsScorer(FIELDS)(case, _completion(text))}
+    return {s.metric: s for s in FieldsScorer(FIELDS)(case, answer(text))}
 
 
 @pytest.mark.parametrize(("gold", "pred", "kind", "expected"), [
@@ -101,14 +96,14 @@ def test_invalid_output_is_scored_not_raised(text):
 
 def test_failed_call_gets_no_scores():
     case = Case(id="c1", input={}, gold=GOLD, line=1)
-    assert score_completion([FieldsScorer(FIELDS)], case, _completion("", error="HTTP 500: boom")) == []
+    assert score_completion([FieldsScorer(FIELDS)], case, answer("", error="HTTP 500: boom")) == []
 
 
 def test_exact_scorer_reads_a_label_from_json_or_text():
     case = Case(id="c1", input={}, gold="card_arrival", line=1)
-    assert ExactScorer()(case, _completion(' card_arrival\n'))[0].passed is True
-    assert ExactScorer()(case, _completion('{"label": "card_arrival"}'))[0].passed is True
-    assert ExactScorer()(case, _completion('card_linking'))[0].passed is False
+    assert ExactScorer()(case, answer(' card_arrival\n'))[0].passed is True
+    assert ExactScorer()(case, answer('{"label": "card_arrival"}'))[0].passed is True
+    assert ExactScorer()(case, answer('card_linking'))[0].passed is False
 
 
 def test_field_metrics_precision_recall_f1():
@@ -160,7 +155,7 @@ def test_amount_reads_the_first_number_only():
 
 def test_exact_scorer_unwraps_a_json_string():
     case = Case(id="c1", input={}, gold="positive", line=1)
-    assert ExactScorer()(case, _completion('"positive"'))[0].passed is True
+    assert ExactScorer()(case, answer('"positive"'))[0].passed is True
 
 
 @pytest.mark.parametrize("text", ['{"total": ' + "9" * 5000 + "}", "[" * 5000])
@@ -178,7 +173,7 @@ def test_a_failing_scorer_fails_the_case_not_the_run():
             raise KeyError("boom")
 
     case = Case(id="c1", input={}, gold=GOLD, line=1)
-    [(name, score)] = score_completion([Broken()], case, _completion("{}"))
+    [(name, score)] = score_completion([Broken()], case, answer("{}"))
     assert name == "broken" and score.metric == "case_pass" and score.passed is False
     assert score.detail == {"scorer_error": "KeyError: 'boom'"}
 
