@@ -147,12 +147,77 @@ MIGRATIONS: list[tuple[str, str]] = [
         ALTER TABLE runs ADD COLUMN rescored INTEGER DEFAULT 0;  -- times `harness score` re-scored the run
         """,
     ),
+    (
+        "confidence_samples_load_tests",
+        """
+        ALTER TABLE responses ADD COLUMN logprob_mean DOUBLE;    -- mean log-probability of the answer's tokens
+        ALTER TABLE responses ADD COLUMN logprob_min DOUBLE;     -- of its least likely token
+        ALTER TABLE responses ADD COLUMN margin_mean DOUBLE;     -- mean gap between each token's top two logprobs
+        ALTER TABLE responses ADD COLUMN logprob_tokens INTEGER; -- tokens the three figures are over
+        ALTER TABLE responses ADD COLUMN agreement DOUBLE;       -- share of extra samples giving the same answer
+        ALTER TABLE responses ADD COLUMN samples INTEGER;        -- extra samples drawn for `agreement`
+        CREATE TABLE samples (             -- the extra answers drawn to measure agreement (provider `samples` > 1)
+            run_id VARCHAR NOT NULL,
+            case_id VARCHAR NOT NULL,
+            provider VARCHAR NOT NULL,
+            sample INTEGER NOT NULL,       -- 1, 2...; the main answer (sample 0) is in responses
+            text VARCHAR,
+            input_tokens INTEGER,
+            output_tokens INTEGER,
+            latency_ms DOUBLE,
+            cost_usd DOUBLE,               -- NULL when the price is unknown
+            error VARCHAR,
+            agrees BOOLEAN,                -- the same answer as the main one, after normalisation
+            PRIMARY KEY (run_id, case_id, provider, sample)
+        );
+        CREATE TABLE load_tests (          -- `harness load`: a provider driven at a fixed concurrency
+            load_id VARCHAR PRIMARY KEY,
+            run_id VARCHAR,                -- the shadow run it stands beside (the suite's latest), if any
+            suite VARCHAR NOT NULL,
+            suite_hash VARCHAR,
+            provider VARCHAR NOT NULL,
+            model VARCHAR,
+            endpoint VARCHAR,              -- URL or managed server; never a key
+            concurrency INTEGER,
+            duration_s DOUBLE,             -- asked for
+            max_requests INTEGER,
+            elapsed_s DOUBLE,              -- measured, first request sent to last answer received
+            started_at TIMESTAMPTZ,
+            ended_at TIMESTAMPTZ,
+            requests INTEGER,              -- answered
+            errors INTEGER,
+            requests_per_s DOUBLE,
+            output_tokens_per_s DOUBLE,
+            ttft_p50_ms DOUBLE, ttft_p95_ms DOUBLE, ttft_p99_ms DOUBLE,
+            tpot_p50_ms DOUBLE, tpot_p95_ms DOUBLE, tpot_p99_ms DOUBLE,   -- time per output token after the first
+            latency_p50_ms DOUBLE, latency_p95_ms DOUBLE, latency_p99_ms DOUBLE,
+            host VARCHAR,                  -- JSON: where the load ran (hostname, CPUs, GPUs seen)
+            status VARCHAR                 -- completed or interrupted
+        );
+        CREATE TABLE load_requests (
+            load_id VARCHAR NOT NULL,
+            seq INTEGER NOT NULL,          -- order sent
+            case_id VARCHAR,
+            sent_s DOUBLE,                 -- seconds after the load test started
+            ttft_ms DOUBLE,
+            tpot_ms DOUBLE,
+            latency_ms DOUBLE,
+            input_tokens INTEGER,
+            output_tokens INTEGER,
+            error_kind VARCHAR,
+            error VARCHAR,
+            PRIMARY KEY (load_id, seq)
+        );
+        """,
+    ),
 ]
 
 # New files stay readable by every DuckDB since 1.0 (the `duckdb` CLI, DBeaver...), not only by this version.
 CONNECT_CONFIG = {"storage_compatibility_version": "v1.0.0"}
 
-TABLES = ("runs", "run_providers", "cases", "responses", "scores", "metrics")
+TABLES = (
+    "runs", "run_providers", "cases", "responses", "samples", "scores", "metrics", "load_tests", "load_requests",
+)
 
 
 def new_run_id() -> str:
