@@ -194,6 +194,87 @@ def metric_bars(
         return _to_svg(fig, chart_id)
 
 
+def cost_chart(
+    curves: dict[str, np.ndarray], volume: float, break_even: float | None, chart_id: str | None = None
+) -> str | None:
+    """Monthly cost of each option against volume (cases a month), log-log, as an inline SVG.
+
+    `curves` holds `volume` and one array of monthly USD per option (`api`, `self_hosted`, `hybrid`), as
+    `harness.cost.curve` returns it; the profile's `volume` and the `break_even` volume are marked. Returns None
+    when there is nothing positive to draw."""
+    x = np.asarray(curves.get("volume", []), dtype=float)
+    if not x.size or not np.any(x > 0):
+        return None
+    names = {"api": "API", "self_hosted": "self-hosted", "hybrid": "hybrid (cascade)"}
+    with matplotlib.rc_context(_RC):
+        fig = Figure(figsize=(_FIG_WIDTH_IN, 3.6), layout="constrained")
+        ax = fig.add_subplot()
+        for i, key in enumerate(k for k in names if k in curves):
+            y = np.asarray(curves[key], dtype=float)
+            keep = (x > 0) & (y > 0)
+            color, style = _style(i)
+            ax.plot(x[keep], y[keep], color=color, linestyle=style, linewidth=1.6, label=names[key])
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.axvline(volume, color="#555555", linewidth=0.8, linestyle=":")
+        ax.annotate(f"your volume {volume:,.0f}", (volume, 0.02), xycoords=("data", "axes fraction"),
+                    xytext=(3, 0), textcoords="offset points", fontsize=7, color="#555555")
+        if break_even is not None and x.min() <= break_even <= x.max():
+            ax.axvline(break_even, color=PALETTE[1], linewidth=0.8, linestyle="--")
+            ax.annotate(f"break-even {break_even:,.0f}", (break_even, 0.92), xycoords=("data", "axes fraction"),
+                        xytext=(3, 0), textcoords="offset points", fontsize=7, color=PALETTE[1])
+        for axis in (ax.xaxis, ax.yaxis):
+            axis.set_major_formatter(FuncFormatter(lambda v, _p: f"{v:,.0f}" if v >= 1 else f"{v:g}"))
+            axis.set_minor_formatter(NullFormatter())
+        ax.set_xlabel("cases per month (log scale)")
+        ax.set_ylabel("USD per month (log scale)")
+        ax.grid(True, which="major", color="#dddddd", linewidth=0.6)
+        ax.set_axisbelow(True)
+        _despine(ax)
+        ax.set_title("Monthly cost against volume", loc="left")
+        ax.legend(loc="upper left", fontsize=8, frameon=True, framealpha=0.9)
+        return _to_svg(fig, chart_id)
+
+
+def cascade_chart(
+    routed_share: list[float], quality: list[float], low: list[float | None], high: list[float | None],
+    incumbent: float | None, margin: float, picked: int | None = None, chart_id: str | None = None,
+) -> str | None:
+    """The cascade curve: quality (with its interval band) against the share of cases routed to the API, the
+    incumbent's quality and the gate's margin below it, and the recommended threshold (`picked`, an index)."""
+    x = np.asarray(routed_share, dtype=float)
+    y = np.asarray(quality, dtype=float)
+    if not x.size:
+        return None
+    lo = np.array([_as_float(v) for v in low])
+    hi = np.array([_as_float(v) for v in high])
+    with matplotlib.rc_context(_RC):
+        fig = Figure(figsize=(_FIG_WIDTH_IN, 3.4), layout="constrained")
+        ax = fig.add_subplot()
+        band = ~(np.isnan(lo) | np.isnan(hi))
+        if band.any():
+            ax.fill_between(x[band], lo[band], hi[band], color=PALETTE[1], alpha=0.18, linewidth=0,
+                            step="post", label="95% interval")
+        ax.plot(x, y, color=PALETTE[1], linewidth=1.6, drawstyle="steps-post", label="hybrid quality")
+        if incumbent is not None and math.isfinite(incumbent):
+            ax.axhline(incumbent, color=PALETTE[0], linewidth=1.0, label="API alone")
+            ax.axhline(incumbent - margin, color=PALETTE[0], linewidth=0.8, linestyle="--",
+                       label=f"API - margin ({margin:g})")
+        if picked is not None and 0 <= picked < x.size:
+            ax.plot([x[picked]], [y[picked]], marker="o", color=PALETTE[3], linestyle="none",
+                    label=f"recommended: {x[picked]:.0%} routed")
+        ax.set_xlim(0, 1)
+        ax.xaxis.set_major_formatter(PercentFormatter(xmax=1.0, decimals=0))
+        ax.set_xlabel("cases routed to the API")
+        ax.set_ylabel("quality")
+        ax.grid(True, color="#dddddd", linewidth=0.6)
+        ax.set_axisbelow(True)
+        _despine(ax)
+        ax.set_title("Hybrid: quality against share routed to the API", loc="left")
+        ax.legend(loc="lower right", fontsize=8, frameon=True, framealpha=0.9)
+        return _to_svg(fig, chart_id)
+
+
 def _bars_patch(ys: np.ndarray, widths: np.ndarray, height: float, color: str) -> PathPatch:
     """Horizontal bars from x=0, centred on ys, as one patch made of one closed subpath per bar."""
     verts = np.zeros((ys.size * 5, 2))
@@ -309,4 +390,6 @@ def _root_tag(tag: str) -> str:
     return tag.replace("<svg ", f'<svg class="shadow-chart" width="100%"{style} ', 1)
 
 
-__all__ = ["MAX_BAR_ROWS", "MAX_ECDF_POINTS", "PALETTE", "latency_chart", "metric_bars"]
+__all__ = [
+    "MAX_BAR_ROWS", "MAX_ECDF_POINTS", "PALETTE", "cascade_chart", "cost_chart", "latency_chart", "metric_bars",
+]
