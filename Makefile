@@ -10,11 +10,15 @@ RESUME ?=
 PRICING ?=
 RUN    ?=
 BASELINE ?=
+PROVIDER ?=
+CONCURRENCY ?= 4
+DURATION ?= 60
+VOLUME ?=
 
 # make puts command-line variables in the environment of every command; keep these ones to the Makefile
-unexport SUITE LIMIT DB CACHE RESUME PRICING RUN BASELINE
+unexport SUITE LIMIT DB CACHE RESUME PRICING RUN BASELINE PROVIDER CONCURRENCY DURATION VOLUME
 
-.PHONY: setup shadow score gate test bench serve lint report runs clean
+.PHONY: setup shadow score gate cost decide load test bench serve lint report runs clean
 
 ## setup: a .venv with the harness, the llama.cpp server and the bundled model (first run compiles llama.cpp)
 setup: $(VENV)/.setup-done
@@ -44,6 +48,20 @@ score: setup
 ## gate: may the candidate of SUITE's latest run ship? exit 0 pass, 1 fail, 2 error (BASELINE=run_id: against it)
 gate: setup
 	$(BIN)/harness gate --suite suites/$(SUITE) --db $(DB) $(if $(BASELINE),--baseline $(BASELINE))
+
+## cost: monthly cost of the API, self-hosting and a hybrid for SUITE's latest run, and the break-even volume
+##       (reads suites/SUITE/profile.toml; VOLUME=cases a month overrides it)
+cost: setup
+	$(BIN)/harness cost suites/$(SUITE) --db $(DB) $(if $(RUN),--run $(RUN)) $(if $(VOLUME),--volume $(VOLUME)) $(if $(PRICING),--pricing $(PRICING))
+
+## decide: migrate, stay or hybrid for SUITE: cost, cascade curve and the decision matrix
+decide: setup
+	$(BIN)/harness decide suites/$(SUITE) --db $(DB) $(if $(RUN),--run $(RUN)) $(if $(VOLUME),--volume $(VOLUME)) $(if $(PRICING),--pricing $(PRICING))
+
+## load: SUITE's inputs replayed at CONCURRENCY (default 4) for DURATION seconds (default 60), cache off, against
+##       PROVIDER (default: the suite's first candidate); TTFT, time per token, latency percentiles, throughput
+load: setup
+	$(BIN)/harness load suites/$(SUITE) --db $(DB) --concurrency $(CONCURRENCY) --duration $(DURATION) $(if $(PROVIDER),--provider $(PROVIDER))
 
 ## test: the whole test suite, the real bundled model included
 test: setup

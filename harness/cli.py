@@ -109,6 +109,35 @@ def _parser() -> argparse.ArgumentParser:
     gate.add_argument("--reports", default="reports")
     gate.set_defaults(func=cmd_gate)
 
+    for name, helptext in (
+        ("cost", "monthly cost of the API, self-hosting and a hybrid at the profile's volume; the break-even volume"),
+        ("decide", "migrate, stay or hybrid: cost, cascade curve and the decision matrix for a stored run"),
+    ):
+        command = sub.add_parser(name, help=helptext)
+        command.add_argument("suite", help="suite folder, e.g. suites/invoices (its profile.toml is read)")
+        command.add_argument("--run", metavar="RUN_ID", help="the stored run (default: the suite's latest)")
+        command.add_argument("--profile", metavar="FILE", help="workload profile (default: SUITE/profile.toml)")
+        command.add_argument("--volume", type=float, metavar="CASES", help="cases a month (overrides the profile's)")
+        command.add_argument("--candidate", metavar="KIND:MODEL", help="the candidate (default: the run's first)")
+        command.add_argument("--pricing", action="append", metavar="FILE", help="TOML price overrides (repeatable)")
+        command.add_argument("--json", metavar="FILE", help="also write everything as JSON to FILE")
+        command.add_argument("--db", default=DEFAULT_DB)
+        command.set_defaults(func=cmd_cost if name == "cost" else cmd_decide)
+
+    load = sub.add_parser("load", help="latency and throughput under load: the suite's inputs replayed at a fixed "
+                                       "concurrency, cache off (TTFT, time per output token, latency p50/p95/p99)")
+    load.add_argument("suite", help="suite folder, e.g. suites/invoices")
+    load.add_argument("--provider", metavar="KIND:MODEL",
+                      help="the provider to load (default: the suite's first candidate; any kind:model works)")
+    load.add_argument("--concurrency", type=int, default=4, help="requests in flight (default 4)")
+    load.add_argument("--duration", type=float, default=60.0, help="seconds to keep starting requests (default 60)")
+    load.add_argument("--max-requests", type=int, help="stop starting requests after this many")
+    load.add_argument("--warmup", type=int, help="requests sent first and left out (default min(concurrency, 4))")
+    load.add_argument("--base-url", help="OpenAI-compatible server for local/vllm providers (or set VLLM_BASE_URL)")
+    load.add_argument("--no-progress", action="store_true", help="no progress bar")
+    load.add_argument("--db", default=DEFAULT_DB)
+    load.set_defaults(func=cmd_load)
+
     validate = sub.add_parser("validate", help="check a suite (config, cases, template) without running it")
     validate.add_argument("suite")
     validate.set_defaults(func=cmd_validate)
@@ -476,6 +505,86 @@ def cmd_gate(args: argparse.Namespace) -> int:
     paths = write_outputs(result, out)
     print(f"gate.json: {paths['json']}\njunit.xml: {paths['junit']}")
     return 0 if result.passed else 1
+
+
+def cmd_load(args: argparse.Namespace) -> int:
+    """`harness load SUITE`: drive one provider at a fixed concurrency, print and store the figures."""
+    from harness.load import load_summary_text, load_test
+
+    suite = load_suite(args.suite)
+    wanted = args.provider or next((p.id for p in suite.spec.providers if p.role == "candidate"), None)
+    provider = _spec(wanted, "candidate", suite.spec.providers)
+    base_url = args.base_url or os.environ.get("VLLM_BASE_URL")
+    Path(args.db).parent.mkdir(parents=True, exist_ok=True)
+    bar = None
+    with Store(args.db) as store:
+        def progress(n: int) -> None:
+            nonlocal bar
+            if bar is None and not args.no_progress:
+                from tqdm import tqdm
+
+                bar = tqdm(unit="req", dynamic_ncols=True, file=sys.stderr, disable=None)
+            if bar is not None:
+                bar.update(n)
+
+        try:
+            row = asyncio.run(_cancel_on_sigterm(load_test(
+                suite, provider, store, concurrency=args.concurrency, duration_s=args.duration,
+                max_requests=args.max_requests, warmup=args.warmup, base_url=base_url,
+                server_log_dir=Path(args.db).parent, progress=progress,
+            )))
+        finally:
+            if bar is not None:
+                bar.close()
+    print(load_summary_text(row))
+    print(f"DuckDB:  {args.db}  (load_id = '{row['load_id']}', table load_tests; per request: load_requests)")
+    return 0
+
+
+def cmd_cost(args: argparse.Namespace) -> int:
+    """`harness cost SUITE`: monthly cost of each option and the break-even volume, from a stored run."""
+    from harness.decide import cost_text
+
+    analysis = _analysis(args)
+    print(cost_text(analysis))
+    return 0
+
+
+def cmd_decide(args: argparse.Namespace) -> int:
+    """`harness decide SUITE`: cost, cascade curve, decision matrix and the recommendation for a stored run."""
+    from harness.decide import decision_text
+
+    analysis = _analysis(args)
+    print(decision_text(analysis))
+    return 0
+
+
+def _analysis(args: argparse.Namespace) -> Any:
+    """The cost/decision analysis of `args.suite`'s run under its profile (shared by cost and decide)."""
+    from harness.decide import analyse
+    from harness.profile import ProfileError, find_profile
+
+    suite = load_suite(args.suite)
+    profile = find_profile(args.suite, args.profile)
+    if profile is None:
+        raise ProfileError(f"{Path(args.suite) / 'profile.toml'}: no such profile; copy suites/invoices/profile.toml "
+                           "into the suite folder and set [volume], or pass --profile FILE")
+    if not Path(args.db).exists():
+        raise HarnessError(f"{args.db}: no such DuckDB file; run the suite first (make shadow SUITE={suite.name})")
+    pricing = load_pricing(args.pricing or [])
+    with Store(args.db, read_only=True) as store:
+        run_id = args.run or store.latest_run(suite.name)
+        if run_id is None:
+            raise HarnessError(f"{args.db}: no runs of suite {suite.name} yet; run `make shadow SUITE={suite.name}`")
+        run = store.run(run_id)
+        if run["suite"] != suite.name:
+            raise HarnessError(f"run {run_id} is of suite '{run['suite']}', not '{suite.name}'")
+        analysis = analyse(store, run_id, profile, suite.spec.gate, candidate=args.candidate, pricing=pricing,
+                           volume=args.volume)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(analysis.to_dict(), indent=2, default=str), encoding="utf-8")
+    return analysis
 
 
 def _print_scorer_errors(store: Store, run_id: str) -> None:

@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from harness.errors import HarnessError
+from harness.load import latest_load
 from harness.pricing import PricingTable, load_pricing
 from harness.profile import Profile
 from harness.store import Store
@@ -67,7 +68,7 @@ class CostModel:
         return self.self_hosted(volume) + volume * routed_cost_per_case
 
     def break_even(self) -> float | None:
-        """The volume (cases a month) from which self-hosting is cheaper at every larger volume; None if never."""
+        """The volume (whole cases a month) from which self-hosting is cheaper at every larger volume; None if never."""
         c, cap, r, f = self.api_cost_per_case, self.cases_per_replica_month / self.calls_per_case, \
             self.replica_monthly, self.fixed_monthly
         if c <= 0 or c * cap <= r:
@@ -75,7 +76,7 @@ class CostModel:
         k = max(self.min_replicas + 1, math.ceil((f + c * cap) / (c * cap - r) - 1e-12))
         below = k - 1  # the step before the first whole step on which self-hosting is cheaper
         crossing = (f + below * r) / c
-        return min(crossing, below * cap)
+        return float(math.ceil(min(crossing, below * cap) - 1e-6))  # a whole number of cases
 
 
 @dataclass
@@ -197,15 +198,6 @@ def curve(model: CostModel, volume: float, routed_cost_per_case: float | None = 
     return out
 
 
-def latest_load(store: Store, suite: str, provider: str) -> dict[str, Any] | None:
-    """The latest completed `harness load` of `provider` on `suite`, or None."""
-    rows = store.query(
-        "SELECT * FROM load_tests WHERE suite = ? AND provider = ? AND status = 'completed' "
-        "ORDER BY started_at DESC LIMIT 1", [suite, provider],
-    )
-    return None if rows.empty else rows.iloc[0].to_dict()
-
-
 def _api_cost_per_case(
     answers: pd.DataFrame, providers: pd.DataFrame, api: str, pricing: PricingTable | None
 ) -> tuple[float, str]:
@@ -247,10 +239,11 @@ def _throughput(
         return (s.throughput_output_tokens_per_s / per_case,
                 f"entered for {s.gpu}: {s.throughput_output_tokens_per_s:g} output tokens/s ÷ {per_case:.0f} a case")
     if load is not None and load.get("requests_per_s"):
-        host = str(load.get("host") or "")
+        host = load.get("host") if isinstance(load.get("host"), dict) else {}
         where = f"load test {load['load_id']} at concurrency {load['concurrency']}"
-        if "gpu" not in host.lower() or '"gpus": []' in host:
-            warnings.append(f"throughput was measured without a GPU ({where}); enter "
+        if not host.get("gpus"):
+            seen = "on a host with no GPU" if host.get("server_on_this_host", True) else "against a remote server"
+            warnings.append(f"throughput was measured {seen} ({where}); if that is not the target GPU, enter "
                             f"self_hosted.throughput_cases_per_s for the {s.gpu} in {profile.source or 'the profile'}")
         return float(load["requests_per_s"]), f"measured: {where}"
     latencies = live["latency_ms"].dropna()

@@ -95,7 +95,8 @@ def evaluate(
 ) -> GateResult:
     """Decide. `candidate` and `incumbent` map case id -> the metric's value for each case that side has
     (a failed call or missing answer scores 0 for `pass_rate`); `rates` holds the candidate's measured
-    `score`, `invalid_rate`, `error_rate`, `latency_p95_ms`, `ttft_p95_ms`, `cost_per_1k`; `slices` maps a
+    `score`, `invalid_rate`, `error_rate`, `latency_p95_ms`, `ttft_p95_ms`, `cost_per_1k` (and `latency_source`, where
+    the latency figures come from: the run or a load test); `slices` maps a
     field, label or clause type to (incumbent accuracy, candidate accuracy)."""
     rates = rates or {}
     shared = sorted(set(candidate) & set(incumbent))
@@ -144,8 +145,9 @@ def evaluate(
         if value is None:
             checks.append(Check(name, False, None, threshold, f"{key} is unknown for {names[0]}: cannot vouch"))
         else:
+            where = f" ({rates['latency_source']})" if key.endswith("p95_ms") and rates.get("latency_source") else ""
             checks.append(Check(name, bool(ok(value, threshold)), value, threshold,
-                                f"{key} = {value:.4g} must be {sign} {threshold:.4g}"))
+                                f"{key} = {value:.4g}{where} must be {sign} {threshold:.4g}"))
     if policy.max_slice_drop is not None:
         for name, (before, after) in sorted((slices or {}).items()):
             if before is None or after is None:

@@ -18,7 +18,6 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 from harness.errors import HarnessError
 from harness.suite import _toml_path
 
-HOURS_PER_MONTH_24_7 = 24 * 365 / 12  # 730 hours
 DAYS_PER_MONTH = 365 / 12
 
 

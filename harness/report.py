@@ -13,6 +13,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import jinja2
 import markupsafe
 import pandas as pd
@@ -157,7 +158,74 @@ def report_data(store: Store, run_id: str) -> dict[str, Any]:
         "filter_where": sorted({w for r in records for ws in r["w"].values() for w in ws}),
         "filter_kinds": sorted({k for r in records for ks in r["k"].values() for k in ks}),
         "db_path": str(store.path),
+        "decision": _decision_section(store, run),
+        "load_tests": _load_tests(store, run),
     }
+
+
+def _decision_section(store: Store, run: dict[str, Any]) -> dict[str, Any]:
+    """Cost, cascade and decision for the report, from the suite folder's profile.toml; or why there are none."""
+    from harness.charts import cascade_chart, cost_chart
+    from harness.cost import curve
+    from harness.decide import analyse
+    from harness.errors import HarnessError
+    from harness.profile import find_profile
+    from harness.suite import GateSpec, load_suite
+
+    folder = Path(str(run.get("suite_path") or ""))
+    try:
+        profile = find_profile(folder) if run.get("suite_path") else None
+        if profile is None:
+            return {"note": f"No workload profile ({folder / 'profile.toml'}): add one to see the monthly cost "
+                            "of each option, the break-even volume, the hybrid curve and the recommendation "
+                            "(suites/README.md, \"Workload profile\")."}
+        policy = load_suite(folder).spec.gate if (folder / "suite.toml").is_file() else GateSpec()
+        a = analyse(store, run["run_id"], profile, policy)
+    except HarnessError as exc:
+        return {"note": f"No cost or decision for this run: {exc}"}
+    routed = a.costs["monthly"].get("hybrid")
+    pick = a.cascade_pick
+    points = curve(a.model, a.volume, None if routed is None else pick["api_cost_per_case"])
+    section: dict[str, Any] = {
+        "analysis": a,
+        "assumptions": a.profile.assumptions(),
+        "cost_chart": cost_chart(points, a.volume, a.break_even, chart_id="cost"),
+        "cascade_rows": [],
+        "cascade_chart": None,
+    }
+    c = a.cascade_curve
+    if c is not None and len(c):
+        picked = None
+        if pick is not None:
+            match = c.index[c["threshold"] == pick["threshold"]]
+            picked = int(c.index.get_loc(match[0])) if len(match) else None
+        section["cascade_chart"] = cascade_chart(
+            list(c["routed_share"]), list(c["quality"]), list(c["quality_low"]), list(c["quality_high"]),
+            c.attrs.get("incumbent_quality"), float(c.attrs.get("margin", 0.0)), picked, chart_id="cascade",
+        )
+        step = max(1, len(c) // 12)
+        keep = sorted({*range(0, len(c), step), len(c) - 1, *([picked] if picked is not None else [])})
+        section["cascade_rows"] = [{**c.iloc[i].to_dict(), "picked": i == picked, "label": _threshold(c.iloc[i])}
+                                   for i in keep]
+    return section
+
+
+def _threshold(row: pd.Series) -> str:
+    value = float(row["threshold"])
+    return "invalid only" if value == -math.inf else "everything" if value == math.inf else f"< {value:.4g}"
+
+
+def _load_tests(store: Store, run: dict[str, Any]) -> list[dict[str, Any]]:
+    """The latest completed `harness load` of each provider on this run's suite."""
+    try:
+        rows = store.query(
+            "SELECT * FROM load_tests WHERE suite = ? AND status = 'completed' "
+            "QUALIFY row_number() OVER (PARTITION BY provider ORDER BY started_at DESC) = 1 ORDER BY provider",
+            [run["suite"]],
+        )
+    except duckdb.CatalogException:  # a file written before load tests existed, opened read-only
+        return []
+    return rows.to_dict("records")
 
 
 def _status(outcome: dict[str, Any] | None) -> str:

@@ -77,6 +77,9 @@ def server_command(plan: ServerPlan, port: int, threads: int | None = None) -> l
             "--port", str(port),
             "--n_threads", str(threads or os.cpu_count() or 1),
             "--n_ctx", "4096",
+            # one request at a time; without this a second request cuts the running answer short (it ends with
+            # [DONE] and no finish_reason) instead of waiting its turn
+            "--interrupt_requests", "false",
         ]
     if plan.engine == "vllm":
         beside = Path(sys.executable).with_name("vllm")

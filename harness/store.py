@@ -181,6 +181,7 @@ MIGRATIONS: list[tuple[str, str]] = [
             concurrency INTEGER,
             duration_s DOUBLE,             -- asked for
             max_requests INTEGER,
+            warmup INTEGER,                -- requests sent before the clock started, left out of every figure
             elapsed_s DOUBLE,              -- measured, first request sent to last answer received
             started_at TIMESTAMPTZ,
             ended_at TIMESTAMPTZ,
@@ -268,7 +269,8 @@ class Store:
 
     def schema_version(self) -> int:
         """The number of migrations applied to this file."""
-        return self.con.execute("SELECT coalesce(max(version), 0) FROM schema_migrations").fetchone()[0]
+        # fetchall, not fetchone: DuckDB 2 keeps a half-read result open, and the connection's next write fails
+        return self.con.execute("SELECT coalesce(max(version), 0) FROM schema_migrations").fetchall()[0][0]
 
     def insert(self, table: str, rows: list[dict[str, Any]]) -> None:
         """Append `rows` (dicts keyed by column) to `table` in one statement, from this thread."""
@@ -419,8 +421,8 @@ class Store:
     def latest_run(self, suite: str | None = None) -> str | None:
         """The id of the most recent run, of `suite` if given."""
         sql = "SELECT run_id FROM runs" + (" WHERE suite = ?" if suite else "") + " ORDER BY started_at DESC LIMIT 1"
-        row = self.con.execute(sql, [suite] if suite else []).fetchone()
-        return row[0] if row else None
+        rows = self.con.execute(sql, [suite] if suite else []).fetchall()
+        return rows[0][0] if rows else None
 
     def query(self, sql: str, params: list[Any] | None = None) -> pd.DataFrame:
         """Run a SQL query and return a pandas DataFrame."""
@@ -432,7 +434,7 @@ class Store:
             raise StoreError(f"unknown table '{name}'; one of {', '.join(TABLES)}")
         exists = self.con.execute(
             "SELECT count(*) FROM information_schema.tables WHERE table_name = ? AND table_schema = 'main'", [name]
-        ).fetchone()[0]
+        ).fetchall()[0][0]
         if not exists:  # a file written by an older harness, opened read-only (so not migrated)
             return pd.DataFrame(columns=["run_id"])
         return self.query(f"SELECT * FROM {name} WHERE run_id = ?", [run_id])

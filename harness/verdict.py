@@ -18,6 +18,7 @@ import pandas as pd
 
 from harness.errors import HarnessError
 from harness.gate import GateResult, evaluate
+from harness.load import latest_load
 from harness.report import _index
 from harness.scorers import case_passes, summarize
 from harness.store import Store
@@ -55,9 +56,9 @@ def gate_run(
                                "gate against an earlier run with --baseline RUN_ID")
         reference_run, reference = run_id, incumbents[0]
     cases = list(store.table("cases", run_id)["case_id"])
-    mine = _per_case(store, run_id, candidate, policy.metric, cases)
-    theirs = _per_case(store, reference_run, reference, policy.metric,
-                       list(store.table("cases", reference_run)["case_id"]))
+    mine = per_case_metric(store, run_id, candidate, policy.metric, cases)
+    theirs = per_case_metric(store, reference_run, reference, policy.metric,
+                             list(store.table("cases", reference_run)["case_id"]))
     rates = _rates(store, run_id, candidate, len(cases), mine)
     slices = _slices(store, run_id, candidate, reference_run, reference)
     names = (candidate, f"{reference} in {baseline}" if baseline else reference)
@@ -66,8 +67,10 @@ def gate_run(
     return result
 
 
-def _per_case(store: Store, run_id: str, provider: str, metric: str, cases: list[str]) -> dict[str, float]:
-    """Case id -> the metric for every case of the run (0 where the provider failed or has no answer)."""
+def per_case_metric(store: Store, run_id: str, provider: str, metric: str, cases: list[str]) -> dict[str, float]:
+    """Case id -> the gate's per-case value of `metric` (`pass_rate`: 1/0, else the mean of the stored score
+    metric) for every case in `cases`, 0 where the provider failed or has no answer. Raises HarnessError when
+    the run has no score named `metric`."""
     scores = store.table("scores", run_id)
     scores = scores[scores["provider"] == provider] if len(scores) else scores
     if metric == "pass_rate":
@@ -87,14 +90,22 @@ def _rates(store: Store, run_id: str, provider: str, n_cases: int, per_case: dic
     mine = responses[(responses["provider"] == provider) & responses["error"].isna()] if len(responses) else None
     priced = mine[~mine["cached"].fillna(False).astype(bool)]["cost_usd"] if mine is not None else pd.Series()
     unpriced = priced.isna().any() or priced.empty
-    return {
+    rates = {
         "score": sum(per_case.values()) / n_cases if n_cases else None,
         "invalid_rate": _num(row.get("invalid_rate")),
         "error_rate": (row.get("errors", 0) / n_cases) if n_cases else None,
         "latency_p95_ms": _num(row.get("latency_p95_ms")),
         "ttft_p95_ms": _num(row.get("ttft_p95_ms")),
         "cost_per_1k": None if unpriced else float(priced.mean()) * 1000,
+        "latency_source": f"run {run_id}",
     }
+    # latency under load is what a deployment sees: a load test of the same suite version takes precedence
+    run = store.run(run_id)
+    load = latest_load(store, str(run["suite"]), provider)
+    if load is not None and load.get("suite_hash") == run.get("suite_hash") and load.get("latency_p95_ms") is not None:
+        rates.update(latency_p95_ms=_num(load["latency_p95_ms"]), ttft_p95_ms=_num(load.get("ttft_p95_ms")),
+                     latency_source=f"load test {load['load_id']} at concurrency {load['concurrency']}")
+    return rates
 
 
 def _slices(store: Store, run_id: str, provider: str, ref_run: str, ref: str) -> dict[str, tuple]:

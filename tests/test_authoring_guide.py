@@ -204,3 +204,12 @@ def test_the_guide_names_every_scorer_kind_and_its_keys() -> None:
             continue
         missing += [f"{kind}.{key}" for key in sorted(keys) if f"`{key}`" not in section.group()]
     assert not missing, f"suites/README.md does not mention: {missing}"
+
+
+def test_the_guide_names_every_key_of_profile_toml() -> None:
+    from harness.profile import profile_keys
+
+    text = guide_text()
+    missing = [f"[{table}] {key}" if table else key for table, keys in profile_keys().items() for key in keys
+               if (f"`{key}`" not in text and f"`[{key}]`" not in text) or (table and f"`[{table}]`" not in text)]
+    assert not missing, f"suites/README.md does not mention: {missing}"

@@ -1,0 +1,308 @@
+"""Migrate, stay or hybrid: the per-workload decision, from a stored run, its load tests and the workload profile.
+
+Seven factors, each leaning toward the open model ("open"), the API ("api") or neither, with a weight (2 for a
+factor that usually settles the question on its own) and the reason shown:
+
+    factor             half        leans open when                     leans API when
+    token volume       measured    self-hosting is cheaper at the      the API is cheaper (weight 2 when
+                                   profile's volume                    either is 3x cheaper)
+    data sensitivity   declared    confidential (1), regulated (2)     -
+    latency            measured    only the candidate meets the p95    only the API meets it (2)
+                                   requirement
+    task complexity    measured    the candidate passes the gate's     it fails it (a quality gap the
+                                   non-inferiority test                gate can see)
+    team capability    declared    experienced (1)                     none (2)
+    customisation      declared    fine_tuning (1)                     -
+    iteration speed    declared    stable (1)                          weekly (1)
+
+The recommendation:
+- migrate: the candidate passes the gate (quality, and the gate's floors), and the other six factors' weighted
+  sum does not lean toward the API;
+- hybrid: otherwise, when the cascade simulation keeps quality within the gate's margin while routing less than
+  every case to the API, the hybrid costs less a month than the API, and the team is not "none";
+- stay: otherwise. The reason names the factor that decided.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+from harness import cascade
+from harness.cost import CostModel, Measured, cost_model, estimate, measure
+from harness.errors import HarnessError
+from harness.gate import GateResult
+from harness.pricing import PricingTable
+from harness.profile import Profile
+from harness.store import Store
+from harness.suite import GateSpec
+from harness.verdict import gate_run
+
+HEAVY = 2
+RATIO_HEAVY = 3.0  # one option this many times cheaper makes the volume factor weigh 2
+
+
+@dataclass
+class Factor:
+    """One row of the decision matrix."""
+
+    name: str
+    half: str  # measured or declared
+    value: str
+    leans: str  # open, api or neutral
+    weight: int
+    reason: str
+
+
+@dataclass
+class Analysis:
+    """Everything behind `harness cost` and `harness decide` for one run: inputs, costs, cascade, decision."""
+
+    run_id: str
+    suite: str
+    profile: Profile
+    measured: Measured
+    model: CostModel
+    volume: float
+    costs: dict[str, Any]
+    break_even: float | None
+    gate: GateResult | None
+    gate_error: str | None
+    cascade_signal: str | None
+    cascade_curve: pd.DataFrame | None
+    cascade_pick: dict[str, Any] | None
+    cascade_error: str | None
+    factors: list[Factor] = field(default_factory=list)
+    decision: str = "stay"
+    reason: str = ""
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for JSON output."""
+        curve = None if self.cascade_curve is None else self.cascade_curve.replace(
+            [float("inf"), float("-inf")], None).astype(object).where(self.cascade_curve.notna(), None)
+        return {
+            "run_id": self.run_id, "suite": self.suite, "profile": self.profile.source,
+            "assumptions": dict(self.profile.assumptions()),
+            "measured": {k: v for k, v in vars(self.measured).items() if k != "warnings"},
+            "volume": self.volume, "costs": self.costs, "break_even_cases_per_month": self.break_even,
+            "gate": None if self.gate is None else self.gate.to_dict(), "gate_error": self.gate_error,
+            "cascade": {"signal": self.cascade_signal, "error": self.cascade_error,
+                        "recommended": None if self.cascade_pick is None else {
+                            k: _json_number(v) for k, v in self.cascade_pick.items()},
+                        "curve": None if curve is None else curve.to_dict(orient="records")},
+            "factors": [vars(f) for f in self.factors],
+            "decision": self.decision, "reason": self.reason, "warnings": self.warnings,
+        }
+
+
+def analyse(
+    store: Store, run_id: str, profile: Profile, policy: GateSpec, *, candidate: str | None = None,
+    pricing: PricingTable | None = None, volume: float | None = None,
+) -> Analysis:
+    """Cost, cascade and decision for stored run `run_id` under `profile` and the suite's gate `policy`."""
+    measured = measure(store, run_id, profile, candidate=candidate, pricing=pricing)
+    model = cost_model(profile, measured)
+    volume = volume if volume is not None else profile.volume.monthly
+    if volume <= 0:
+        raise HarnessError(f"volume must be above 0 cases a month, not {volume:g}")
+    margin = profile.cascade.margin if profile.cascade.margin is not None else policy.margin
+    policy = policy.model_copy(update={"margin": margin})
+
+    gate, gate_error = None, None
+    try:
+        gate = gate_run(store, run_id, policy, candidate=measured.candidate)
+    except HarnessError as exc:
+        gate_error = str(exc)
+
+    signal = curve = pick = None
+    cascade_error = None
+    try:
+        frame = cascade.cascade_frame(store, run_id, candidate=measured.candidate, incumbent=measured.api_provider,
+                                      metric=policy.metric)
+        signal = cascade.choose_signal(frame, profile.cascade.signal)
+        curve = cascade.sweep(frame, signal, policy)
+        pick = cascade.recommend(curve)
+    except HarnessError as exc:
+        cascade_error = str(exc)
+
+    routed = _routed_cost(pick)
+    costs = estimate(model, volume, routed)
+    analysis = Analysis(
+        run_id=run_id, suite=str(store.run(run_id)["suite"]), profile=profile, measured=measured, model=model,
+        volume=volume, costs=costs, break_even=model.break_even(), gate=gate, gate_error=gate_error,
+        cascade_signal=signal, cascade_curve=curve, cascade_pick=pick, cascade_error=cascade_error,
+        warnings=list(measured.warnings),
+    )
+    analysis.factors = factors(analysis)
+    analysis.decision, analysis.reason = recommend(analysis)
+    return analysis
+
+
+def factors(a: Analysis) -> list[Factor]:
+    """The seven rows of the decision matrix (see the module doc)."""
+    req = a.profile.requirements
+    api_usd, self_usd = a.costs["monthly"]["api"], a.costs["monthly"]["self_hosted"]
+    be = f"break-even {a.break_even:,.0f} cases/month" if a.break_even is not None else "self-hosting never breaks even"
+    tokens = (f"{a.volume * a.measured.api_tokens_per_case / 1e6:,.1f}M API tokens/month"
+              if a.measured.api_tokens_per_case else f"{a.volume:,.0f} cases/month")
+    cheaper = "open" if self_usd < api_usd else "api"
+    ratio = max(api_usd, self_usd) / max(min(api_usd, self_usd), 1e-12)
+    rows = [Factor(
+        "token volume", "measured", tokens, cheaper, HEAVY if ratio >= RATIO_HEAVY else 1,
+        f"${self_usd:,.0f}/month self-hosted vs ${api_usd:,.0f} on the API at {a.volume:,.0f} cases/month; {be}",
+    )]
+    sensitivity = {"regulated": ("open", HEAVY, "regulated data may not leave your network: an API needs a "
+                                 "contract and region that allow it"),
+                   "confidential": ("open", 1, "confidential data: keeping it in-house removes a processor"),
+                   }.get(req.data_sensitivity, ("neutral", 0, "no constraint on where the data goes"))
+    rows.append(Factor("data sensitivity", "declared", req.data_sensitivity, *sensitivity))
+    rows.append(_latency_factor(a))
+    rows.append(_quality_factor(a))
+    team = {"none": ("api", HEAVY, "nobody to run GPU serving: an API needs no one on call"),
+            "experienced": ("open", 1, "the team runs its own inference already")
+            }.get(req.team, ("neutral", 0, "can run a managed endpoint"))
+    rows.append(Factor("team capability", "declared", req.team, *team))
+    custom = ("open", 1, "the task needs its own weights: only an open model can be fine-tuned freely") \
+        if req.customisation == "fine_tuning" else ("neutral", 0, "prompting is enough, on either side")
+    rows.append(Factor("customisation", "declared", req.customisation, *custom))
+    iteration = {"weekly": ("api", 1, "weekly changes: each means re-validating (and maybe re-tuning) the open model"),
+                 "stable": ("open", 1, "a stable task: validate once, serve for long")
+                 }.get(req.iteration, ("neutral", 0, "monthly changes: either works"))
+    rows.append(Factor("iteration speed", "declared", req.iteration, *iteration))
+    return rows
+
+
+def recommend(a: Analysis) -> tuple[str, str]:
+    """migrate, hybrid or stay, with the reason (see the module doc for the rule)."""
+    lean = sum(f.weight * {"open": 1, "api": -1}.get(f.leans, 0) for f in a.factors if f.name != "task complexity")
+    against = sorted((f for f in a.factors if f.leans == "api" and f.name != "task complexity"),
+                     key=lambda f: -f.weight)
+    quality_ok = a.gate is not None and a.gate.passed
+    if quality_ok and lean >= 0:
+        return "migrate", (f"the candidate passes the gate and the other factors lean open (score {lean:+d}): "
+                           f"${a.costs['monthly']['self_hosted']:,.0f}/month self-hosted against "
+                           f"${a.costs['monthly']['api']:,.0f} on the API")
+    if quality_ok:
+        return "stay", (f"the candidate passes the gate, but the other factors lean to the API (score {lean:+d}): "
+                        + "; ".join(f"{f.name}: {f.reason}" for f in against[:2]))
+    pick = a.cascade_pick
+    why_not = a.gate_error or (_gate_shortfall(a.gate) if a.gate is not None else "no gate verdict")
+    if pick is None:
+        return "stay", f"the candidate fails the gate ({why_not}) and no cascade could be simulated " \
+                       f"({a.cascade_error or 'no threshold'})"
+    if pick.get("routes_everything"):
+        return "stay", (f"the candidate fails the gate ({why_not}), and only routing every case to the API keeps "
+                        f"quality within the margin")
+    hybrid, api = a.costs["monthly"].get("hybrid"), a.costs["monthly"]["api"]
+    if a.profile.requirements.team == "none":
+        return "stay", "a hybrid would keep quality, but the team cannot run GPU serving (team = none)"
+    share = f"{pick['routed_share']:.0%} of cases routed to the API"
+    if hybrid is None:
+        return "stay", f"a hybrid keeps quality with {share}, but the API's cost per case is unknown"
+    if hybrid >= api:
+        return "stay", (f"a hybrid keeps quality with {share}, but costs ${hybrid:,.0f}/month against "
+                        f"${api:,.0f} on the API alone")
+    return "hybrid", (f"the candidate alone fails the gate ({why_not}); routing answers below confidence "
+                      f"{_fmt_threshold(pick['threshold'])} ({a.cascade_signal}) to the API keeps quality within "
+                      f"the margin with {share}, at ${hybrid:,.0f}/month against ${api:,.0f} on the API alone")
+
+
+def _latency_factor(a: Analysis) -> Factor:
+    need = a.profile.requirements.latency_p95_ms
+    mine, theirs = a.measured.candidate_latency_p95_ms, a.measured.api_latency_p95_ms
+    value = f"p95 {_ms(mine)} open ({a.measured.candidate_latency_source}), {_ms(theirs)} API"
+    if need is None:
+        return Factor("latency", "measured", value, "neutral", 0, "no latency requirement declared")
+    ok_open = mine is not None and mine <= need
+    ok_api = theirs is not None and theirs <= need
+    if ok_open and not ok_api:
+        return Factor("latency", "measured", value, "open", 1, f"only the open model meets p95 ≤ {need:,.0f} ms")
+    if ok_api and not ok_open:
+        return Factor("latency", "measured", value, "api", HEAVY, f"only the API meets p95 ≤ {need:,.0f} ms")
+    both = "both meet" if ok_open else "neither meets"
+    return Factor("latency", "measured", value, "neutral", 0, f"{both} p95 ≤ {need:,.0f} ms")
+
+
+def _quality_factor(a: Analysis) -> Factor:
+    if a.gate is None:
+        return Factor("task complexity", "measured", "no gate verdict", "api", 1, a.gate_error or "")
+    s = a.gate.stats
+    value = (f"{s.get('mean_candidate', float('nan')):.3f} vs {s.get('mean_incumbent', float('nan')):.3f} "
+             f"({s.get('metric')})")
+    if a.gate.passed:
+        return Factor("task complexity", "measured", value, "open", 1,
+                      f"within the gate's margin of {s.get('margin', 0):.3f}: the open model handles this task")
+    return Factor("task complexity", "measured", value, "api", 1, _gate_shortfall(a.gate))
+
+
+def _gate_shortfall(gate: GateResult) -> str:
+    failed = [c for c in gate.checks if not c.passed]
+    return "; ".join(f"{c.name}: {c.detail}" for c in failed[:2]) or "the gate failed"
+
+
+def _routed_cost(pick: dict[str, Any] | None) -> float | None:
+    if pick is None:
+        return None
+    value = pick.get("api_cost_per_case")
+    return None if value is None or pd.isna(value) else float(value)
+
+
+def _json_number(value: Any) -> Any:
+    """None for an infinite or NaN float (strict JSON has neither), the value otherwise."""
+    return None if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))) else value
+
+
+def _fmt_threshold(value: Any) -> str:
+    return "any" if value is None or value == float("inf") else f"{float(value):.3g}"
+
+
+def _ms(value: float | None) -> str:
+    return "unknown" if value is None else f"{value:,.0f} ms"
+
+
+def cost_text(a: Analysis) -> str:
+    """`harness cost`'s terminal output: assumptions, measurements, monthly cost per option, break-even."""
+    m = a.measured
+    lines = [f"cost of suite {a.suite}, run {a.run_id}: {m.candidate} (self-hosted) vs {m.api_provider} (API)",
+             f"profile: {a.profile.source or '(defaults)'}"]
+    lines += [f"  {name:<24} {value}" for name, value in a.profile.assumptions()]
+    lines.append("measured:")
+    lines.append(f"  {'API cost per case':<24} ${m.api_cost_per_case:.6f} ({m.api_price_source})")
+    if m.api_tokens_per_case:
+        lines.append(f"  {'API tokens per case':<24} {m.api_tokens_per_case:,.0f}")
+    lines.append(f"  {'throughput per replica':<24} {m.throughput_cases_per_s:.3g} cases/s ({m.throughput_source})")
+    if m.calls_per_case > 1:
+        lines.append(f"  {'calls per case':<24} {m.calls_per_case:.2f} (extra samples for agreement)")
+    lines.append(f"at {a.volume:,.0f} cases/month ({a.costs['replicas']} replica(s)):")
+    for name, usd in a.costs["monthly"].items():
+        per_1k = a.costs["per_1k"][name]
+        mark = "  <- cheapest" if name == a.costs["cheapest"] else ""
+        lines.append(f"  {name.replace('_', '-'):<12} ${usd:>12,.2f}/month   ${per_1k:>9,.4f} per 1,000 cases{mark}")
+    if a.break_even is None:
+        lines.append("break-even: never (a replica costs more than the API calls it would replace)")
+    else:
+        tokens = (f", {a.break_even * m.api_tokens_per_case / 1e6:,.1f}M API tokens/month"
+                  if m.api_tokens_per_case else "")
+        lines.append(f"break-even: {a.break_even:,.0f} cases/month{tokens}; self-hosting is cheaper above it")
+    lines += [f"warning: {w}" for w in a.warnings]
+    return "\n".join(lines)
+
+
+def decision_text(a: Analysis) -> str:
+    """`harness decide`'s terminal output: the cost lines, the cascade curve, the matrix and the decision."""
+    lines = [cost_text(a), ""]
+    if a.cascade_curve is not None:
+        lines.append(cascade.cascade_text(a.cascade_curve, a.cascade_pick, a.cascade_signal))
+    else:
+        lines.append(f"cascade: not simulated ({a.cascade_error})")
+    lines += ["", "decision matrix:"]
+    for f in a.factors:
+        arrow = {"open": "-> open", "api": "-> API"}.get(f.leans, "   -")
+        weight = f" x{f.weight}" if f.weight > 1 else ""
+        lines.append(f"  {f.name:<17} {f.half:<9} {arrow:<8}{weight:<3} {f.value}")
+        lines.append(f"  {'':<17} {'':<9} {f.reason}")
+    lines += ["", f"recommendation: {a.decision.upper()}", f"  {a.reason}"]
+    return "\n".join(lines)

@@ -1,0 +1,309 @@
+"""The cascade simulation on synthetic stored runs with known confidences, every expected number derived by hand.
+
+The main run: 10 cases c0..c9, the candidate's mean token logprob of case i is -(10 - i)/10 (c0 the least sure),
+it fails exactly c0, c1 and c2 (the three least sure), the incumbent passes everything and costs 0.001 x (i + 1)
+USD on case i. Routing the k least sure cases gives quality 0.7 + 0.1k up to k = 3, then 1.0.
+
+The paired bootstrap's lower bound, by hand: a row whose difference is -1 on j of the 10 cases and 0 elsewhere
+has resampled means -K/10 with K ~ Binomial(10, j/10), and its 95% bound is the 5% quantile of that. j = 1:
+P(K >= 3) = 0.070, P(K >= 4) = 0.013, so -0.3; j = 2: P(K >= 4) = 0.121, P(K >= 5) = 0.033, so -0.4; j = 3:
+P(K >= 5) = 0.150, P(K >= 7) = 0.011, so between -0.6 and -0.5. With 2,000 resamples the empirical tails sit
+many standard errors away from 5% except j = 3 at K >= 6 (0.047), hence a range there.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from harness import cascade, gate
+from harness.cascade import SIGNALS, cascade_frame, cascade_text, choose_signal, oracle, recommend, route, sweep
+from harness.errors import HarnessError
+from harness.store import Store
+from harness.suite import GateSpec
+from harness.verdict import gate_run
+
+CAND, INC = "local:m", "openai:gpt-4o-mini"
+
+
+def _case(i: int, **over: Any) -> dict[str, Any]:
+    """Case `c{i}` of the main run, with `over` replacing any of its fields."""
+    return {"id": f"c{i}", "lp": -(10 - i) / 10, "cand": i >= 3, "inc": True, "valid": True, "error": None,
+            "cost": 0.001 * (i + 1), "agreement": None, "cand_total": None, "inc_total": None, **over}
+
+
+MAIN = [_case(i) for i in range(10)]
+
+
+def _store_run(store: Store, cases: list[dict[str, Any]], *, incumbent: str = "ready") -> str:
+    """A completed run of `cases` (see `_case`) stored row by row, as the runner would have."""
+    run_id = store.start_run({"suite": "synthetic", "n_cases": len(cases)})
+    store.insert("run_providers", [
+        {"run_id": run_id, "provider": INC, "role": "incumbent", "status": incumbent,
+         "reason": None if incumbent == "ready" else "OPENAI_API_KEY is not set"},
+        {"run_id": run_id, "provider": CAND, "role": "candidate", "status": "ready"},
+    ])
+    store.insert("cases", [{"run_id": run_id, "case_id": c["id"], "position": i, "input": {}, "gold": {}}
+                           for i, c in enumerate(cases)])
+    responses, scores = [], []
+    for c in cases:
+        lp = c["lp"]
+        responses.append({"run_id": run_id, "case_id": c["id"], "provider": CAND, "error": c["error"],
+                          "cost_usd": None, "logprob_mean": lp, "logprob_min": None if lp is None else 2 * lp,
+                          "logprob_tokens": None if lp is None else 5, "agreement": c["agreement"]})
+        if incumbent == "ready":  # the same keys in every row: Store.insert takes its columns from the first
+            responses.append({"run_id": run_id, "case_id": c["id"], "provider": INC, "error": None,
+                              "cost_usd": c["cost"], "logprob_mean": None, "logprob_min": None,
+                              "logprob_tokens": None, "agreement": None})
+        sides = [(CAND, c["cand"], c["valid"], c["cand_total"])] if c["error"] is None else []
+        if incumbent == "ready":
+            sides.append((INC, c["inc"], True, c["inc_total"]))
+        for provider, passed, valid, total in sides:
+            total = float(passed) if total is None else total
+            for metric, value, ok in [("case_pass", float(passed), passed), ("valid_json", float(valid), valid),
+                                      ("field.total", total, total == 1.0)]:
+                scores.append({"run_id": run_id, "case_id": c["id"], "provider": provider, "scorer": "fields",
+                               "metric": metric, "value": value, "passed": ok, "detail": {}})
+    store.insert("responses", responses)
+    store.insert("scores", scores)
+    store.finish_run(run_id, "completed")
+    return run_id
+
+
+def _curve(tmp_path: Path, cases: list[dict[str, Any]], policy: GateSpec, metric: str = "pass_rate"):
+    with Store(tmp_path / "s.duckdb") as store:
+        frame = cascade_frame(store, _store_run(store, cases), metric=metric)
+    return frame, sweep(frame, "logprob_mean", policy)
+
+
+def _row(curve: pd.DataFrame, routed: int) -> pd.Series:
+    (i,) = np.flatnonzero(curve["routed"].to_numpy() == routed)
+    return curve.iloc[i]
+
+
+def test_routing_the_three_least_sure_cases_restores_quality_and_is_recommended(tmp_path):
+    frame, curve = _curve(tmp_path, MAIN, GateSpec(margin=0.05))
+    assert list(frame["case_id"]) == [f"c{i}" for i in range(10)]
+    assert frame["valid"].all() and list(frame["candidate"]) == [0.0] * 3 + [1.0] * 7
+    assert frame["api_cost_usd"].tolist() == pytest.approx([0.001 * (i + 1) for i in range(10)])
+    # -inf (invalid only), the nine values above the lowest, +inf: routed 0, 1, ..., 10
+    assert curve["routed"].tolist() == list(range(11))
+    assert curve["routed_share"].tolist() == pytest.approx([k / 10 for k in range(11)])
+    assert curve["threshold"].iloc[0] == -math.inf and curve["threshold"].iloc[-1] == math.inf
+    assert curve["quality"].tolist() == pytest.approx([0.7, 0.8, 0.9] + [1.0] * 8)
+    assert curve["difference"].tolist() == pytest.approx([-0.3, -0.2, -0.1] + [0.0] * 8)
+    three = _row(curve, 3)
+    assert three["threshold"] == pytest.approx(-0.7)  # route when logprob_mean < -0.7: c0, c1, c2
+    assert (three["quality"], three["routed_share"], three["lower_bound"]) == (1.0, 0.3, 0.0)
+    assert three["api_cost_per_case"] == pytest.approx((0.001 + 0.002 + 0.003) / 10)
+    # every case routed: the incumbent's mean cost, 0.055 / 10 cases... per case 0.0055
+    assert curve["api_cost_per_case"].iloc[-1] == pytest.approx(0.0055)
+    # Wilson 95% for 7/10, by hand: centre 0.89208 / 1.38416, half 1.96 x sqrt(0.021 + 0.009604) / 1.38416
+    assert (curve["quality_low"].iloc[0], curve["quality_high"].iloc[0]) == pytest.approx((0.3968, 0.8922), abs=1e-4)
+    assert curve["quality_low"].iloc[3] == pytest.approx(0.7225, abs=1e-4) and curve["quality_high"].iloc[3] == 1.0
+    assert curve["within_margin"].tolist() == [False, False, False] + [True] * 8
+    rec = recommend(curve)
+    assert rec["routed"] == 3 and rec["threshold"] == pytest.approx(-0.7)
+    assert not rec["routes_everything"] and not rec["routes_invalid_only"]
+    assert oracle(frame) == pytest.approx({"routed": 3, "routed_share": 0.3, "quality": 1.0,
+                                           "api_cost_per_case": 0.0006})
+
+
+def test_lower_bounds_come_from_one_batched_call_and_match_the_gate(tmp_path, monkeypatch):
+    calls = []
+
+    def counting(diffs, confidence, n_boot, seed=0):
+        calls.append(np.atleast_2d(diffs).shape)
+        return gate.lower_bounds(diffs, confidence, n_boot, seed)
+
+    monkeypatch.setattr(cascade, "lower_bounds", counting)
+    policy = GateSpec(margin=0.05)
+    with Store(tmp_path / "s.duckdb") as store:
+        run_id = _store_run(store, MAIN)
+        curve = sweep(cascade_frame(store, run_id), "logprob_mean", policy)
+        verdict = gate_run(store, run_id, policy)
+    assert calls == [(11, 10)]
+    for k in range(11):
+        # routing the k least sure: the difference is -1 on the failures c0..c2 not routed, case-id order
+        d = np.array([[-1.0 if k <= i < 3 else 0.0 for i in range(10)]])
+        assert _row(curve, k)["lower_bound"] == gate.lower_bounds(d, 0.95, policy.bootstrap, policy.seed)[0]
+    # the cascade that routes nothing is the candidate alone: the gate's own verdict on the same run
+    assert curve["lower_bound"].iloc[0] == verdict.stats["lower_bound"]
+    assert -0.6 <= curve["lower_bound"].iloc[0] <= -0.5
+    assert _row(curve, 1)["lower_bound"] == pytest.approx(-0.4)
+    assert _row(curve, 2)["lower_bound"] == pytest.approx(-0.3)
+
+
+def test_the_binomial_tails_quoted_in_the_docstring():
+    def tail(j: int, k: int) -> float:
+        return float(stats.binom.sf(k - 1, 10, j / 10))  # P(K >= k)
+
+    assert (round(tail(1, 3), 3), round(tail(1, 4), 3)) == (0.070, 0.013)
+    assert (round(tail(2, 4), 3), round(tail(2, 5), 3)) == (0.121, 0.033)
+    assert (round(tail(3, 5), 3), round(tail(3, 6), 3), round(tail(3, 7), 3)) == (0.150, 0.047, 0.011)
+
+
+@pytest.mark.parametrize(("margin", "routed", "cost"), [
+    (0.7, 0, 0.0),        # route nothing: bound >= -0.6 > -0.7
+    (0.35, 2, 0.0003),    # one failure left: bound -0.3 > -0.35; two left: -0.4 is not
+    (0.05, 3, 0.0006),
+])
+def test_the_margin_decides_how_much_is_routed(tmp_path, margin, routed, cost):
+    _, curve = _curve(tmp_path, MAIN, GateSpec(margin=margin))
+    rec = recommend(curve)
+    assert rec["routed"] == routed and rec["api_cost_per_case"] == pytest.approx(cost)
+    assert rec["routes_invalid_only"] == (routed == 0)
+    assert curve["within_margin"].tolist() == [k >= routed for k in range(11)]
+
+
+def test_invalid_and_failed_answers_are_routed_at_every_threshold(tmp_path):
+    cases = [*MAIN,
+             _case(10, lp=-0.01, cand=False, valid=False),  # the surest answer, but not valid JSON
+             _case(11, lp=None, cand=False, error="timeout"),  # the call failed
+             _case(12, lp=None, cand=True)]  # valid, but the server gave no logprobs: least sure
+    frame, curve = _curve(tmp_path, cases, GateSpec(margin=0.05))
+    by_id = frame.set_index("case_id")
+    assert by_id["valid"].to_dict() == {**{f"c{i}": True for i in range(10)}, "c10": False, "c11": False,
+                                        "c12": True}
+    assert not by_id.loc["c11", "answered"] and math.isnan(by_id.loc["c12", "logprob_mean"])
+    # thresholds -inf, -1.0 (c12 only), -0.9 (c12, c0), ..., -0.1, +inf; the two invalid ones always on top
+    assert curve["routed"].tolist() == [2 + k for k in range(12)]
+    assert curve["threshold"].iloc[1] == pytest.approx(-1.0)
+    for threshold, count in zip(curve["threshold"], curve["routed"], strict=True):
+        routed = route(frame, "logprob_mean", threshold)
+        assert routed["c10"] and routed["c11"] and routed.sum() == count
+    assert not route(frame, "logprob_mean", -math.inf)["c12"] and route(frame, "logprob_mean", -1.0)["c12"]
+    # nothing but the invalid ones routed: 7 + 1 candidate passes (c3..c9, c12) + 2 incumbent passes, of 13
+    assert curve["quality"].iloc[0] == pytest.approx(10 / 13)
+    assert curve["api_cost_per_case"].iloc[0] == pytest.approx((0.011 + 0.012) / 13)
+    assert oracle(frame)["routed"] == 5  # c10, c11 and the three failures
+
+
+def test_unknown_incumbent_costs_are_filled_with_the_mean_known_one(tmp_path):
+    cases = [_case(i, cost=None) if i == 1 else _case(i) for i in range(10)]
+    _, curve = _curve(tmp_path, cases, GateSpec(margin=0.05))
+    fill = (0.055 - 0.002) / 9
+    assert _row(curve, 3)["api_cost_per_case"] == pytest.approx((0.001 + fill + 0.003) / 10)
+    assert curve["api_cost_per_case"].iloc[-1] == pytest.approx((0.053 + fill) / 10)
+    nothing_known = [_case(i, cost=None) for i in range(10)]
+    _, curve = _curve(tmp_path / "b", nothing_known, GateSpec(margin=0.05))
+    assert curve["api_cost_per_case"].iloc[0] == 0.0 and curve["api_cost_per_case"].iloc[1:].isna().all()
+    rec = recommend(curve)  # by routed share when the costs are unknown
+    assert rec["routed"] == 3 and math.isnan(rec["api_cost_per_case"])
+    assert "API cost unknown" in cascade_text(curve, rec, "logprob_mean")
+
+
+def test_a_continuous_metric(tmp_path):
+    totals = [(0.2, 1.0), (0.6, 0.8), (1.0, 0.9), (0.9, 1.0)]  # (candidate, incumbent) field.total
+    cases = [_case(i, lp=[-2.0, -1.0, -0.5, -0.1][i], cand=c == 1.0, inc=t == 1.0, cand_total=c, inc_total=t)
+             for i, (c, t) in enumerate(totals)]
+    frame, curve = _curve(tmp_path, cases, GateSpec(margin=0.05), metric="field.total")
+    assert frame["candidate"].tolist() == [0.2, 0.6, 1.0, 0.9] and frame["incumbent"].tolist() == [1, 0.8, 0.9, 1]
+    # routing the k least sure: (1.0+0.6+1.0+0.9)/4, (1.0+0.8+1.0+0.9)/4, (1.0+0.8+0.9+0.9)/4, all incumbent
+    assert curve["quality"].tolist() == pytest.approx([0.675, 0.875, 0.925, 0.9, 0.925])
+    assert curve["difference"].tolist() == pytest.approx([-0.25, -0.05, 0.0, -0.025, 0.0])
+    # Student's t for 0.2, 0.6, 1.0, 0.9: sd = sqrt(0.3875 / 3), half = 3.182446 x sd / 2; clipped to 1
+    assert curve["quality_low"].iloc[0] == pytest.approx(0.675 - 3.182446 * math.sqrt(0.3875 / 3) / 2, abs=1e-5)
+    assert curve["quality_high"].iloc[0] == 1.0
+    with Store(tmp_path / "s.duckdb") as store, pytest.raises(HarnessError, match=r"gate\.metric 'field\.nope'"):
+        cascade_frame(store, store.latest_run(), metric="field.nope")
+
+
+def test_when_only_the_api_keeps_quality(tmp_path):
+    hopeless = [_case(i, cand=False) for i in range(10)]
+    _, curve = _curve(tmp_path, hopeless, GateSpec(margin=0.05))
+    rec = recommend(curve)
+    assert rec["routes_everything"] and rec["routed_share"] == 1.0 and rec["difference"] == 0.0
+    assert "stay on the API" in cascade_text(curve, rec, "logprob_mean")
+    # margin 0: even the incumbent itself is not strictly above -0
+    _, curve = _curve(tmp_path / "b", hopeless, GateSpec(margin=0.0))
+    assert recommend(curve) is None
+    assert "no threshold keeps quality" in cascade_text(curve, None, "logprob_mean")
+
+
+def test_choose_signal():
+    def frame(**columns: list) -> pd.DataFrame:
+        valid = columns.pop("valid", [True] * 10)
+        out = pd.DataFrame({"valid": valid})
+        for signal in ("logprob_mean", "margin_mean", "logprob_min", "agreement"):
+            out[signal] = columns.get(signal, [np.nan] * len(valid))
+        return out
+
+    nine = [np.nan] + [-0.5] * 9
+    eight = [np.nan] * 2 + [-0.5] * 8
+    assert choose_signal(frame(logprob_mean=nine)) == "logprob_mean"  # 90% is enough
+    assert choose_signal(frame(logprob_mean=eight, logprob_min=eight, agreement=[1.0] * 10)) == "agreement"
+    assert choose_signal(frame(margin_mean=[0.3] * 10, logprob_min=[-1.0] * 10)) == "margin_mean"
+    assert choose_signal(frame()) == "valid"
+    # values missing only on invalid answers do not count against a signal
+    assert choose_signal(frame(valid=[False] * 2 + [True] * 8, logprob_mean=eight)) == "logprob_mean"
+    assert choose_signal(frame(logprob_min=[-1.0] + [np.nan] * 9), "logprob_min") == "logprob_min"
+    with pytest.raises(HarnessError, match=r"cascade signal 'margin_mean': the run has no values of it "
+                                           r"\(it has: logprob_mean, agreement, valid\)"):
+        choose_signal(frame(logprob_mean=nine, agreement=[1.0] * 10), "margin_mean")
+    with pytest.raises(HarnessError, match="unknown cascade signal 'entropy'"):
+        choose_signal(frame(), "entropy")
+    assert SIGNALS[-1] == "valid"
+
+
+def test_signals_from_a_stored_run(tmp_path):
+    agreeing = [_case(i, lp=None, agreement=[0.2, 0.4, 0.6, 0.8, 1.0][i % 5]) for i in range(10)]
+    with Store(tmp_path / "s.duckdb") as store:
+        frame = cascade_frame(store, _store_run(store, agreeing))
+        main = cascade_frame(store, _store_run(store, MAIN))
+    assert choose_signal(main) == "logprob_mean" and choose_signal(frame) == "agreement"
+    assert main["logprob_min"].tolist() == pytest.approx([-2 * (10 - i) / 10 for i in range(10)])
+    # five distinct agreement values: -inf, 0.4, 0.6, 0.8, 1.0, +inf
+    curve = sweep(frame, "agreement", GateSpec(margin=0.05))
+    assert curve["routed"].tolist() == [0, 2, 4, 6, 8, 10]
+    # validity alone: the cascade that routes nothing but invalid answers, and everything
+    assert sweep(main, "valid", GateSpec())["routed"].tolist() == [0, 10]
+
+
+def test_the_providers_must_have_run(tmp_path):
+    with Store(tmp_path / "s.duckdb") as store:
+        run_id = _store_run(store, MAIN, incumbent="skipped")
+        with pytest.raises(HarnessError, match=r"has no incumbent answers to compare with "
+                                               r"\(skipped: OPENAI_API_KEY is not set\)"):
+            cascade_frame(store, run_id)
+        with pytest.raises(HarnessError, match=r"has no answers of 'local:other' \(ran: local:m\)"):
+            cascade_frame(store, run_id, candidate="local:other")
+        store.con.execute("UPDATE run_providers SET status = 'skipped' WHERE provider = ?", [CAND])
+        with pytest.raises(HarnessError, match="has no candidate that ran"):
+            cascade_frame(store, run_id)
+
+
+def test_the_text_table_keeps_the_recommended_row_and_the_ends(tmp_path):
+    # 40 cases, the candidate fails the 17 least sure: 41 thresholds, routing 17 is recommended
+    cases = [_case(i, lp=-(40 - i) / 40, cand=i >= 17, cost=0.002) for i in range(40)]
+    cases = [{**c, "id": f"c{i:02d}"} for i, c in enumerate(cases)]
+    frame, curve = _curve(tmp_path, cases, GateSpec(margin=0.05))
+    rec = recommend(curve)
+    assert len(curve) == 41 and rec["routed"] == 17
+    text = cascade_text(curve, rec, "logprob_mean", oracle(frame))
+    lines = text.splitlines()
+    rows = [line for line in lines[3:] if line[2:14].strip() and not line.startswith("recommended")]
+    table = [line for line in rows if "(oracle)" not in line]
+    assert len(table) <= 15
+    assert "invalid only" in table[0] and "everything" in table[-1]
+    (marked,) = [line for line in table if line.startswith("*")]
+    threshold = -(40 - 17) / 40
+    assert f"< {threshold:.4g}" in marked and "42.5%" in marked and "1.000" in marked
+    # the API's cost of 17 cases of 40 at $0.002: $0.85 per 1,000 cases
+    assert marked.rstrip().endswith("0.85")
+    assert lines[-1] == (f"recommended: * route to the API when logprob_mean < {threshold:.4g}: 42.5% of cases, "
+                         "quality 1.000 (incumbent 1.000), API $0.85 per 1k cases")
+    assert any("(oracle)" in line and "42.5%" in line for line in rows)
+
+
+def test_an_empty_frame(tmp_path):
+    frame = pd.DataFrame({"case_id": [], "valid": [], "candidate": [], "incumbent": [], "api_cost_usd": [],
+                          "logprob_mean": []})
+    curve = sweep(frame, "logprob_mean", GateSpec())
+    assert curve.empty and recommend(curve) is None
