@@ -2,8 +2,9 @@
 
 The key is a sha256 over what decides the output: the provider (and, for a generic OpenAI-compatible
 endpoint, which server), the exact model requested, every generation parameter sent, the response format
-and the rendered messages. The answers themselves are the `responses` rows of earlier runs; a response
-carries its key and the parts the key was made of (`cache_parts`), so `explain` can say why a case missed.
+and the rendered messages; and, where asked for, what is stored beside the answer (log-probabilities, extra
+samples). The answers themselves are the `responses` rows of earlier runs; a response carries its key and the
+parts the key was made of (`cache_parts`), so `explain` can say why a case missed.
 
 Modes: `replay` uses a stored answer where there is one and calls for the rest; `fresh` calls for every
 case (the answers still become cache entries); `off` neither reads nor writes keys.
@@ -37,13 +38,21 @@ def cache_parts(plan: ProviderPlan, request: Request) -> dict[str, Any]:
     response_format = None
     if request.response_schema is not None or request.json_output:
         response_format = _digest({"schema": request.response_schema, "json": request.json_output})[:16]
-    return {
+    parts: dict[str, Any] = {
         "provider": provider,
         "model": plan.request_model,
         "params": {k: v for k, v in sorted(request.params.items()) if v is not None},
         "response_format": response_format,
         "messages": _digest(request.messages)[:16],
     }
+    # What is stored with an answer besides its text is part of the key too, so that a replayed answer carries
+    # it: its log-probabilities, and the extra samples (and agreement) drawn with it. Added only when asked
+    # for, so the keys of other requests stay as they were.
+    if request.logprobs:
+        parts["logprobs"] = True
+    if plan.spec.samples > 1:
+        parts["samples"] = {"n": plan.spec.samples, "temperature": plan.spec.sample_temperature}
+    return parts
 
 
 def cache_key(parts: dict[str, Any]) -> str:
@@ -67,6 +76,8 @@ _PART_NAMES = {
     "params": "generation parameters",
     "response_format": "the response format (output schema)",
     "messages": "the rendered prompt (template, system prompt or case input)",
+    "logprobs": "whether token log-probabilities were asked for",
+    "samples": "the extra samples drawn (samples, sample_temperature)",
 }
 
 

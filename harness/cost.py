@@ -113,19 +113,30 @@ def measure(
         candidate = candidates[0]
     elif candidate not in roles:
         raise CostError(f"run {run_id} has no answers of '{candidate}' (ran: {', '.join(roles)})")
-    api = profile.api.provider or next((p for p, role in roles.items() if role == "incumbent"), None)
+    everyone = dict(zip(providers["provider"], providers["role"], strict=True))
+    api = profile.api.provider or next((p for p, role in everyone.items() if role == "incumbent"), None)
     if api is None:
-        raise CostError(f"run {run_id} has no incumbent answers to price the API option; "
-                        f"name one in {profile.source or 'the profile'} [api] provider")
-    if api not in roles:
-        raise CostError(f"{profile.source}: api.provider '{api}' did not run in {run_id} (ran: {', '.join(roles)})")
+        raise CostError(f"run {run_id} has no incumbent to price the API option with; name an API model in "
+                        f"{profile.source or 'the profile'}: [api] provider = \"openai:gpt-4o-mini\"")
     responses = store.table("responses", run_id)
     answered = responses[responses["error"].isna()]
-    mine, theirs = answered[answered["provider"] == candidate], answered[answered["provider"] == api]
+    mine = answered[answered["provider"] == candidate]
     warnings: list[str] = []
-
-    cost, price_source = _api_cost_per_case(theirs, providers, api, pricing)
-    tokens = (theirs["input_tokens"] + theirs["output_tokens"]).dropna()
+    if api in roles:
+        theirs = answered[answered["provider"] == api]
+        model = providers.loc[providers["provider"] == api, "model"].iloc[0]
+        cost, price_source = _api_cost_per_case(theirs, api, model, pricing)
+    else:
+        # The API did not answer in this run (no key, or a model it never ran): price the candidate's own
+        # token counts at its rates. Tokenizers differ, so this is an estimate, and said so.
+        theirs = mine.iloc[0:0]
+        cost, price_source = _api_cost_per_case(mine, api, api.partition(":")[2], pricing, stored=False)
+        why = "did not run in this run" if api not in everyone else "was skipped in this run"
+        warnings.append(f"{api} {why}: its cost per case is estimated from {candidate}'s token counts at its "
+                        "prices (tokenizers differ); run it for a measured figure")
+        price_source = f"estimated: {price_source}, on {candidate}'s tokens"
+    basis = theirs if len(theirs) else mine
+    tokens = (basis["input_tokens"] + basis["output_tokens"]).dropna()
     out_tokens = mine["output_tokens"].dropna()
     extra = mine["samples"].fillna(0) if "samples" in mine else pd.Series(dtype=float)
     calls = 1.0 + (float(extra.mean()) if len(extra) else 0.0)
@@ -199,27 +210,26 @@ def curve(model: CostModel, volume: float, routed_cost_per_case: float | None = 
 
 
 def _api_cost_per_case(
-    answers: pd.DataFrame, providers: pd.DataFrame, api: str, pricing: PricingTable | None
+    answers: pd.DataFrame, api: str, model: str, pricing: PricingTable | None, *, stored: bool = True
 ) -> tuple[float, str]:
-    """The mean USD per answered case: the run's stored costs, or the current table's prices when the run
-    stored none (e.g. the price was added after the run)."""
+    """The mean USD per answered case: the run's stored costs (`stored`), else `answers`' token counts at the
+    current table's prices for `model` (e.g. the price was added after the run, or the API did not run)."""
     if answers.empty:
         raise CostError(f"'{api}' answered no case in this run: nothing to price the API option with")
-    stored = answers["cost_usd"].dropna()
-    if len(stored):
-        return float(stored.mean()), f"prices stored with the run ({len(stored)} answers)"
+    known = answers["cost_usd"].dropna() if stored else pd.Series(dtype=float)
+    if len(known):
+        return float(known.mean()), f"prices stored with the run ({len(known)} answers)"
     table = pricing or load_pricing()
-    model = providers.loc[providers["provider"] == api, "model"].iloc[0]
     costs = []
     for row in answers.itertuples():
-        price = table.lookup(model, provider_id=api, answered_model=row.model)
+        price = table.lookup(model, provider_id=api, answered_model=row.model if stored else None)
         value = None if price is None else price.cost(row.input_tokens, row.output_tokens,
                                                        _int(row.cached_input_tokens), _int(row.cache_write_tokens))
         if value is not None:
             costs.append(value)
     if not costs:
-        raise CostError(f"no price for '{api}': add it to a pricing override file and pass --pricing FILE "
-                        "(see harness/pricing.toml for the format)")
+        raise CostError(f"no price for '{api}' (or no token counts): add it to a pricing override file and pass "
+                        "--pricing FILE (see harness/pricing.toml for the format)")
     return float(np.mean(costs)), f"pricing table {table.version} ({len(costs)} answers)"
 
 

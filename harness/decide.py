@@ -189,10 +189,12 @@ def recommend(a: Analysis) -> tuple[str, str]:
         return "stay", (f"the candidate passes the gate, but the other factors lean to the API (score {lean:+d}): "
                         + "; ".join(f"{f.name}: {f.reason}" for f in against[:2]))
     pick = a.cascade_pick
-    why_not = a.gate_error or (_gate_shortfall(a.gate) if a.gate is not None else "no gate verdict")
+    if a.gate is None:
+        return "stay", f"there is no quality verdict to migrate on: {a.gate_error}"
+    why_not = _gate_shortfall(a.gate)
     if pick is None:
         return "stay", f"the candidate fails the gate ({why_not}) and no cascade could be simulated " \
-                       f"({a.cascade_error or 'no threshold'})"
+                       f"({a.cascade_error or 'no threshold keeps quality within the margin'})"
     if pick.get("routes_everything"):
         return "stay", (f"the candidate fails the gate ({why_not}), and only routing every case to the API keeps "
                         f"quality within the margin")

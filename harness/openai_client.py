@@ -10,6 +10,7 @@ import asyncio
 import functools
 import inspect
 import json
+import math
 import time
 import urllib.request
 from datetime import UTC, datetime
@@ -77,6 +78,9 @@ class OpenAICompatible:
             body["extra_body"] = extra
         if self.usage_in_stream:
             body["stream_options"] = {"include_usage": True}
+        if request.logprobs:
+            body["logprobs"] = True
+            body["top_logprobs"] = 2
         if request.response_schema is not None and style == "json_schema":
             body["response_format"] = {
                 "type": "json_schema",
@@ -122,6 +126,7 @@ class OpenAICompatible:
         model: str | None = None
         chunks = 0
         done = False
+        tally = LogprobTally() if request.logprobs else None
         body = self.request_body(request, style)
         try:
             async with self._client.chat.completions.with_streaming_response.create(
@@ -148,6 +153,8 @@ class OpenAICompatible:
                             parts.append(content)
                             chunks += 1
                         finish = choice.get("finish_reason") or finish
+                        if tally is not None and (logprobs := choice.get("logprobs")):
+                            tally.add(logprobs.get("content"))
             if not done and finish is None:
                 raise TruncatedStream("the stream ended before the answer did (no finish_reason, no [DONE])")
         except Exception as exc:  # every failure becomes a recorded error on this case
@@ -175,6 +182,7 @@ class OpenAICompatible:
             usage_source=usage_source,
             cached_input_tokens=cached,
             started_at=started_at,
+            **(tally.figures() if tally is not None else {}),
         )
 
     def _count_tokens(self, messages: list[dict[str, str]]) -> int | None:
@@ -190,6 +198,56 @@ class OpenAICompatible:
     async def aclose(self) -> None:
         """Close the HTTP connection pool."""
         await self._client.close()
+
+
+class LogprobTally:
+    """Running figures over the log-probabilities of streamed tokens, fed one chunk's
+    `choices[i].logprobs.content` at a time: a list of {token, logprob, bytes, top_logprobs: [{token,
+    logprob, bytes}, ...]}."""
+
+    __slots__ = ("count", "lowest", "margin_total", "margins", "total")
+
+    def __init__(self) -> None:
+        self.total = 0.0
+        self.lowest = math.inf
+        self.count = 0
+        self.margin_total = 0.0
+        self.margins = 0
+
+    def add(self, entries: list[dict[str, Any]] | None) -> None:
+        """Take one chunk's token entries."""
+        for entry in entries or ():
+            value = entry.get("logprob")
+            if value is None:
+                continue
+            self.total += value
+            self.count += 1
+            if value < self.lowest:
+                self.lowest = value
+            top = entry.get("top_logprobs")
+            if top and len(top) > 1:
+                self.margin_total += _top_margin(top)
+                self.margins += 1
+
+    def figures(self) -> dict[str, Any]:
+        """`logprob_mean`, `logprob_min`, `margin_mean` and `logprob_tokens` for a Completion; empty when no
+        token had a log-probability (the server gave none)."""
+        if not self.count:
+            return {}
+        return {
+            "logprob_mean": self.total / self.count,
+            "logprob_min": self.lowest,
+            "margin_mean": self.margin_total / self.margins if self.margins else None,
+            "logprob_tokens": self.count,
+        }
+
+
+def _top_margin(top: list[dict[str, Any]]) -> float:
+    """The gap between the two likeliest of a token's alternatives (listed likeliest first, but not trusted to be)."""
+    if len(top) == 2:
+        return abs(top[0]["logprob"] - top[1]["logprob"])
+    first, second = sorted((t["logprob"] for t in top), reverse=True)[:2]
+    return first - second
 
 
 _STYLES = ["json_schema", "json_object_schema", "none"]

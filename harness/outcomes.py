@@ -1,8 +1,8 @@
-"""Case outcomes compared across providers: confidence intervals and paired outcomes.
+"""Case outcomes compared across providers: confidence intervals, paired outcomes and whether answers agree.
 
-Pure functions over plain data, shared by the report (and usable by a gate): a case's status for a provider
-is `pass`, `fail`, `error` (the call failed) or `missing` (no answer stored, e.g. an interrupted run); only
-`pass` passes.
+Pure functions over plain data, shared by the report and the runner (and usable by a gate): a case's status for
+a provider is `pass`, `fail`, `error` (the call failed) or `missing` (no answer stored, e.g. an interrupted run);
+only `pass` passes.
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ import math
 from collections import Counter
 from collections.abc import Mapping
 from typing import Any
+
+from harness.scorers import normalize_text, parse_json_output
 
 PAIRED = ("regression", "win", "both_fail", "both_pass")
 
@@ -53,3 +55,21 @@ def agreement(outputs_a: Mapping[str, Any], outputs_b: Mapping[str, Any], same: 
     """(cases where both answered and `same(a, b)`, cases where both answered): agreement without gold."""
     both = [case for case in outputs_a if case in outputs_b]
     return sum(1 for case in both if same(outputs_a[case], outputs_b[case])), len(both)
+
+
+def same_answer(a: str, b: str) -> bool:
+    """Two answers say the same: equal JSON after normalising every text value, else equal normalised text."""
+    return _canonical(a) == _canonical(b)
+
+
+def _canonical(text: str) -> Any:
+    value, problem = parse_json_output(text or "")
+    return _normalized_json(value) if problem is None else normalize_text(text or "")
+
+
+def _normalized_json(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {normalize_text(k): _normalized_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_normalized_json(v) for v in value]
+    return normalize_text(value) if value is not None else None

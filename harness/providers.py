@@ -49,6 +49,7 @@ class Request:
     response_schema: dict[str, Any] | None = None
     json_output: bool = False
     case_id: str | None = None  # not sent; lets a log replay find the case's logged answer
+    logprobs: bool = False  # ask for each token's log-probability and its top two alternatives
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,11 @@ class Completion:
     retry_wait_ms: float = 0.0  # time spent waiting between attempts, not part of latency_ms
     rate_limit_wait_ms: float = 0.0  # the part of retry_wait_ms spent after rate-limit (429) answers
     source: str = "call"  # "call", "cache" (a stored answer to the same request) or "log" (production logs)
+    # from the tokens' log-probabilities, where they were asked for and the server gave them (else None)
+    logprob_mean: float | None = None
+    logprob_min: float | None = None
+    margin_mean: float | None = None  # mean gap between the two likeliest tokens, over tokens that had two
+    logprob_tokens: int | None = None
 
 
 class Provider(Protocol):

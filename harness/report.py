@@ -18,8 +18,8 @@ import jinja2
 import markupsafe
 import pandas as pd
 
-from harness.outcomes import agreement, paired_category, paired_counts, wilson_interval
-from harness.scorers import field_metrics, normalize_text, parse_json_output, summarize
+from harness.outcomes import agreement, paired_category, paired_counts, same_answer, wilson_interval
+from harness.scorers import field_metrics, summarize
 from harness.store import Store
 
 FIRST_PAGE = 50  # failed cases rendered into the page itself; the script pages through the rest
@@ -264,26 +264,10 @@ def _paired(
     for candidate in candidates:
         texts_a = {c: o["text"] for (c, p), o in by_case.items() if p == incumbent and not o["error"]}
         texts_b = {c: o["text"] for (c, p), o in by_case.items() if p == candidate and not o["error"]}
-        agreeing, both = agreement(texts_a, texts_b, _same_answer)
+        agreeing, both = agreement(texts_a, texts_b, same_answer)
         out.append({"candidate": candidate, "counts": paired_counts(statuses, incumbent, candidate),
                     "agree": agreeing, "both_answered": both})
     return out
-
-
-def _same_answer(a: str, b: str) -> bool:
-    """Two answers say the same: equal JSON after normalising every text value, else equal normalised text."""
-    def canonical(text: str) -> Any:
-        value, problem = parse_json_output(text or "")
-        return _normalized_json(value) if problem is None else normalize_text(text or "")
-    return canonical(a) == canonical(b)
-
-
-def _normalized_json(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {normalize_text(k): _normalized_json(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_normalized_json(v) for v in value]
-    return normalize_text(value) if value is not None else None
 
 
 def _taxonomy(by_case: dict[Any, Any], order: list[str], statuses: dict[str, dict[str, str]]) -> dict[str, Any]:

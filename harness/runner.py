@@ -17,13 +17,14 @@ import socket
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from harness.cache import MODES, cache_key, cache_parts
 from harness.errors import ProviderError, StoreError
+from harness.outcomes import same_answer
 from harness.pricing import PricingTable, load_pricing
 from harness.providers import (
     Completion,
@@ -117,7 +118,19 @@ def request_for(suite: Suite, case: Case, plan: ProviderPlan) -> Request:
         response_schema=suite.response_schema if mode == "schema" else None,
         json_output=suite.spec.output.format == "json" and mode != "off",
         case_id=case.id,
+        logprobs=plan.spec.wants_logprobs,
     )
+
+
+def sample_request(request: Request, plan: ProviderPlan, sample: int) -> Request:
+    """Extra sample number `sample` (1, 2...) of `request`, to measure agreement: at the provider's
+    `sample_temperature` (unless it omits temperature) and, where a seed is sent, seed + `sample`."""
+    params = dict(request.params)
+    if "temperature" not in plan.spec.omit:
+        params["temperature"] = plan.spec.sample_temperature
+    if params.get("seed") is not None:
+        params["seed"] += sample
+    return replace(request, params=params, logprobs=False)
 
 
 def params_for(suite: Suite, plan: ProviderPlan) -> dict[str, Any]:
@@ -230,8 +243,10 @@ async def shadow_run(
             writer = store.writer(journal=store.journal_path(run_id))
             recorder = _Recorder(run_id, suite, scorers, writer, pricing, cache_mode, result, progress)
             for job in jobs:
+                stored = _stored_samples(store, job)
                 for case, key, parts, row in job.hits:
-                    recorder.record(job.plan, case, _from_cache(row), key, parts, cached_from=row["run_id"])
+                    recorder.record(job.plan, case, _from_cache(row), key, parts, cached_from=row["run_id"],
+                                    samples=stored.get((row["run_id"], case.id)))
             # a TaskGroup: if one provider's workers fail (e.g. the store), the others are cancelled too
             async with asyncio.TaskGroup() as group:
                 for job in jobs:
@@ -284,8 +299,27 @@ def _from_cache(row: dict[str, Any]) -> Completion:
         output_tokens=row["output_tokens"], ttft_ms=row["ttft_ms"], latency_ms=row["latency_ms"],
         finish_reason=row["finish_reason"], cached=True, usage_source=row["usage_source"],
         cached_input_tokens=row["cached_input_tokens"], cache_write_tokens=row["cache_write_tokens"],
-        attempts=0, source="cache",
+        attempts=0, source="cache", logprob_mean=row["logprob_mean"], logprob_min=row["logprob_min"],
+        margin_mean=row["margin_mean"], logprob_tokens=row["logprob_tokens"],
     )
+
+
+def _stored_samples(store: Store, job: _Job) -> dict[tuple[str, str], list[dict[str, Any]]]:
+    """The extra samples stored with the answers `job` reuses from the cache, by (run_id, case_id). The cache key
+    of a sampled provider covers its sampling settings, so they were drawn as this run would draw them."""
+    if job.plan.spec.samples < 2 or not job.hits:
+        return {}
+    runs = sorted({row["run_id"] for *_, row in job.hits})
+    cursor = store.con.execute(
+        "SELECT * EXCLUDE (provider) FROM samples WHERE provider = ? AND list_contains(?, run_id) ORDER BY sample",
+        [job.plan.name, runs],
+    )
+    columns = [d[0] for d in cursor.description]
+    found: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for values in cursor.fetchall():
+        row = dict(zip(columns, values, strict=True))
+        found.setdefault((row.pop("run_id"), row.pop("case_id")), []).append(row)
+    return found
 
 
 class _Recorder:
@@ -319,11 +353,10 @@ class _Recorder:
         key: str | None,
         parts: dict[str, Any] | None,
         cached_from: str | None = None,
+        samples: list[dict[str, Any]] | None = None,
     ) -> None:
-        price = self.pricing.lookup(plan.request_model, provider_id=plan.name, answered_model=c.model)
-        cost = None
-        if price is not None:
-            cost = price.cost(c.input_tokens, c.output_tokens, c.cached_input_tokens, c.cache_write_tokens)
+        """Store `c`, the answer of `plan`'s provider to `case`, with its scores and, for a sampled provider,
+        `samples`: its extra samples as `samples` rows (without run, case and provider; [] when none was drawn)."""
         response = {
             "run_id": self.run_id, "case_id": case.id, "provider": plan.name, "text": c.text, "model": c.model,
             "input_tokens": c.input_tokens, "output_tokens": c.output_tokens,
@@ -331,9 +364,17 @@ class _Recorder:
             "usage_source": c.usage_source, "ttft_ms": c.ttft_ms, "latency_ms": c.latency_ms,
             "finish_reason": c.finish_reason, "error": c.error, "error_kind": c.error_kind, "cached": c.cached,
             "started_at": c.started_at, "attempts": c.attempts, "retry_wait_ms": c.retry_wait_ms,
-            "rate_limit_wait_ms": c.rate_limit_wait_ms, "source": c.source, "cost_usd": cost,
+            "rate_limit_wait_ms": c.rate_limit_wait_ms, "source": c.source, "cost_usd": self.cost(plan, c),
             "cache_key": key, "cache_parts": parts, "cached_from": cached_from,
+            "logprob_mean": c.logprob_mean, "logprob_min": c.logprob_min, "margin_mean": c.margin_mean,
+            "logprob_tokens": c.logprob_tokens,
         }
+        record: dict[str, list[dict[str, Any]]] = {"responses": [response]}
+        if samples is not None:
+            response["samples"] = len(samples)
+            response["agreement"] = sum(bool(row["agrees"]) for row in samples) / len(samples) if samples else None
+            keys = {"run_id": self.run_id, "case_id": case.id, "provider": plan.name}
+            record["samples"] = [{**keys, **row} for row in samples]
         scores = [
             {
                 "run_id": self.run_id, "case_id": case.id, "provider": plan.name, "scorer": scorer,
@@ -341,7 +382,8 @@ class _Recorder:
             }
             for scorer, score in score_completion(self.scorers, case, c)
         ]
-        self.writer.put_record({"responses": [response], "scores": scores})
+        record["scores"] = scores
+        self.writer.put_record(record)
         result = self.result
         result.responses += 1
         if c.error:
@@ -351,10 +393,27 @@ class _Recorder:
         if self.progress:
             self.progress(1)
 
+    def cost(self, plan: ProviderPlan, c: Completion) -> float | None:
+        """USD for the call that produced `c`, by the pricing table; None when the price or a count is unknown."""
+        price = self.pricing.lookup(plan.request_model, provider_id=plan.name, answered_model=c.model)
+        if price is None:
+            return None
+        return price.cost(c.input_tokens, c.output_tokens, c.cached_input_tokens, c.cache_write_tokens)
+
+    def sample_row(self, plan: ProviderPlan, number: int, main: Completion, sample: Completion) -> dict[str, Any]:
+        """The `samples` row of extra sample `number`: it agrees when it answered the same as `main` (a failed
+        sample does not)."""
+        return {
+            "sample": number, "text": sample.text, "input_tokens": sample.input_tokens,
+            "output_tokens": sample.output_tokens, "latency_ms": sample.latency_ms,
+            "cost_usd": self.cost(plan, sample), "error": sample.error,
+            "agrees": sample.error is None and same_answer(main.text, sample.text),
+        }
+
 
 async def _drive(job: _Job, recorder: _Recorder) -> None:
-    """Workers that take `job`'s cases in order and call its provider; at most `concurrency` calls are in
-    flight, fewer while the provider's adaptive limit is cut by rate limits."""
+    """Workers that take `job`'s cases in order and call its provider, a case's extra samples after its answer;
+    at most `concurrency` calls are in flight, fewer while the provider's adaptive limit is cut by rate limits."""
     queue: Iterator[Case] = iter(job.cases)
 
     async def worker() -> None:
@@ -362,11 +421,30 @@ async def _drive(job: _Job, recorder: _Recorder) -> None:
             request = request_for(recorder.suite, case, job.plan)
             key, parts = cache_lookup_key(job.plan, request, recorder.cache_mode)
             completion = await job.provider.complete(request)
-            recorder.record(job.plan, case, completion, key, parts)
+            samples = await _draw_samples(job, recorder, request, completion)
+            recorder.record(job.plan, case, completion, key, parts, samples=samples)
 
     async with asyncio.TaskGroup() as group:
         for _ in range(min(job.plan.concurrency, len(job.cases))):
             group.create_task(worker())
+
+
+async def _draw_samples(
+    job: _Job, recorder: _Recorder, request: Request, main: Completion
+) -> list[dict[str, Any]] | None:
+    """The extra samples of a sampled provider (`samples` > 1) as `samples` rows, drawn one after another by the
+    worker that got `main`, so they count against the provider's concurrency; none after a failed answer (there
+    is nothing to agree with). None for a provider that is not sampled."""
+    plan = job.plan
+    if plan.spec.samples < 2:
+        return None
+    if main.error:
+        return []
+    rows = []
+    for number in range(1, plan.spec.samples):
+        sample = await job.provider.complete(sample_request(request, plan, number))
+        rows.append(recorder.sample_row(plan, number, main, sample))
+    return rows
 
 
 def _store_stats(store: Store, run_id: str, jobs: list[_Job], result: RunResult) -> None:

@@ -127,6 +127,15 @@ class ScorerSpec(_Strict):
         return self
 
 
+# llama-cpp-python's server (`local`) computes logprobs by sorting the whole vocabulary in Python for every token,
+# about as long as a small model takes to generate it: on request only, or the candidate's latency would lie
+LOGPROBS_BY_DEFAULT = frozenset({"vllm", "openai-compatible"})
+NO_LOGPROBS = {
+    "anthropic": "the Anthropic Messages API returns none",
+    "log": "a production log holds only the answers",
+}
+
+
 class ProviderSpec(_Strict):
     """A provider taking part in the run, named `kind:model`."""
 
@@ -143,6 +152,10 @@ class ProviderSpec(_Strict):
     # only; off: no response format. llama.cpp's grammar sampler is slow on large enums (77 labels: seconds a
     # token on a CPU), where "json" keeps a run short; vLLM's constrained decoding has no such cost.
     structured_output: Literal["schema", "json", "off"] = "schema"
+    # token log-probabilities of each answer, a confidence signal; None: on for self-hosted candidates
+    logprobs: bool | None = None
+    samples: int = Field(default=1, ge=1, le=20)  # answers drawn per case; those past the first measure agreement
+    sample_temperature: float = Field(default=0.7, ge=0, le=2)  # the temperature of the extra samples
 
     @field_validator("id")
     @classmethod
@@ -151,6 +164,25 @@ class ProviderSpec(_Strict):
         if not sep or not kind or not model:
             raise ValueError(f"provider id {value!r} must look like 'kind:model', e.g. 'openai:gpt-4o-mini'")
         return value
+
+    @model_validator(mode="after")
+    def _confidence_signals(self) -> ProviderSpec:
+        kind = self.id.partition(":")[0]
+        if self.logprobs and kind in NO_LOGPROBS:
+            raise ValueError(f"provider '{self.id}' cannot give token log-probabilities ({NO_LOGPROBS[kind]}); "
+                             "remove logprobs = true")
+        if self.samples > 1 and kind == "log":
+            raise ValueError(f"provider '{self.id}' replays one logged answer per case, so it cannot be sampled; "
+                             "remove samples")
+        return self
+
+    @property
+    def wants_logprobs(self) -> bool:
+        """Whether this provider is asked for token log-probabilities: `logprobs`, else on for a candidate
+        served over the OpenAI wire format by a server that gives them cheaply (vllm, openai-compatible)."""
+        if self.logprobs is not None:
+            return self.logprobs
+        return self.role == "candidate" and self.id.partition(":")[0] in LOGPROBS_BY_DEFAULT
 
 
 class ParamsSpec(_Strict):

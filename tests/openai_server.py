@@ -31,6 +31,10 @@ class Reply:
     truncate: bool = False  # half the text, then the connection closes with no final events
     error_event: bool = False  # an error event in the stream half-way (as APIs send on overload)
     stall_s: float = 0.0  # a pause after the first piece of text
+    # Per token, when the request asks for logprobs: [its logprob, the logprobs of alternatives...]. The tokens
+    # are spread over the pieces of text in order, as evenly as they go; each gets up to `top_logprobs` of the
+    # likeliest of its numbers as its top_logprobs, as a server does.
+    logprobs: list[list[float]] | None = None
 
 
 class LoopbackServer:
@@ -121,8 +125,10 @@ class OpenAIServer(LoopbackServer):
                 base = {"id": "chatcmpl-test", "object": "chat.completion.chunk", "created": int(time.time()),
                         "model": body.get("model")}
                 pieces = _split(reply.text, reply.chunks)
+                tokens = _token_logprobs(body, reply, len(pieces))
+                extra = {"logprobs": None} if tokens is not None else {}
                 self._event({**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
-                                                   "finish_reason": None}]})
+                                                   "finish_reason": None, **extra}]})
                 for i, piece in enumerate(pieces):
                     if i == len(pieces) // 2 and (reply.break_stream or reply.truncate or reply.error_event):
                         if reply.break_stream:
@@ -132,10 +138,16 @@ class OpenAIServer(LoopbackServer):
                         self.wfile.flush()
                         self.close_connection = True
                         return
-                    self._event({**base, "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]})
+                    if tokens is not None:
+                        extra = {"logprobs": {"content": tokens[i], "refusal": None}}
+                    self._event({**base, "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None,
+                                                       **extra}]})
                     if i == 0 and reply.stall_s:
                         time.sleep(reply.stall_s)
-                self._event({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": reply.finish_reason}]})
+                if tokens is not None:
+                    extra = {"logprobs": None}
+                self._event({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": reply.finish_reason,
+                                                   **extra}]})
                 if reply.usage and (body.get("stream_options") or {}).get("include_usage"):
                     self._event({**base, "choices": [], "usage": _usage(body, reply)})
                 self.wfile.write(b"data: [DONE]\n\n")
@@ -167,6 +179,29 @@ def _split(text: str, n: int) -> list[str]:
     return [text[i : i + size] for i in range(0, len(text), size)]
 
 
+def _token_logprobs(body: dict[str, Any], reply: Reply, pieces: int) -> list[list[dict[str, Any]]] | None:
+    """The OpenAI `logprobs.content` entries of each piece of text, or None when the request did not ask for
+    logprobs or the reply has none to give."""
+    if not body.get("logprobs") or reply.logprobs is None or not pieces:
+        return None
+    top = int(body.get("top_logprobs") or 0)
+    entries = []
+    for number, (chosen, *others) in enumerate(reply.logprobs):
+        token = f"t{number}"
+        ranked = sorted([(chosen, token), *((v, f"{token}-alt{k}") for k, v in enumerate(others))], reverse=True)
+        entries.append({
+            "token": token, "logprob": chosen, "bytes": list(token.encode()),
+            "top_logprobs": [{"token": t, "logprob": v, "bytes": list(t.encode())} for v, t in ranked[:top]],
+        })
+    per_piece, left = divmod(len(entries), pieces)
+    out, start = [], 0
+    for i in range(pieces):
+        end = start + per_piece + (1 if i < left else 0)
+        out.append(entries[start:end])
+        start = end
+    return out
+
+
 def _usage(body: dict[str, Any], reply: Reply) -> dict[str, int]:
     prompt = sum(len(str(m.get("content", "")).split()) for m in body.get("messages", []))
     completion = len(_split(reply.text, reply.chunks))
@@ -174,9 +209,11 @@ def _usage(body: dict[str, Any], reply: Reply) -> dict[str, int]:
 
 
 def _completion(body: dict[str, Any], reply: Reply) -> dict[str, Any]:
+    tokens = _token_logprobs(body, reply, 1)
+    logprobs = {"content": tokens[0], "refusal": None} if tokens is not None else None
     return {
         "id": "chatcmpl-test", "object": "chat.completion", "created": int(time.time()), "model": body.get("model"),
         "choices": [{"index": 0, "message": {"role": "assistant", "content": reply.text},
-                     "finish_reason": reply.finish_reason}],
+                     "finish_reason": reply.finish_reason, "logprobs": logprobs}],
         "usage": _usage(body, reply),
     }

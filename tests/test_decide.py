@@ -45,6 +45,9 @@ def _setup(tmp_path: Path, monkeypatch, *, wrong: set[int], volume: float, team:
         f.write("\n[gate]\nmargin = 0.05\n")
     (suite / "profile.toml").write_text(PROFILE.format(volume=volume, team=team))
     (tmp_path / "prices.toml").write_text(PRICES)
+    config = suite / "suite.toml"
+    local = 'id = "local:smollm2-135m"'
+    config.write_text(config.read_text().replace(local, local + '\nlogprobs = true'))
     rows = [json.loads(line) for line in (suite / "cases.jsonl").read_text().splitlines()]
 
     def responder(body: dict) -> Reply:
@@ -201,3 +204,24 @@ def test_a_load_test_feeds_the_cost_model_and_the_report(tmp_path, monkeypatch, 
     assert main(["report", "--db", str(tmp_path / "s.duckdb"), "--reports", str(tmp_path / "r2")]) == 0
     page = next((tmp_path / "r2").rglob("index.html")).read_text()
     assert 'id="load-tests"' in page and f"<code>{load_id}</code>" in page
+
+
+def test_without_the_api_in_the_run_its_cost_is_estimated_from_the_candidates_tokens(tmp_path, monkeypatch, capsys):
+    suite = copy_invoices(tmp_path, 4)
+    (suite / "profile.toml").write_text(PROFILE.format(volume=1_000_000, team="some"))
+    (tmp_path / "prices.toml").write_text(PRICES)
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    with OpenAIServer(lambda body: Reply(text='{"total": "1"}', chunks=1)) as server:
+        assert main(["run", str(suite), "--db", str(tmp_path / "s.duckdb"), "--reports", str(tmp_path / "r"),
+                     "--base-url", server.base_url, "--no-progress"]) == 0
+    capsys.readouterr()
+    assert _cli(tmp_path, "decide", suite, "--pricing", str(tmp_path / "prices.toml")) == 0
+    out = capsys.readouterr().out
+    # the candidate's answers are 1 output token each, priced at gpt-4o-mini's override rate: $0.001 a case
+    assert "warning: openai:gpt-4o-mini was skipped in this run: its cost per case is estimated" in out
+    data = json.loads((tmp_path / "out.json").read_text())
+    assert data["measured"]["api_cost_per_case"] == pytest.approx(0.001)
+    assert data["costs"]["monthly"]["api"] == pytest.approx(1000.0)
+    # with no incumbent answers there is no gate verdict and no cascade: it stays, and says why
+    assert data["decision"] == "stay" and "no incumbent answers" in data["gate_error"]
+    assert "recommendation: STAY" in out

@@ -148,6 +148,33 @@ def test_real_model_end_to_end(tmp_path: Path):
             assert first_value in html
 
 
+def test_real_model_answer_carries_its_token_logprobs(tmp_path: Path):
+    """llama.cpp's server streams logprobs under the schema the harness sends (json_object + schema): the
+    candidate's answer is stored with its confidence figures (asked for: they are off by default for `local`)."""
+    db = tmp_path / "shadow.duckdb"
+    suite = copy_suite(tmp_path, "invoices", 1)
+    config = suite / "suite.toml"
+    local = 'id = "local:smollm2-135m"'
+    config.write_text(config.read_text().replace(local, local + '\nlogprobs = true'))
+    proc = subprocess.run(
+        [sys.executable, "-m", "harness.cli", "run", str(suite), "--limit", "1", "--db", str(db),
+         "--reports", str(tmp_path / "reports"), "--no-progress"],
+        env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    con = duckdb.connect(str(db), read_only=True)
+    rows = con.execute(
+        "SELECT error, output_tokens, logprob_mean, logprob_min, margin_mean, logprob_tokens, cache_parts "
+        "FROM responses WHERE provider = 'local:smollm2-135m'"
+    ).fetchall()
+    con.close()
+    [(error, tokens, mean, lowest, margin, counted, parts)] = rows
+    assert error is None and json.loads(parts)["logprobs"] is True
+    assert tokens > 0 and counted > 0
+    assert lowest <= mean < 0
+    assert margin >= 0
+
+
 def test_ctrl_c_stops_the_server_and_keeps_the_results(tmp_path: Path):
     db = tmp_path / "shadow.duckdb"
     proc = _harness("run", "suites/invoices", "--limit", "40", "--db", str(db), "--reports", str(tmp_path / "r"))
