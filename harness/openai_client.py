@@ -155,8 +155,11 @@ class OpenAICompatible:
                         finish = choice.get("finish_reason") or finish
                         if tally is not None and (logprobs := choice.get("logprobs")):
                             tally.add(logprobs.get("content"))
-            if not done and finish is None:
-                raise TruncatedStream("the stream ended before the answer did (no finish_reason, no [DONE])")
+            if finish is None:
+                # [DONE] with no finish_reason: llama-cpp-python's server cuts a running answer short this way
+                # when another request arrives (unless started with --interrupt_requests false)
+                raise TruncatedStream("the stream ended before the answer did (no finish_reason"
+                                      + (", [DONE] sent early)" if done else ", no [DONE])"))
         except Exception as exc:  # every failure becomes a recorded error on this case
             return failed_completion(
                 exc, self._api_key, text="".join(parts), model=model or self.model, ttft_ms=ttft,
