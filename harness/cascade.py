@@ -36,6 +36,7 @@ SIGNALS = ("logprob_mean", "margin_mean", "logprob_min", "agreement", "valid")
 COVERAGE = 0.9  # `auto` takes a signal present on at least this share of the valid answers
 CONFIDENCE_LEVEL = 0.95  # of the quality interval
 MAX_TEXT_ROWS = 15
+MAX_THRESHOLDS = 200  # thresholds swept at most: every distinct confidence up to this, else evenly spaced quantiles
 
 CURVE_COLUMNS = ("threshold", "routed", "routed_share", "quality", "quality_low", "quality_high", "difference",
                  "lower_bound", "within_margin", "api_cost_per_case")
@@ -196,7 +197,10 @@ def sweep(frame: pd.DataFrame, signal: str, policy: GateSpec) -> pd.DataFrame:
     valid = frame["valid"].to_numpy(dtype=bool)
     cand = frame["candidate"].to_numpy(dtype=float)
     inc = frame["incumbent"].to_numpy(dtype=float)
-    thresholds = np.unique(np.concatenate([[-np.inf], conf[valid], [np.inf]]))
+    values = np.unique(conf[valid])
+    if len(values) > MAX_THRESHOLDS:  # the routing matrix is thresholds x cases: keep it bounded on big runs
+        values = np.unique(np.quantile(values, np.linspace(0, 1, MAX_THRESHOLDS), method="lower"))
+    thresholds = np.unique(np.concatenate([[-np.inf], values, [np.inf]]))
     routed = _routing(valid, conf, thresholds)
     counts = routed.sum(axis=1)
     _, first = np.unique(counts, return_index=True)  # the lowest threshold of each distinct routed set

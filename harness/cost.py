@@ -4,7 +4,8 @@ The model, per month at a volume of V cases (all amounts USD):
 
     api(V)         = V x c                       c: the API provider's measured cost per case (tokens x prices)
     replicas(V)    = max(min_replicas, ceil(V x s / C))
-                     s: calls per case (1 + extra samples drawn for agreement), C: cases one replica serves a
+                     s: model calls per case (1; for a hybrid routing on agreement, 1 + extra samples),
+                     C: cases one replica serves a
                      month = throughput x target_utilization x 3600 x hours_per_month
     self_hosted(V) = F + replicas(V) x R         R = gpu_hour_usd x gpus_per_replica x hours_per_month
                                                  F = storage + networking + FTE x salary / 12 + fine-tunes / 12
@@ -96,6 +97,7 @@ class Measured:
     candidate_latency_p95_ms: float | None
     candidate_latency_source: str
     api_latency_p95_ms: float | None
+    api_latency_source: str = ""
     warnings: list[str] = field(default_factory=list)
 
 
@@ -122,7 +124,7 @@ def measure(
     answered = responses[responses["error"].isna()]
     mine = answered[answered["provider"] == candidate]
     warnings: list[str] = []
-    if api in roles:
+    if api in roles and (answered["provider"] == api).any():
         theirs = answered[answered["provider"] == api]
         model = providers.loc[providers["provider"] == api, "model"].iloc[0]
         cost, price_source = _api_cost_per_case(theirs, api, model, pricing)
@@ -130,8 +132,11 @@ def measure(
         # The API did not answer in this run (no key, or a model it never ran): price the candidate's own
         # token counts at its rates. Tokenizers differ, so this is an estimate, and said so.
         theirs = mine.iloc[0:0]
-        cost, price_source = _api_cost_per_case(mine, api, api.partition(":")[2], pricing, stored=False)
-        why = "did not run in this run" if api not in everyone else "was skipped in this run"
+        model = (providers.loc[providers["provider"] == api, "model"].iloc[0] if api in everyone
+                 else api.partition(":")[2])
+        cost, price_source = _api_cost_per_case(mine, api, model, pricing, stored=False)
+        why = ("did not run in this run" if api not in everyone else "answered no case in this run"
+               if api in roles else "was skipped in this run")
         warnings.append(f"{api} {why}: its cost per case is estimated from {candidate}'s token counts at its "
                         "prices (tokenizers differ); run it for a measured figure")
         price_source = f"estimated: {price_source}, on {candidate}'s tokens"
@@ -142,7 +147,16 @@ def measure(
     calls = 1.0 + (float(extra.mean()) if len(extra) else 0.0)
 
     live = mine[~mine["cached"].fillna(False).astype(bool)]
-    load = latest_load(store, store.run(run_id)["suite"], candidate)
+    if live.empty and len(mine):
+        # every answer replayed from the cache: their latencies are those measured when they were first asked
+        live = mine
+        warnings.append(f"every answer of {candidate} in this run came from the cache: its latencies are those of "
+                        f"the runs they were first asked in ({', '.join(sorted(set(mine['cached_from'].dropna())))})")
+    run = store.run(run_id)
+    load = latest_load(store, str(run["suite"]), candidate)
+    if load is not None and load.get("suite_hash") != run.get("suite_hash"):
+        warnings.append(f"load test {load['load_id']} is of another version of the suite: not used")
+        load = None
     throughput, source = _throughput(profile, load, live, providers, candidate, out_tokens, warnings)
     if load is not None and load.get("latency_p95_ms") is not None:
         latency, latency_source = float(load["latency_p95_ms"]), f"load test {load['load_id']}"
@@ -150,18 +164,23 @@ def measure(
         latency = _p95(live["latency_ms"])
         latency_source = f"run {run_id} ({len(live)} calls)"
     api_live = theirs[~theirs["cached"].fillna(False).astype(bool)]
+    if api_live.empty:
+        api_live = theirs
     return Measured(
         run_id=run_id, candidate=candidate, api_provider=api, api_cost_per_case=cost,
         api_tokens_per_case=float(tokens.mean()) if len(tokens) else None, api_price_source=price_source,
         candidate_output_tokens_per_case=float(out_tokens.mean()) if len(out_tokens) else None,
         calls_per_case=calls, throughput_cases_per_s=throughput, throughput_source=source,
         candidate_latency_p95_ms=latency, candidate_latency_source=latency_source,
-        api_latency_p95_ms=_p95(api_live["latency_ms"]), warnings=warnings,
+        api_latency_p95_ms=_p95(api_live["latency_ms"]),
+        api_latency_source=f"run {run_id} ({len(api_live)} calls)" if len(api_live) else "not measured",
+        warnings=warnings,
     )
 
 
-def cost_model(profile: Profile, measured: Measured) -> CostModel:
-    """The monthly cost functions for `profile` with the run's measurements."""
+def cost_model(profile: Profile, measured: Measured, calls_per_case: float = 1.0) -> CostModel:
+    """The monthly cost functions for `profile` with the run's measurements, serving `calls_per_case` model calls
+    a case (1; more for a hybrid that routes on the agreement of extra samples)."""
     s = profile.self_hosted
     return CostModel(
         api_cost_per_case=measured.api_cost_per_case,
@@ -169,16 +188,19 @@ def cost_model(profile: Profile, measured: Measured) -> CostModel:
         fixed_monthly=s.fixed_monthly,
         cases_per_replica_month=measured.throughput_cases_per_s * s.target_utilization * SECONDS_PER_HOUR
         * s.hours_per_month,
-        calls_per_case=measured.calls_per_case,
+        calls_per_case=calls_per_case,
         min_replicas=s.min_replicas,
     )
 
 
-def estimate(model: CostModel, volume: float, routed_cost_per_case: float | None = None) -> dict[str, Any]:
-    """Monthly cost and cost per 1,000 cases of each option at `volume` cases a month."""
+def estimate(
+    model: CostModel, volume: float, routed_cost_per_case: float | None = None, hybrid_model: CostModel | None = None
+) -> dict[str, Any]:
+    """Monthly cost and cost per 1,000 cases of each option at `volume` cases a month (the hybrid's self-hosted
+    part from `hybrid_model` when it serves more calls a case, e.g. extra samples)."""
     options = {"api": model.api(volume), "self_hosted": model.self_hosted(volume)}
     if routed_cost_per_case is not None:
-        options["hybrid"] = model.hybrid(volume, routed_cost_per_case)
+        options["hybrid"] = (hybrid_model or model).hybrid(volume, routed_cost_per_case)
     return {
         "volume": volume,
         "replicas": model.replicas(volume),

@@ -5,7 +5,7 @@ factor that usually settles the question on its own) and the reason shown:
 
     factor             half        leans open when                     leans API when
     token volume       measured    self-hosting is cheaper at the      the API is cheaper (weight 2 when
-                                   profile's volume                    either is 3x cheaper)
+                                   profile's volume                    either is 3x cheaper, 3 at 10x)
     data sensitivity   declared    confidential (1), regulated (2)     -
     latency            measured    only the candidate meets the p95    only the API meets it (2)
                                    requirement
@@ -17,14 +17,17 @@ factor that usually settles the question on its own) and the reason shown:
 
 The recommendation:
 - migrate: the candidate passes the gate (quality, and the gate's floors), and the other six factors' weighted
-  sum does not lean toward the API;
-- hybrid: otherwise, when the cascade simulation keeps quality within the gate's margin while routing less than
-  every case to the API, the hybrid costs less a month than the API, and the team is not "none";
+  sum leans toward the open model (above 0; a tie stays);
+- hybrid: otherwise, when every check the candidate failed is one routing can mend (non-inferiority, min score,
+  invalid-output and error rates, slices; not latency or cost ceilings), the cascade simulation keeps quality
+  within the margin while routing some but not every case to the API, the hybrid costs less a month than the
+  API, and the team is not "none";
 - stay: otherwise. The reason names the factor that decided.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,6 +45,7 @@ from harness.verdict import gate_run
 
 HEAVY = 2
 RATIO_HEAVY = 3.0  # one option this many times cheaper makes the volume factor weigh 2
+RATIO_DECISIVE = 10.0  # ... and this many times, 3
 
 
 @dataclass
@@ -104,32 +108,33 @@ def analyse(
 ) -> Analysis:
     """Cost, cascade and decision for stored run `run_id` under `profile` and the suite's gate `policy`."""
     measured = measure(store, run_id, profile, candidate=candidate, pricing=pricing)
-    model = cost_model(profile, measured)
     volume = volume if volume is not None else profile.volume.monthly
-    if volume <= 0:
-        raise HarnessError(f"volume must be above 0 cases a month, not {volume:g}")
-    margin = profile.cascade.margin if profile.cascade.margin is not None else policy.margin
-    policy = policy.model_copy(update={"margin": margin})
+    if not math.isfinite(volume) or volume <= 0:
+        raise HarnessError(f"volume must be a number of cases a month above 0, not {volume:g}")
+    model = cost_model(profile, measured)  # one call a case: what a migrated deployment serves
 
     gate, gate_error = None, None
     try:
-        gate = gate_run(store, run_id, policy, candidate=measured.candidate)
+        gate = gate_run(store, run_id, policy, candidate=measured.candidate)  # the suite's own gate, untouched
     except HarnessError as exc:
         gate_error = str(exc)
 
+    margin = profile.cascade.margin if profile.cascade.margin is not None else policy.margin
     signal = curve = pick = None
     cascade_error = None
     try:
         frame = cascade.cascade_frame(store, run_id, candidate=measured.candidate, incumbent=measured.api_provider,
                                       metric=policy.metric)
         signal = cascade.choose_signal(frame, profile.cascade.signal)
-        curve = cascade.sweep(frame, signal, policy)
+        curve = cascade.sweep(frame, signal, policy.model_copy(update={"margin": margin}))
         pick = cascade.recommend(curve)
     except HarnessError as exc:
         cascade_error = str(exc)
 
-    routed = _routed_cost(pick)
-    costs = estimate(model, volume, routed)
+    # the hybrid draws its extra samples only when it routes on their agreement
+    hybrid_model = cost_model(profile, measured, measured.calls_per_case) if signal == "agreement" else model
+    routed = _routed_cost(pick, measured)
+    costs = estimate(model, volume, routed, hybrid_model)
     analysis = Analysis(
         run_id=run_id, suite=str(store.run(run_id)["suite"]), profile=profile, measured=measured, model=model,
         volume=volume, costs=costs, break_even=model.break_even(), gate=gate, gate_error=gate_error,
@@ -150,8 +155,9 @@ def factors(a: Analysis) -> list[Factor]:
               if a.measured.api_tokens_per_case else f"{a.volume:,.0f} cases/month")
     cheaper = "open" if self_usd < api_usd else "api"
     ratio = max(api_usd, self_usd) / max(min(api_usd, self_usd), 1e-12)
+    weight = 3 if ratio >= RATIO_DECISIVE else HEAVY if ratio >= RATIO_HEAVY else 1
     rows = [Factor(
-        "token volume", "measured", tokens, cheaper, HEAVY if ratio >= RATIO_HEAVY else 1,
+        "token volume", "measured", tokens, cheaper, weight,
         f"${self_usd:,.0f}/month self-hosted vs ${api_usd:,.0f} on the API at {a.volume:,.0f} cases/month; {be}",
     )]
     sensitivity = {"regulated": ("open", HEAVY, "regulated data may not leave your network: an API needs a "
@@ -181,23 +187,31 @@ def recommend(a: Analysis) -> tuple[str, str]:
     against = sorted((f for f in a.factors if f.leans == "api" and f.name != "task complexity"),
                      key=lambda f: -f.weight)
     quality_ok = a.gate is not None and a.gate.passed
-    if quality_ok and lean >= 0:
+    if quality_ok and lean > 0:
         return "migrate", (f"the candidate passes the gate and the other factors lean open (score {lean:+d}): "
                            f"${a.costs['monthly']['self_hosted']:,.0f}/month self-hosted against "
                            f"${a.costs['monthly']['api']:,.0f} on the API")
     if quality_ok:
-        return "stay", (f"the candidate passes the gate, but the other factors lean to the API (score {lean:+d}): "
+        lean_text = "are balanced" if lean == 0 else "lean to the API"
+        return "stay", (f"the candidate passes the gate, but the other factors {lean_text} (score {lean:+d}): "
                         + "; ".join(f"{f.name}: {f.reason}" for f in against[:2]))
     pick = a.cascade_pick
     if a.gate is None:
         return "stay", f"there is no quality verdict to migrate on: {a.gate_error}"
     why_not = _gate_shortfall(a.gate)
+    unrepairable = [c.name for c in a.gate.checks if not c.passed and not _repairable(c.name)]
+    if unrepairable:
+        return "stay", (f"the candidate fails the gate on {', '.join(unrepairable)}, which routing some cases to "
+                        f"the API cannot mend ({why_not})")
     if pick is None:
         return "stay", f"the candidate fails the gate ({why_not}) and no cascade could be simulated " \
                        f"({a.cascade_error or 'no threshold keeps quality within the margin'})"
     if pick.get("routes_everything"):
         return "stay", (f"the candidate fails the gate ({why_not}), and only routing every case to the API keeps "
                         f"quality within the margin")
+    if pick.get("routed", 0) == 0:
+        return "stay", (f"the candidate fails the gate ({why_not}); the cascade's pick routes no case, which is "
+                        "the candidate alone")
     hybrid, api = a.costs["monthly"].get("hybrid"), a.costs["monthly"]["api"]
     if a.profile.requirements.team == "none":
         return "stay", "a hybrid would keep quality, but the team cannot run GPU serving (team = none)"
@@ -207,19 +221,39 @@ def recommend(a: Analysis) -> tuple[str, str]:
     if hybrid >= api:
         return "stay", (f"a hybrid keeps quality with {share}, but costs ${hybrid:,.0f}/month against "
                         f"${api:,.0f} on the API alone")
-    return "hybrid", (f"the candidate alone fails the gate ({why_not}); routing answers below confidence "
-                      f"{_fmt_threshold(pick['threshold'])} ({a.cascade_signal}) to the API keeps quality within "
-                      f"the margin with {share}, at ${hybrid:,.0f}/month against ${api:,.0f} on the API alone")
+    return "hybrid", (f"the candidate alone fails the gate ({why_not}); routing {_routing_rule(a)} to the API "
+                      f"keeps quality within the margin with {share}, at ${hybrid:,.0f}/month against "
+                      f"${api:,.0f} on the API alone")
+
+
+REPAIRABLE_CHECKS = ("non-inferiority", "min score", "max invalid-output rate", "max error rate")
+
+
+def _repairable(check: str) -> bool:
+    """Whether routing the candidate's doubtful answers to the API can mend this failed gate check: quality,
+    validity and failed calls, not latency or cost ceilings (routing adds an API call to the candidate's)."""
+    return check in REPAIRABLE_CHECKS or check.startswith("slice ")
+
+
+def _routing_rule(a: Analysis) -> str:
+    pick = a.cascade_pick or {}
+    if pick.get("routes_invalid_only"):
+        return "only the candidate's invalid or failed answers"
+    return f"answers with {a.cascade_signal} below {_fmt_threshold(pick.get('threshold'))} (and invalid ones)"
 
 
 def _latency_factor(a: Analysis) -> Factor:
     need = a.profile.requirements.latency_p95_ms
     mine, theirs = a.measured.candidate_latency_p95_ms, a.measured.api_latency_p95_ms
-    value = f"p95 {_ms(mine)} open ({a.measured.candidate_latency_source}), {_ms(theirs)} API"
+    value = (f"p95 {_ms(mine)} open ({a.measured.candidate_latency_source}), {_ms(theirs)} API "
+             f"({a.measured.api_latency_source})")
     if need is None:
         return Factor("latency", "measured", value, "neutral", 0, "no latency requirement declared")
-    ok_open = mine is not None and mine <= need
-    ok_api = theirs is not None and theirs <= need
+    if mine is None or theirs is None:
+        unknown = "the open model's" if mine is None else "the API's"
+        return Factor("latency", "measured", value, "neutral", 0,
+                      f"{unknown} p95 is unknown: cannot compare with p95 ≤ {need:,.0f} ms")
+    ok_open, ok_api = mine <= need, theirs <= need
     if ok_open and not ok_api:
         return Factor("latency", "measured", value, "open", 1, f"only the open model meets p95 ≤ {need:,.0f} ms")
     if ok_api and not ok_open:
@@ -245,11 +279,15 @@ def _gate_shortfall(gate: GateResult) -> str:
     return "; ".join(f"{c.name}: {c.detail}" for c in failed[:2]) or "the gate failed"
 
 
-def _routed_cost(pick: dict[str, Any] | None) -> float | None:
+def _routed_cost(pick: dict[str, Any] | None, measured: Measured) -> float | None:
+    """API USD per case (over all cases) of the recommended routing: the routed cases' stored costs, else the
+    routed share at the measured API cost per case (e.g. prices given with --pricing after the run)."""
     if pick is None:
         return None
     value = pick.get("api_cost_per_case")
-    return None if value is None or pd.isna(value) else float(value)
+    if value is None or pd.isna(value):
+        return float(pick["routed_share"]) * measured.api_cost_per_case
+    return float(value)
 
 
 def _json_number(value: Any) -> Any:
@@ -258,7 +296,9 @@ def _json_number(value: Any) -> Any:
 
 
 def _fmt_threshold(value: Any) -> str:
-    return "any" if value is None or value == float("inf") else f"{float(value):.3g}"
+    if value is None or value == float("inf"):
+        return "any value"
+    return "any value (invalid answers only)" if value == float("-inf") else f"{float(value):.3g}"
 
 
 def _ms(value: float | None) -> str:
@@ -284,13 +324,26 @@ def cost_text(a: Analysis) -> str:
         mark = "  <- cheapest" if name == a.costs["cheapest"] else ""
         lines.append(f"  {name.replace('_', '-'):<12} ${usd:>12,.2f}/month   ${per_1k:>9,.4f} per 1,000 cases{mark}")
     if a.break_even is None:
-        lines.append("break-even: never (a replica costs more than the API calls it would replace)")
+        lines.append(f"break-even: never ({_never(a)})")
     else:
         tokens = (f", {a.break_even * m.api_tokens_per_case / 1e6:,.1f}M API tokens/month"
                   if m.api_tokens_per_case else "")
         lines.append(f"break-even: {a.break_even:,.0f} cases/month{tokens}; self-hosting is cheaper above it")
+    if a.cascade_pick is not None and "hybrid" in a.costs["monthly"]:
+        pick = a.cascade_pick
+        lines.append(f"hybrid: route {_routing_rule(a)} to the API: {pick['routed_share']:.0%} of cases, quality "
+                     f"{pick['quality']:.3f} (see `harness decide` for the curve)")
+    else:
+        lines.append(f"hybrid: not simulated ({a.cascade_error or 'no threshold keeps quality within the margin'})")
     lines += [f"warning: {w}" for w in a.warnings]
     return "\n".join(lines)
+
+
+def _never(a: Analysis) -> str:
+    """Why self-hosting never breaks even."""
+    if a.measured.api_cost_per_case <= 0:
+        return "the API costs nothing per case at these prices"
+    return "a replica costs more than the API calls it would replace"
 
 
 def decision_text(a: Analysis) -> str:

@@ -26,7 +26,7 @@ class ProfileError(HarnessError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class VolumeSpec(_Strict):

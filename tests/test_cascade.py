@@ -307,3 +307,17 @@ def test_an_empty_frame(tmp_path):
                           "logprob_mean": []})
     curve = sweep(frame, "logprob_mean", GateSpec())
     assert curve.empty and recommend(curve) is None
+
+
+def test_a_big_run_sweeps_a_bounded_number_of_thresholds(tmp_path, monkeypatch):
+    # 500 distinct confidences: the sweep keeps MAX_THRESHOLDS of them (evenly spaced quantiles, sorted index
+    # floor(j x 499 / 50)) plus -inf/+inf. The candidate fails the 100 least sure. j = 9 routes 89 (11 failures
+    # left: -0.022, outside the 0.02 margin); j = 10 routes 99 (1 failure left: 0.998) and is the pick.
+    monkeypatch.setattr(cascade, "MAX_THRESHOLDS", 51)
+    cases = [_case(i, lp=-(500 - i) / 500, cand=i >= 100) for i in range(500)]
+    frame, curve = _curve(tmp_path, cases, GateSpec(margin=0.02))
+    assert len(curve) <= 51 + 2
+    assert curve["routed"].iloc[0] == 0 and curve["routed"].iloc[-1] == 500
+    rec = recommend(curve)
+    assert rec["routed"] == 99 and rec["quality"] == pytest.approx(0.998)
+    assert _row(curve, 89)["quality"] == pytest.approx(0.978) and not _row(curve, 89)["within_margin"]

@@ -127,6 +127,9 @@ def test_curve_spans_the_volume_and_the_break_even():
         ("[volume]\ncases_per_day = 10\n[requirements]\nteam = 'great'\n", "requirements.team: Input should be"),
         ("[volume]\ncases_per_day = -3\n", "volume.cases_per_day: Input should be greater than 0"),
         ("[volume\n", "not valid TOML"),
+        ("[volume]\ncases_per_month = inf\n", "volume.cases_per_month: Input should be a finite number"),
+        ("[volume]\ncases_per_day = 1\n[self_hosted]\nthroughput_cases_per_s = nan\n",
+         "self_hosted.throughput_cases_per_s: Input should be a finite number"),
         ("[volume]\ncases_per_day = 1\n[self_hosted]\nthroughput_cases_per_s = 1\n"
          "throughput_output_tokens_per_s = 100\n", "give at most one of throughput_cases_per_s"),
     ],

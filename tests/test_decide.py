@@ -39,15 +39,16 @@ team = "{team}"
 """
 
 
-def _setup(tmp_path: Path, monkeypatch, *, wrong: set[int], volume: float, team: str = "some") -> Path:
+def _setup(tmp_path: Path, monkeypatch, *, wrong: set[int], volume: float, team: str = "some", gate: str = "",
+           profile: str = "", candidate: str = "") -> Path:
     suite = copy_invoices(tmp_path, N_CASES)
     with (suite / "suite.toml").open("a") as f:
-        f.write("\n[gate]\nmargin = 0.05\n")
-    (suite / "profile.toml").write_text(PROFILE.format(volume=volume, team=team))
+        f.write("\n[gate]\nmargin = 0.05\n" + gate)
+    (suite / "profile.toml").write_text(PROFILE.format(volume=volume, team=team) + profile)
     (tmp_path / "prices.toml").write_text(PRICES)
     config = suite / "suite.toml"
     local = 'id = "local:smollm2-135m"'
-    config.write_text(config.read_text().replace(local, local + '\nlogprobs = true'))
+    config.write_text(config.read_text().replace(local, local + '\nlogprobs = true\n' + candidate))
     rows = [json.loads(line) for line in (suite / "cases.jsonl").read_text().splitlines()]
 
     def responder(body: dict) -> Reply:
@@ -225,3 +226,54 @@ def test_without_the_api_in_the_run_its_cost_is_estimated_from_the_candidates_to
     # with no incumbent answers there is no gate verdict and no cascade: it stays, and says why
     assert data["decision"] == "stay" and "no incumbent answers" in data["gate_error"]
     assert "recommendation: STAY" in out
+
+
+def test_the_cascade_margin_does_not_loosen_the_gate(tmp_path, monkeypatch, capsys):
+    # 16 of 20 against 20 of 20 fails a 0.05 margin; a looser margin for the hybrid must not make it migrate
+    suite = _setup(tmp_path, monkeypatch, wrong=WRONG, volume=5_000_000, profile="[cascade]\nmargin = 0.5\n")
+    capsys.readouterr()
+    assert _cli(tmp_path, "decide", suite) == 0
+    data = json.loads((tmp_path / "out.json").read_text())
+    assert data["gate"]["passed"] is False and data["gate"]["stats"]["margin"] == 0.05
+    assert data["decision"] != "migrate"
+
+
+def test_a_tie_stays(tmp_path, monkeypatch, capsys):
+    # volume leans open (+1: $2,460 vs $5,000), weekly iteration leans API (-1): balanced, so no migration
+    suite = _setup(tmp_path, monkeypatch, wrong=set(), volume=5_000_000)
+    (suite / "profile.toml").write_text((suite / "profile.toml").read_text() + 'iteration = "weekly"\n')
+    capsys.readouterr()
+    assert _cli(tmp_path, "decide", suite) == 0
+    out = capsys.readouterr().out
+    assert "recommendation: STAY" in out and "the other factors are balanced (score +0)" in out
+
+
+def test_a_latency_ceiling_is_not_mended_by_a_hybrid(tmp_path, monkeypatch, capsys):
+    # equal quality, but a p95 ceiling of 0.001 ms no server meets: routing cannot help, so it stays
+    suite = _setup(tmp_path, monkeypatch, wrong=set(), volume=5_000_000, gate="max_latency_p95_ms = 0.001\n")
+    capsys.readouterr()
+    assert _cli(tmp_path, "decide", suite) == 0
+    data = json.loads((tmp_path / "out.json").read_text())
+    assert data["decision"] == "stay"
+    assert "fails the gate on max latency p95 (ms), which routing some cases to the API cannot mend" in data["reason"]
+
+
+def test_extra_samples_cost_only_the_hybrid_that_routes_on_them(tmp_path, monkeypatch, capsys):
+    # 2 extra samples a case: 3 calls. The migrated deployment serves 1 call a case: $1,730 at 1,000,000 cases
+    # (one replica) whatever the samples; a hybrid routing on agreement would serve 3.
+    suite = _setup(tmp_path, monkeypatch, wrong=set(), volume=1_000_000, candidate="samples = 3\n")
+    capsys.readouterr()
+    assert _cli(tmp_path, "cost", suite) == 0
+    data = json.loads((tmp_path / "out.json").read_text())
+    assert data["measured"]["calls_per_case"] == pytest.approx(3.0)
+    assert data["costs"]["monthly"]["self_hosted"] == pytest.approx(1730.0)
+    assert data["cascade"]["signal"] == "logprob_mean"
+
+
+@pytest.mark.parametrize("volume", ["nan", "inf", "0", "-5"])
+def test_a_volume_that_is_not_a_positive_number_is_refused(tmp_path, monkeypatch, capsys, volume):
+    suite = _setup(tmp_path, monkeypatch, wrong=set(), volume=1000)
+    capsys.readouterr()
+    assert _cli(tmp_path, "cost", suite, "--volume", volume) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "volume must be a number of cases a month above 0" in err
