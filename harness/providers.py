@@ -16,11 +16,13 @@ import re
 import time
 import urllib.parse
 import urllib.request
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+import aiohttp
 import anthropic
 import httpx2
 import openai
@@ -99,6 +101,17 @@ class TruncatedStream(Exception):
     """The stream ended before the answer did."""
 
 
+class HTTPStatusError(Exception):
+    """The server answered with an HTTP error status (from a client that reads the wire itself, with no SDK
+    exception to carry it): the status, the headers (for Retry-After) and the body as text."""
+
+    def __init__(self, status: int, headers: Mapping[str, str], body: str) -> None:
+        super().__init__(f"HTTP {status}")
+        self.status = status
+        self.headers = headers
+        self.body = body
+
+
 def failed_completion(exc: BaseException, *secrets: str | None, **measured: Any) -> Completion:
     """The `Completion` of a call that raised `exc`: its kind, one-line message (secrets redacted) and any
     Retry-After the server sent, plus what was `measured` before it failed (text so far, latency...)."""
@@ -151,14 +164,20 @@ def public_url(url: str) -> str:
 
 
 def describe_error(exc: BaseException) -> tuple[str, str, float | None]:
-    """Classify an exception from a call (openai or anthropic SDK, or the HTTP layer under them) as
+    """Classify an exception from a call (openai or anthropic SDK, aiohttp, or the HTTP layer under the SDKs) as
     (kind, one-line message, seconds the server asked to wait before retrying)."""
     if isinstance(exc, openai.APIStatusError | anthropic.APIStatusError):
         retry_after = parse_retry_after(exc.response.headers)
         return f"http_{exc.status_code}", f"HTTP {exc.status_code}: {_error_detail(exc)}", retry_after
-    if isinstance(exc, openai.APITimeoutError | anthropic.APITimeoutError | httpx2.TimeoutException):
+    if isinstance(exc, HTTPStatusError):
+        detail = error_detail(exc.body, fallback=f"Error code: {exc.status}")
+        return f"http_{exc.status}", f"HTTP {exc.status}: {detail}", parse_retry_after(exc.headers)
+    # TimeoutError: aiohttp's (its total timeout, and ServerTimeoutError, a ClientConnectionError too)
+    if isinstance(exc, openai.APITimeoutError | anthropic.APITimeoutError | httpx2.TimeoutException | TimeoutError):
         return "timeout", "request timed out", None
-    if isinstance(exc, openai.APIConnectionError | anthropic.APIConnectionError | httpx2.TransportError):
+    if isinstance(exc, openai.APIConnectionError | anthropic.APIConnectionError | httpx2.TransportError
+                  | aiohttp.ClientConnectionError | aiohttp.ClientPayloadError | aiohttp.ClientResponseError):
+        # aiohttp: refused or dropped connections, bodies cut short, answers that are not valid HTTP
         cause = exc.__cause__ if isinstance(exc, openai.APIConnectionError | anthropic.APIConnectionError) else exc
         cause = cause or exc
         return "connection", f"connection failed: {type(cause).__name__}: {cause}".strip(), None
@@ -201,8 +220,15 @@ def _error_detail(exc: Any) -> str:
         text = body.decode("utf-8", "replace") if body else ""
     except Exception:
         text = ""
+    return error_detail(text, exc.body, exc.message)
+
+
+def error_detail(text: str, parsed: Any = None, fallback: str | None = None) -> str:
+    """The server's message in an HTTP error body `text` (its `error.message` when the body is OpenAI-style JSON),
+    on one line, at most 300 characters. `parsed` stands for the body when `text` is empty; `fallback` is said
+    when there is nothing else."""
     try:
-        parsed = json.loads(text) if text else exc.body
+        parsed = json.loads(text) if text else parsed
         if isinstance(parsed, dict):
             err = parsed.get("error", parsed)
             if isinstance(err, dict):
@@ -210,7 +236,7 @@ def _error_detail(exc: Any) -> str:
             return str(err)[:300]
     except (json.JSONDecodeError, TypeError):
         pass
-    return (text or exc.message or "").strip().replace("\n", " ")[:300]
+    return (text or fallback or "").strip().replace("\n", " ")[:300]
 
 
 @dataclass
@@ -424,13 +450,22 @@ def build_provider(plan: ProviderPlan) -> Provider:
         from harness.anthropic_client import AnthropicMessages
 
         return AnthropicMessages(plan.name, plan.model, plan.api_key, plan.base_url, timeout=plan.timeout)
-    from harness.openai_client import OpenAICompatible
+    from harness.openai_client import OpenAICompatible, OpenAISDK
 
+    if plan.kind in ("openai", "azure"):
+        # the APIs: the SDK handles their endpoints, Azure's API versions and api-key header
+        return OpenAISDK(
+            plan.name, plan.request_model, plan.base_url or "", plan.api_key,
+            schema_style=plan.schema_style, usage_in_stream=plan.usage_in_stream, timeout=plan.timeout,
+            max_tokens_param=plan.max_tokens_param, azure_api_version=plan.api_version,
+        )
+    # self-hosted servers (local, vllm, openai-compatible): the lean aiohttp client, so that the client is never
+    # the bottleneck of a fast server
     token_count_url = None
     if plan.server is not None and plan.server.engine == "llama_cpp":
         token_count_url = (plan.base_url or "").removesuffix("/v1") + "/extras/tokenize/count"
     return OpenAICompatible(
         plan.name, plan.request_model, plan.base_url or "", plan.api_key,
         schema_style=plan.schema_style, usage_in_stream=plan.usage_in_stream, token_count_url=token_count_url,
-        timeout=plan.timeout, max_tokens_param=plan.max_tokens_param, azure_api_version=plan.api_version,
+        timeout=plan.timeout, max_tokens_param=plan.max_tokens_param,
     )

@@ -269,3 +269,18 @@ def test_an_answer_stored_without_the_signals_is_not_replayed_for_a_run_that_wan
         [("call", 4, 1)] * 2,
         [("cache", 4, None)] * 2,  # replays the second run's answers (the newest with the same key)
     ]
+
+
+def test_malformed_logprob_entries_cost_the_signal_not_the_answer():
+    from harness.openai_client import LogprobTally
+
+    tally = LogprobTally()
+    tally.add([
+        {"token": "a", "logprob": -1.0, "top_logprobs": [{"logprob": -1.0}, {"logprob": None}]},  # no margin
+        {"token": "b", "logprob": None},  # skipped
+        {"token": "c"},  # skipped
+        "junk",  # skipped
+        {"token": "d", "logprob": -3.0, "top_logprobs": [{"logprob": -4.0}, {"x": 1}, {"logprob": -3.0}]},  # 1.0
+    ])
+    assert (tally.count, tally.total, tally.lowest) == (2, -4.0, -3.0)
+    assert (tally.margins, tally.margin_total) == (1, 1.0)
