@@ -14,9 +14,12 @@ PROVIDER ?=
 CONCURRENCY ?= 4
 DURATION ?= 60
 VOLUME ?=
+PEERS  ?=
+BASE_URL ?=
+MODEL  ?=
 
 # make puts command-line variables in the environment of every command; keep these ones to the Makefile
-unexport SUITE LIMIT DB CACHE RESUME PRICING RUN BASELINE PROVIDER CONCURRENCY DURATION VOLUME
+unexport SUITE LIMIT DB CACHE RESUME PRICING RUN BASELINE PROVIDER CONCURRENCY DURATION VOLUME PEERS BASE_URL MODEL
 
 .PHONY: setup shadow score gate cost decide load test bench serve lint report runs clean
 
@@ -67,9 +70,12 @@ load: setup
 test: setup
 	$(BIN)/python -m pytest -q
 
-## bench: benchmarks, results in docs/benchmarks.md and docs/benchmarks.json (report: 10,000 cases x 3 providers)
+## bench: is the harness ever the bottleneck? dispatch ceiling, latency accuracy, llama.cpp, storage, cache, report,
+##        memory, beside a raw aiohttp client and the openai SDK (under 15 minutes); results in docs/benchmarks.md and
+##        docs/benchmarks.json. PEERS=1 adds Inspect AI and promptfoo (installed into runs/bench/peers-env);
+##        BASE_URL=http://host:8000/v1 MODEL=name runs the dispatch and latency parts against your server instead
 bench: setup
-	$(BIN)/python bench/report_scale.py
+	$(BIN)/python bench/run.py $(if $(filter 1 yes true,$(PEERS)),--peers) $(if $(BASE_URL),--base-url $(BASE_URL) --model $(MODEL))
 
 ## serve: the bundled model behind an OpenAI-compatible server on port 8080, until Ctrl-C
 serve: setup

@@ -1,0 +1,389 @@
+"""docs/benchmarks.md from the numbers of bench/run.py (docs/benchmarks.json), and the table printed at the end."""
+
+from __future__ import annotations
+
+from typing import Any
+
+NAMES = {
+    "raw": "raw aiohttp", "sdk": "openai SDK", "provider": "harness provider alone", "harness": "harness end to end",
+    "raw-json": "raw aiohttp, not streamed", "sdk-json": "openai SDK, not streamed",
+    "promptfoo": "promptfoo", "inspect": "Inspect AI",
+}
+
+
+def _n(value: Any, digits: int = 2) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, int):
+        return f"{value:,}"
+    if abs(value) >= 1000:
+        return f"{value:,.0f}"
+    if abs(value) >= 100:
+        return f"{value:.0f}"
+    if abs(value) >= 10:
+        return f"{value:.1f}"
+    return f"{value:.{digits}f}"
+
+
+def _range(s: dict[str, Any] | None, digits: int = 2) -> str:
+    """`median (min–max)` of a summary; just the value when there was one repetition."""
+    if not s or s.get("median") is None:
+        return "–"
+    if s.get("n", 1) <= 1 or s["min"] == s["max"]:
+        return _n(s["median"], digits)
+    return f"{_n(s['median'], digits)} ({_n(s['min'], digits)}–{_n(s['max'], digits)})"
+
+
+def targets_table(parts: dict[str, Any], names: list[str] | None = None) -> list[str]:
+    lines = ["| measurement | target | measured | status | note |", "|---|---|---|---|---|"]
+    for name, result in parts.items():
+        if names is not None and name not in names:
+            continue
+        if result.get("error"):
+            lines.append(f"| {name} | | | **failed**: {_cell(result['error'])} | |")
+        for t in result.get("targets", []):
+            status = t["status"] if t["met"] in (True, None) else f"**{t['status']}**"
+            value = "–" if t["value"] is None else f"{_n(t['value'], 3 if t['unit'] == '×' else 2)} {t['unit']}"
+            lines.append(f"| {t['measurement']} | {t['target']} | {value} | {status} | {_cell(t.get('note', ''))} |")
+    return lines
+
+
+def _cell(text: Any) -> str:
+    return str(text or "").replace("|", "\\|").replace("\n", " ")[:400]
+
+
+def header(data: dict[str, Any]) -> list[str]:
+    m = data.get("machine", {})
+    packages = ", ".join(f"{k} {v}" for k, v in (m.get("packages") or {}).items())
+    load = m.get("load_average")
+    load_text = f"; load average at the start {load[0]:.1f}" if load else ""
+    total = data.get("total_s")
+    return [
+        "# Benchmarks",
+        "",
+        "Is the harness ever the bottleneck? Each figure is measured by `make bench` (`python bench/run.py`), all in "
+        "one run, beside the physical limit of this machine (a raw aiohttp client) and the official `openai` SDK. "
+        "Targets are those of issue 8.",
+        "",
+        f"**Run:** {data.get('date', '–')}{' (quick)' if data.get('quick') else ''}, "
+        f"{'whole run ' + _n(total / 60, 1) + ' min' if total else ''}"
+        f"{' (within the 15-minute budget)' if data.get('within_budget') else ''}; "
+        f"parts run: {', '.join(data.get('parts_run', []))}"
+        f"{'; the peers took ' + _n(data['peers_s'] / 60, 1) + ' min more' if data.get('peers_s') else ''}.  ",
+        *[f"**Measured again later:** {', '.join(u['parts'])} on {u['date']} (`bench/run.py --only`).  "
+          for u in data.get("updates") or []],
+        f"**Machine:** {m.get('cpu', '?')}, {m.get('cores', '?')} cores, {_n(m.get('memory_gb'), 1)} GB, "
+        f"{m.get('platform', '')}, Python {m.get('python', '?')}{load_text}; git {m.get('git_revision') or '?'}.  ",
+        f"**Packages:** {packages}.",
+        "",
+        "The machine is shared with other work (2 cores): every comparison is made pair by pair (in each repetition "
+        "the contenders run back to back, in rotated order, and the ratio is taken within the repetition); figures "
+        "are medians with the min–max of the repetitions in brackets. Every part starts with a warm-up. Client CPU is "
+        "`time.process_time()` of the benchmark process over the timed section (all its threads, the harness's "
+        "DuckDB writer included); the servers run in processes of their own.",
+        "",
+    ]
+
+
+def _reps(n: int) -> str:
+    return f"{n} repetition{'' if n == 1 else 's'}"
+
+
+def dispatch_section(r: dict[str, Any]) -> list[str]:
+    lines = [
+        "## 1. Dispatch ceiling",
+        "",
+        ("Against a real server: " + r["base_url"] + f", model `{r.get('model')}`. " if r.get("base_url") else
+         "A zero-latency OpenAI-compatible server (aiohttp, its own process, loopback; bench/servers.py): every "
+         "streamed answer is 20 content chunks, a usage chunk and `[DONE]`, precomputed. ") +
+        f"Requests per concurrency: {', '.join(f'{n:,} at c={c}' for c, n in r['requests'].items())}; a measurement "
+        f"stops starting requests after {r['time_bound_s']:g} s (then the rate is over those sent). "
+        f"{_reps(r['reps'])}. Contenders: the raw aiohttp client (one JSON decode a chunk, as vLLM's benchmark "
+        "client); the `openai` SDK (`AsyncOpenAI.chat.completions.create(stream=True)`, iterating its chunk "
+        "objects); the harness's provider alone (`plan_provider` → `build_provider` → `complete()`: transport and "
+        "parsing only); the harness "
+        "end to end (`load_suite` + `plan_provider` + `shadow_run` on a generated suite of receipts with an `exact` "
+        "scorer, cache off, into a fresh DuckDB file: render, call, parse, score, journal, store).",
+        "",
+        "| c | client | requests/s | client CPU ms/request | CPU µs/chunk | server CPU busy | errors |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for c, level in r["levels"].items():
+        for name, x in level["contenders"].items():
+            busy = x["server_cpu_busy"]["median"]
+            lines.append(
+                f"| {c} | {NAMES.get(name, name)} | {_range(x['requests_per_s'])} | "
+                f"{_range(x['cpu_ms_per_request'], 3)} | {_range(x['cpu_us_per_chunk'], 1)} | "
+                f"{'–' if busy is None else f'{busy:.0%}'} | {x['errors']}"
+                f"{' ' + _cell(x['first_error'])[:120] if x['first_error'] else ''} |")
+    lines += ["", "Ratios of requests/s, pair by pair, and the time each adds per request over the raw client "
+              "(wall time per request, minus the raw client's):", "",
+              "| c | harness / raw | harness / SDK | provider / raw | provider / SDK | SDK / raw | harness adds "
+              "ms/request | provider adds | SDK adds |", "|---|---|---|---|---|---|---|---|---|"]
+    for c, level in r["levels"].items():
+        ratios, added = level["ratios"], level["added_ms_per_request"]
+        lines.append(
+            f"| {c} | {_range(ratios['harness/raw'], 3)} | {_range(ratios['harness/sdk'])} | "
+            f"{_range(ratios['provider/raw'], 3)} | {_range(ratios['provider/sdk'])} | "
+            f"{_range(ratios['sdk/raw'], 3)} | {_range(added['harness'], 3)} | {_range(added['provider'], 3)} | "
+            f"{_range(added['sdk'], 3)} |")
+    lines += ["", "The same by client CPU per request (the raw client's, or the SDK's, over the harness's): what the "
+              "ratio of rates would be if each client had a core to itself; steadier than rates on a shared "
+              "machine.", "",
+              "| c | harness / raw | harness / SDK | provider / raw |", "|---|---|---|---|"]
+    for c, level in r["levels"].items():
+        cpu = level.get("cpu_ratios", {})
+        lines.append(f"| {c} | {_range(cpu.get('harness/raw'), 3)} | {_range(cpu.get('harness/sdk'))} | "
+                     f"{_range(cpu.get('provider/raw'), 3)} |")
+    checks = {c: lv["contenders"].get("harness", {}).get("self_check") for c, lv in r["levels"].items()}
+    checks = {c: v for c, v in checks.items() if v}
+    if checks:
+        lines += ["", "What the harness recorded about itself (its self-check) in the last run of each level: "
+                  + "; ".join(
+            f"c={c}: " + ", ".join(f"{k.split('.', 1)[1]} = {_n(v) if isinstance(v, float) else v}"
+                                   for k, v in check.items()) for c, check in checks.items()) + "."]
+    stopped = [f"c={c} {NAMES.get(n, n)}" for c, lv in r["levels"].items() for n, x in lv["contenders"].items()
+               if x["stopped_early"]]
+    if stopped:
+        lines += ["", f"Stopped by the time bound before all requests were sent: {', '.join(stopped)}."]
+    return [*lines, ""]
+
+
+def latency_section(r: dict[str, Any]) -> list[str]:
+    truth = r.get("truth")
+    lines = [
+        "## 7. Latency accuracy",
+        "",
+        (f"A paced server (bench/servers.py `paced`): the first content chunk {_n(truth['ttft_ms'], 0)} ms after the "
+         f"request arrives, then one every {_n(truth['itl_ms'], 0)} ms, {r['chunks']} in all, on absolute deadlines; "
+         "it stamps nothing, the truth is its schedule. " if truth else
+         f"Against {r['base_url']} (no known truth: the figures are compared with the raw client's). ") +
+        f"Driven open loop at {r['rate_per_s']:g} requests/s (launched on schedule whatever the answers do) for "
+        f"{r['duration_s']:g} s, {_reps(r['reps'])}, by the raw aiohttp client, the harness's provider (its "
+        "stored figures: `ttft_ms`, and inter-token = (`latency_ms` − `ttft_ms`) / (chunks − 1)) and the openai SDK. "
+        "The raw client and the SDK are measured the same way (first content chunk; end of stream).",
+        "",
+        "| client | TTFT p50 ms | TTFT p99 ms | inter-token p50 ms | inter-token p99 ms | "
+        + ("TTFT p99 error | ITL p99 error | " if truth else "")
+        + "client CPU ms/request | launched late, worst ms | errors |",
+        "|---|---|---|---|---|" + ("---|---|" if truth else "") + "---|---|---|",
+    ]
+    for name, x in r["contenders"].items():
+        errors = (f"{_range(x.get('ttft_p99_error'))} | {_range(x.get('itl_p99_error'))} | " if truth else "")
+        lines.append(f"| {NAMES.get(name, name)} | {_range(x['ttft_p50'])} | {_range(x['ttft_p99'])} | "
+                     f"{_range(x['itl_p50'], 3)} | {_range(x['itl_p99'], 3)} | {errors}"
+                     f"{_range(x['cpu_ms_per_request'], 3)} | {_range(x['launch_late_max_ms'])} | {x['errors']} |")
+    raw = r["contenders"].get("raw", {})
+    if raw.get("chunk_gap_p99", {}).get("median") is not None:
+        lines += ["", f"The raw client's gaps between consecutive chunks: p50 {_range(raw['chunk_gap_p50'], 3)} ms, "
+                      f"p99 {_range(raw['chunk_gap_p99'], 3)} ms."]
+    lines += ["", "Pair by pair, minus the raw client's (ms): " + "; ".join(
+        f"{NAMES.get(name, name)}: TTFT p50 {_range(v['ttft_p50'])}, p99 {_range(v['ttft_p99'])}, inter-token p99 "
+        f"{_range(v['itl_p99'], 3)}" for name, v in r["versus_raw"].items()) + ".", ""]
+    return lines
+
+
+def _threads(n: int) -> str:
+    return "one thread (the other core left to the client)" if n == 1 else f"{n} threads"
+
+
+def real_section(r: dict[str, Any]) -> list[str]:
+    return [
+        "## 2. Real model server",
+        "",
+        f"The bundled SmolLM2-135M under llama.cpp's server, started once with the harness's own command line "
+        f"(`harness.server.server_command`) and {_threads(r.get('threads', 2))}, in {_n(r['server_start_s'], 1)} s; "
+        f"the {r['cases']} shortest receipts of suites/invoices (JSON mode, "
+        f"max_tokens {r['max_tokens']}, temperature 0, seed 0), one request at a time: the raw aiohttp client sends "
+        "the same bodies one after another; the harness runs them end to end (`load_suite` + `shadow_run` into "
+        f"DuckDB). {len(r['pairs'])} pairs, the order alternated.",
+        "",
+        "| raw client wall s | harness wall s | harness adds s | harness / raw, pair by pair | fastest / fastest |",
+        "|---|---|---|---|---|",
+        f"| {_range(r['raw_wall_s'])} | {_range(r['harness_wall_s'])} | {_range(r['added_s'], 3)} | "
+        f"{_range(r['ratio'], 3)} | {_n(r.get('fastest_ratio'), 3)} |",
+        "",
+        "Output tokens per pair (raw, harness): " + ", ".join(
+            f"{p['raw']['tokens']}/{p['harness']['tokens']}" for p in r["pairs"]) + ".",
+        "",
+    ]
+
+
+def storage_section(r: dict[str, Any]) -> list[str]:
+    return [
+        "## 3. Storage",
+        "",
+        f"{r['records']:,} results (a `responses` row with a ~1.5 KB answer and its cache-key parts, and six `scores` "
+        f"rows with details: {_n(r['kb_per_record'], 1)} KB of JSON a result, {r['rows']:,} rows) handed to the "
+        "harness's writer as a run does (`Store.writer(journal=...)` → `BatchWriter.put_record`, journaled, batched on "
+        "the writer thread), as fast as they can be queued; the clock stops when `close()` has written everything.",
+        "",
+        "| rows/s | results/s | wall s | put_record µs mean / p99 / max ms | longest time the writer made no progress "
+        "| DuckDB file | bytes/row | bytes/result |",
+        "|---|---|---|---|---|---|---|---|",
+        f"| {_n(r['rows_per_s'])} | {_n(r['records_per_s'])} | {_n(r['wall_s'])} | {_n(r['put_us_mean'], 1)} / "
+        f"{_n(r['put_us_p99'], 1)} / {_n(r['put_ms_max'])} | {_n(r['longest_stall_s'])} s | {_n(r['file_mb'], 1)} MB "
+        f"| {_n(r['bytes_per_row'], 0)} | {_n(r['bytes_per_record'], 0)} |",
+        "",
+    ]
+
+
+def cache_section(r: dict[str, Any]) -> list[str]:
+    return [
+        "## 4. Cache",
+        "",
+        f"A run of {r['cases']:,} cases against the zero-latency server ({_n(r['first_run_s'])} s), then re-runs "
+        "of the same suite with `cache_mode=\"replay\"` (`load_suite` + `shadow_run`, every answer from the cache: "
+        f"{', '.join(str(c) for c in r['cached'])}).",
+        "",
+        "| re-run wall s | re-run client CPU s |",
+        "|---|---|",
+        f"| {_range(r['rerun_s'])} | {_range(r['rerun_cpu_s'])} |",
+        "",
+    ]
+
+
+def report_section(r: dict[str, Any]) -> list[str]:
+    load = r.get("browser_load_s")
+    return [
+        "## 5. Report",
+        "",
+        f"A synthetic run of {r['cases']:,} cases × {r['providers']} providers (invoices-like: ~600-character "
+        "inputs, 4 scored fields) stored with the harness's Store, then `render_report` (bench/report_scale.py).",
+        "",
+        "| render s | file MB | page load in Chromium s | building the synthetic run s |",
+        "|---|---|---|---|",
+        f"| {_n(r['render_s'])} | {_n(r['file_mb'])} | {'not measured' if load is None else _n(load)} | "
+        f"{_n(r.get('synthetic_run_s'))} |",
+        "",
+        "The page holds every case gzipped (inflated by the browser), renders 50 cases a page, and filters all of them "
+        "in the browser.",
+        "",
+    ]
+
+
+def memory_section(r: dict[str, Any]) -> list[str]:
+    if r.get("error"):
+        return ["## 6. Memory", "", f"Failed: {_cell(r['error'])}", ""]
+    phases = r.get("phases_s") or {}
+    return [
+        "## 6. Memory",
+        "",
+        f"A {r['cases']:,}-case run (`load_suite` + `shadow_run`, c=64, cache off) against the zero-latency server, "
+        "in a child process; peak RSS is the child's `ru_maxrss`, and RSS is sampled every 100 ms to say in which "
+        "phase the peak fell: loading the suite (every prompt rendered), setting the run up (the `cases` rows "
+        "stored) until the first call, then the calls, the writer's last flush and the run's metrics."
+        + (f" Note: {r['note']}." if r.get("note") else ""),
+        "",
+        "| RSS before MB | after `load_suite` | at the first call | at the end | peak loading / setting up / calls "
+        "and after | peak (ru_maxrss) | run wall s | requests/s | DuckDB file MB | status |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+        f"| {_n(r['rss_before_mb'], 0)} | {_n(r['rss_after_load_mb'], 0)} | {_n(r.get('rss_at_first_call_mb'), 0)} | "
+        f"{_n(r['rss_end_mb'], 0)} | {_n(r.get('peak_loading_mb'), 0)} / {_n(r.get('peak_setup_mb'), 0)} / "
+        f"{_n(r.get('peak_calls_mb'), 0)} | {_n(r['peak_rss_mb'], 0)} | {_n(r['wall_s'])} | "
+        f"{_n(r['requests_per_s'])} | {_n(r['db_mb'], 0)} | {r['status']}, {r['requests']:,} answers, "
+        f"{r['errors']} errors |",
+        "",
+        f"Phases (s from the child's start): suite loaded {_n(phases.get('loaded'))}, first call "
+        f"{_n(phases.get('calls'))}, run ended {_n(phases.get('end'))}; the peak at {_n(r.get('peak_at_s'))} s.",
+        "",
+    ]
+
+
+def peers_section(r: dict[str, Any]) -> list[str]:
+    lines = ["## 8. Peers", ""]
+    if r.get("error"):
+        return [*lines, f"Failed: {_cell(r['error'])}", ""]
+    lines += [
+        r.get("method", ""),
+        "",
+        f"{r['cases']:,} cases at concurrency {r['concurrency']}, {_reps(r.get('reps', 1))} (the tools in "
+        "rotated order).",
+        "",
+        "| tool | version | cases/s | client CPU ms/case | start-up s | wall s | cases passed | note |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, x in r.get("tools", {}).items():
+        label = "harness (`harness run`)" if name == "harness" else NAMES.get(name, name)
+        lines.append(
+            f"| {label} | {x.get('version') or '–'} | {_range(x.get('cases_per_s'))} "
+            f"({_range(x.get('cases_per_s_with_startup'))} with start-up) | {_range(x.get('cpu_ms_per_case'), 3)} | "
+            f"{_range(x.get('startup_s'))} | {_range(x.get('wall_s'))} | {_n(x.get('passed'))} | "
+            f"{_cell(x.get('note'))} |")
+    ratios = r.get("ratios", {})
+    lines += ["", "Harness cases/s over each tool's, pair by pair: " + ", ".join(
+        f"{NAMES.get(k.split('/')[1], k)} {_range(v)}×" for k, v in ratios.items()) + "."]
+    return [*lines, ""]
+
+
+VLLM = """## Against a real vLLM server
+
+The dispatch (1) and latency (7) parts run unchanged against any OpenAI-compatible server: `--base-url` replaces
+the local zero-latency and paced servers (nothing is started), and every contender (raw aiohttp, the SDK, the
+harness's provider, the harness end to end) sends the same request: the generated receipts, `--max-tokens` output
+tokens (default 128) with `ignore_eos` so every answer has that length, temperature 0. Run it on the GPU machine
+itself (loopback), so that the network stays out of the figures:
+
+```sh
+vllm serve Qwen/Qwen2.5-7B-Instruct --port 8000 &            # on the GPU box
+make bench BASE_URL=http://127.0.0.1:8000/v1 MODEL=Qwen/Qwen2.5-7B-Instruct
+# or: .venv/bin/python bench/run.py --base-url http://127.0.0.1:8000/v1 --model Qwen/Qwen2.5-7B-Instruct \\
+#         [--max-tokens 128] [--concurrency 64] [--rate 20] [--only dispatch]
+```
+
+Results go to `runs/bench/benchmarks.md` and `.json` (not to docs/). A key, if the server wants one, is read from
+`OPENAI_COMPATIBLE_API_KEY` (or `VLLM_API_KEY`). Then take vLLM's own client at the same concurrency and output
+length, and compare request throughput (and TTFT/ITL percentiles at the same request rate):
+
+```sh
+vllm bench serve --backend openai-chat --endpoint /v1/chat/completions --base-url http://127.0.0.1:8000 \\
+    --model Qwen/Qwen2.5-7B-Instruct --dataset-name random --random-input-len 200 --random-output-len 128 \\
+    --ignore-eos --num-prompts 2000 --max-concurrency 64
+vllm bench serve ... --request-rate 20 --num-prompts 600      # the latency comparison, open loop
+```
+
+harness requests/s at c=64 over `vllm bench serve`'s "Request throughput (req/s)" is the ratio to report (the raw
+client's figure beside it should be close to vLLM's, both being aiohttp clients). A measurement stops starting
+requests after 8 s: on a slow model give it longer (`--measure-s 60`) or measure `--concurrency 64` only. At a
+rate the server cannot keep up with, requests queue and TTFT grows for every client alike. The prompts differ from
+vLLM's random tokens (about 200 tokens of receipt text each); vLLM's prefix cache serves their shared instruction
+part.
+"""
+
+
+def markdown(data: dict[str, Any]) -> str:
+    parts = data.get("parts", {})
+    lines = header(data)
+    lines += ["## Targets", "", *targets_table(parts), ""]
+    sections = {
+        "dispatch": dispatch_section, "real": real_section, "storage": storage_section, "cache": cache_section,
+        "report": report_section, "memory": memory_section, "latency": latency_section, "peers": peers_section,
+    }
+    for name in ("dispatch", "real", "storage", "cache", "report", "memory", "latency", "peers"):
+        result = parts.get(name)
+        if result is None:
+            continue
+        if result.get("error") and name != "memory" and name != "peers":
+            lines += [f"## {name}", "", f"Failed: {_cell(result['error'])}", ""]
+            continue
+        try:
+            section = sections[name](result)
+        except (KeyError, TypeError, AttributeError) as exc:  # a part of an older layout: say so, do not fail
+            section = [f"## {name}", "", f"(not shown: {type(exc).__name__}: {exc})", ""]
+        date = result.get("measured_at")
+        if date and str(date)[:16] != str(data.get("date", ""))[:16]:
+            section.insert(2, f"*Measured {date}.*\n")
+        lines += section
+    lines += [VLLM]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def terminal(data: dict[str, Any], names: list[str]) -> str:
+    """The targets of the parts run, as a Markdown table (readable as is in a terminal)."""
+    total = data.get("total_s") or 0
+    return "\n".join([
+        "", f"make bench: {data.get('date')}, {total:.0f} s"
+        f"{'' if data.get('within_budget', True) else ' (over the 15-minute budget)'}", "",
+        *targets_table(data.get("parts", {}), names)])
