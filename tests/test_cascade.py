@@ -315,7 +315,7 @@ def test_a_big_run_sweeps_a_bounded_number_of_thresholds(tmp_path, monkeypatch):
     # left: -0.022, outside the 0.02 margin); j = 10 routes 99 (1 failure left: 0.998) and is the pick.
     monkeypatch.setattr(cascade, "MAX_THRESHOLDS", 51)
     cases = [_case(i, lp=-(500 - i) / 500, cand=i >= 100) for i in range(500)]
-    frame, curve = _curve(tmp_path, cases, GateSpec(margin=0.02))
+    _, curve = _curve(tmp_path, cases, GateSpec(margin=0.02))
     assert len(curve) <= 51 + 2
     assert curve["routed"].iloc[0] == 0 and curve["routed"].iloc[-1] == 500
     rec = recommend(curve)
