@@ -12,6 +12,7 @@ case (the answers still become cache entries); `off` neither reads nor writes ke
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import dataclass
@@ -28,16 +29,36 @@ def _digest(value: Any) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
 
-def cache_parts(plan: ProviderPlan, request: Request) -> dict[str, Any]:
-    """What the cache key of `request` to `plan`'s provider is made of: readable where short, hashed where long."""
+@functools.lru_cache(maxsize=64)
+def _provider_part(kind: str, server: tuple[str, str] | None, where: str) -> str:
     # the same model name at two endpoints may be two different models; a managed server's port is not part of it
-    if plan.server is not None:
-        provider = f"{plan.kind}@managed:{plan.server.engine}:{plan.server.model}"
-    else:
-        provider = f"{plan.kind}@{public_url(plan.base_url or plan.log_path or '')}"
-    response_format = None
-    if request.response_schema is not None or request.json_output:
-        response_format = _digest({"schema": request.response_schema, "json": request.json_output})[:16]
+    if server is not None:
+        return f"{kind}@managed:{server[0]}:{server[1]}"
+    return f"{kind}@{public_url(where)}"
+
+
+_FORMATS: dict[tuple[int, bool], tuple[Any, str]] = {}  # id(schema), json -> (schema, digest): one schema a suite
+
+
+def _format_part(schema: dict[str, Any] | None, json_output: bool) -> str | None:
+    if schema is None and not json_output:
+        return None
+    known = _FORMATS.get((id(schema), json_output))
+    if known is not None and known[0] is schema:
+        return known[1]
+    digest = _digest({"schema": schema, "json": json_output})[:16]
+    if len(_FORMATS) > 64:
+        _FORMATS.clear()
+    _FORMATS[(id(schema), json_output)] = (schema, digest)
+    return digest
+
+
+def cache_parts(plan: ProviderPlan, request: Request) -> dict[str, Any]:
+    """What the cache key of `request` to `plan`'s provider is made of: readable where short, hashed where long.
+    Called for every request: the parts that are the same for every request of a run are worked out once."""
+    server = (plan.server.engine, plan.server.model) if plan.server is not None else None
+    provider = _provider_part(plan.kind, server, plan.base_url or plan.log_path or "")
+    response_format = _format_part(request.response_schema, request.json_output)
     parts: dict[str, Any] = {
         "provider": provider,
         "model": plan.request_model,

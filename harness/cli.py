@@ -26,6 +26,7 @@ from harness.report import render_report
 from harness.rescore import rescore
 from harness.runner import resumable_cases, shadow_run
 from harness.scorers import build_scorers, summarize
+from harness.selfcheck import ADVICE, unreliable_reason
 from harness.server import ManagedServer
 from harness.store import Store
 from harness.suite import ProviderSpec, load_suite
@@ -401,7 +402,8 @@ def _print_summary(store: Store, run_id: str, n_cases: int) -> None:
     scores = store.table("scores", run_id)
     providers = store.table("run_providers", run_id)
     summary = summarize(responses, scores, n_cases) if not responses.empty else None
-    print(f"run {run_id}: {store.run(run_id)['status']}")
+    run = store.run(run_id)
+    print(f"run {run_id}: {run['status']}")
     for p in providers.itertuples():
         if p.status == "skipped":
             print(f"  {p.provider:<28} skipped: {p.reason}")
@@ -419,6 +421,14 @@ def _print_summary(store: Store, run_id: str, n_cases: int) -> None:
             + (f"  retries {s.retries}" if s.retries else "")
             + (f"  rate-limit wait {s.rate_limit_wait_ms / 1000:.1f}s" if s.rate_limit_wait_ms else "")
         )
+    _print_selfcheck_warning(run)
+
+
+def _print_selfcheck_warning(row: dict[str, Any]) -> None:
+    """One line when the client was too busy to measure latency (a `runs` or `load_tests` row)."""
+    reason = unreliable_reason(row)
+    if reason:
+        print(f"warning: latency unreliable: {reason}; {ADVICE}")
 
 
 def _cost(s: Any) -> str:
@@ -537,6 +547,7 @@ def cmd_load(args: argparse.Namespace) -> int:
             if bar is not None:
                 bar.close()
     print(load_summary_text(row))
+    _print_selfcheck_warning(row)
     print(f"DuckDB:  {args.db}  (load_id = '{row['load_id']}', table load_tests; per request: load_requests)")
     return 0
 

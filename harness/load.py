@@ -76,6 +76,7 @@ from harness.providers import (
     resolve_served_models,
 )
 from harness.runner import request_for
+from harness.selfcheck import LoopMonitor
 from harness.server import ManagedServer
 from harness.store import BatchWriter, Store, new_run_id
 from harness.suite import ProviderSpec, Suite
@@ -164,6 +165,8 @@ def latest_load(store: Store, suite: str | Suite, provider: str) -> dict[str, An
     `load_tests` columns (`host` parsed from JSON; SQL NULL as None) plus `error_kinds` ({kind: count}, from its
     `load_requests`), or None if there is none."""
     name = suite.name if isinstance(suite, Suite) else suite
+    if "load_tests" not in store.tables():  # a file from before load tests, opened read-only (not migrated)
+        return None
     cursor = store.con.execute(
         "SELECT * FROM load_tests WHERE suite = ? AND provider = ? AND status = 'completed' "
         "ORDER BY ended_at DESC LIMIT 1", [name, provider],
@@ -362,16 +365,20 @@ class _LoadTest:
         self.t0: float | None = None
         self.last_done: float | None = None
         self.started_at: datetime | None = None
+        self.monitor: LoopMonitor | None = None  # the client's self-check over the measured phase
 
     async def run(self) -> None:
         self.t0 = time.perf_counter()
         self.started_at = datetime.now(UTC)
+        self.monitor = LoopMonitor().start()
         try:
             async with asyncio.TaskGroup() as group:
                 for _ in range(self.concurrency):
                     group.create_task(self._worker())
         except ExceptionGroup as failed:  # a worker's error (the store's writer failing): raise it as itself
             raise failed.exceptions[0] from None
+        finally:
+            self.monitor.stop()
 
     def _more(self) -> bool:
         assert self.t0 is not None
@@ -421,6 +428,8 @@ class _LoadTest:
             "requests_per_s": ok / elapsed if rate else None,
             "output_tokens_per_s": self.output_tokens / elapsed if rate and self.tokens_known else None,
         }
+        if self.monitor is not None:
+            row.update(self.monitor.stop().columns())
         for metric in METRICS:
             values = np.frombuffer(self.values[metric], dtype=np.float64) if len(self.values[metric]) else None
             quantiles = np.percentile(values, PERCENTILES) if values is not None else [None] * len(PERCENTILES)

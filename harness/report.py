@@ -20,6 +20,8 @@ import pandas as pd
 
 from harness.outcomes import agreement, paired_category, paired_counts, same_answer, wilson_interval
 from harness.scorers import field_metrics, summarize
+from harness.selfcheck import ADVICE, LAG_LIMIT_MS, unreliable_reason
+from harness.selfcheck import COLUMNS as SELFCHECK_COLUMNS
 from harness.store import Store
 
 FIRST_PAGE = 50  # failed cases rendered into the page itself; the script pages through the rest
@@ -40,6 +42,7 @@ def _environment() -> jinja2.Environment:
         undefined=jinja2.StrictUndefined,
     )
     env.filters["ms"] = _fmt_ms
+    env.filters["lag"] = _fmt_lag
     env.filters["pct"] = _fmt_pct
     env.filters["num"] = _fmt_num
     env.filters["usd"] = _fmt_usd
@@ -160,6 +163,26 @@ def report_data(store: Store, run_id: str) -> dict[str, Any]:
         "db_path": str(store.path),
         "decision": _decision_section(store, run),
         "load_tests": _load_tests(store, run),
+        "selfcheck": selfcheck_summary(run),
+        "lag_limit_ms": LAG_LIMIT_MS,
+    }
+
+
+def selfcheck_summary(row: dict[str, Any]) -> dict[str, Any] | None:
+    """The client's self-check of a `runs` (or `load_tests`) row for display: CPU, loop lag and whether its latency
+    figures can be trusted (`reason` says why not); None for a run that made no call or predates the check."""
+    values = {k: None if _missing(row.get(k)) or row.get(k) is pd.NA else row.get(k) for k in SELFCHECK_COLUMNS}
+    if all(v is None for v in values.values()):
+        return None
+    reliable = values["latency_reliable"]
+    reason = unreliable_reason(row)
+    return {
+        **values,
+        "latency_reliable": None if reliable is None else bool(reliable),
+        "reason": reason,
+        "reason_sentence": reason[:1].upper() + reason[1:] if reason else None,
+        "advice": ADVICE,
+        "threshold_ms": LAG_LIMIT_MS,
     }
 
 
@@ -220,12 +243,12 @@ def _load_tests(store: Store, run: dict[str, Any]) -> list[dict[str, Any]]:
     try:
         rows = store.query(
             "SELECT * FROM load_tests WHERE suite = ? AND status = 'completed' "
-            "QUALIFY row_number() OVER (PARTITION BY provider ORDER BY started_at DESC) = 1 ORDER BY provider",
+            "QUALIFY row_number() OVER (PARTITION BY provider ORDER BY ended_at DESC) = 1 ORDER BY provider",
             [run["suite"]],
         )
     except duckdb.CatalogException:  # a file written before load tests existed, opened read-only
         return []
-    return rows.to_dict("records")
+    return [{**row, "unreliable": unreliable_reason(row)} for row in rows.to_dict("records")]
 
 
 def _status(outcome: dict[str, Any] | None) -> str:
@@ -577,6 +600,13 @@ def _fmt_ms(value: Any) -> str:
     if _missing(value):
         return "–"
     return f"{value / 1000:.2f} s" if value >= 1000 else f"{value:.0f} ms"
+
+
+def _fmt_lag(value: Any) -> str:
+    """Event-loop lag: a tenth of a millisecond where that is what there is to see."""
+    if _missing(value):
+        return "–"
+    return f"{value:.1f} ms" if value < 100 else _fmt_ms(value)
 
 
 def _fmt_pct(value: Any) -> str:

@@ -22,6 +22,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from harness.cache import MODES, cache_key, cache_parts
 from harness.errors import ProviderError, StoreError
 from harness.outcomes import same_answer
@@ -37,9 +39,10 @@ from harness.providers import (
     resolve_served_models,
 )
 from harness.replay import LogReplay
-from harness.rescore import store_metrics
 from harness.resilience import AdaptiveLimiter, Resilient, RetryPolicy
-from harness.scorers import Scorer, build_scorers, score_completion
+from harness.scorers import Scorer, aggregate_metrics, build_scorers, score_completion
+from harness.selfcheck import COLUMNS as SELFCHECK_COLUMNS
+from harness.selfcheck import LoopMonitor, SelfCheck, merge
 from harness.server import ManagedServer
 from harness.store import BatchWriter, Store
 from harness.suite import Case, Suite
@@ -65,6 +68,8 @@ class RunResult:
     resumed: bool = False
     recovered: int = 0  # answers recovered from a killed run's journal
     todo: int = 0  # case x provider pairs this invocation had to fill
+    # the client's own CPU and event-loop lag while calls were in flight (None: no call was made)
+    selfcheck: SelfCheck | None = None
 
 
 def provenance(
@@ -108,13 +113,14 @@ def git_revision(cwd: Path | None = None) -> str | None:
     return out.stdout.strip() or None
 
 
-def request_for(suite: Suite, case: Case, plan: ProviderPlan) -> Request:
+def request_for(suite: Suite, case: Case, plan: ProviderPlan, params: dict[str, Any] | None = None) -> Request:
     """The request sent for `case` to `plan`'s provider: suite parameters overridden by the provider's,
-    less the ones the provider `omit`s; the output schema unless the provider's `structured_output` says not."""
+    less the ones the provider `omit`s; the output schema unless the provider's `structured_output` says not.
+    `params`: `params_for(suite, plan)`, worked out once by a caller making many requests (never changed after)."""
     mode = plan.spec.structured_output
     return Request(
         messages=case.messages,
-        params=params_for(suite, plan),
+        params=params if params is not None else params_for(suite, plan),
         response_schema=suite.response_schema if mode == "schema" else None,
         json_output=suite.spec.output.format == "json" and mode != "off",
         case_id=case.id,
@@ -151,6 +157,11 @@ def resumable_cases(store: Store, run_id: str, suite: Suite) -> list[Case]:
         )
     by_id = {case.id: case for case in suite.cases}
     ids = store.query("SELECT case_id FROM cases WHERE run_id = ? ORDER BY position", [run_id])["case_id"]
+    expected = run.get("n_cases")
+    if expected is not None and not pd.isna(expected) and len(ids) != int(expected):
+        # a large run's cases are stored a batch at a time: one killed before the last batch has only some
+        raise StoreError(f"run {run_id} was stopped while its cases were being stored ({len(ids)} of "
+                         f"{int(expected)}): there is nothing to resume, start a new run")
     return [by_id[case_id] for case_id in ids]
 
 
@@ -232,11 +243,12 @@ async def shadow_run(
         result = RunResult(run_id=run_id, status="running", n_cases=len(cases), plans=plans,
                            resumed=bool(resume), recovered=recovered)
         writer = None
+        monitor: LoopMonitor | None = None
         status = "failed"
         try:
             if not resume:
                 store.insert("run_providers", [_provider_row(run_id, suite, plan, pricing) for plan in plans])
-                store.insert("cases", [_case_row(run_id, i, case) for i, case in enumerate(cases)])
+                store.insert_large("cases", (_case_row(run_id, i, case) for i, case in enumerate(cases)))
             result.todo = sum(len(job.cases) + len(job.hits) for job in jobs)
             if on_started:
                 on_started(run_id, result.todo)
@@ -247,6 +259,9 @@ async def shadow_run(
                 for case, key, parts, row in job.hits:
                     recorder.record(job.plan, case, _from_cache(row), key, parts, cached_from=row["run_id"],
                                     samples=stored.get((row["run_id"], case.id)))
+            # the self-check spans the calls: from the first sent to the last answer stored
+            if any(job.cases for job in jobs):
+                monitor = LoopMonitor().start()
             # a TaskGroup: if one provider's workers fail (e.g. the store), the others are cancelled too
             async with asyncio.TaskGroup() as group:
                 for job in jobs:
@@ -257,6 +272,8 @@ async def shadow_run(
             status = "interrupted"
             raise
         finally:
+            if monitor is not None:
+                result.selfcheck = monitor.stop()
             try:
                 if writer is not None:
                     writer.close()
@@ -265,8 +282,9 @@ async def shadow_run(
                 raise
             finally:
                 _store_stats(store, run_id, jobs, result)
+                _store_selfcheck(store, run_id, result)
                 if status != "failed":
-                    store_metrics(store, run_id, suite, scorers)
+                    _store_metrics(store, run_id, scorers, cases)
                 store.finish_run(run_id, status)
                 result.status = status
         return result
@@ -287,7 +305,8 @@ def _cached(
     """Split `cases` into those with a stored answer to the same request (replay mode) and those to call for."""
     if cache_mode != "replay" or plan.kind == "log" or not cases:
         return [], cases
-    keyed = [(case, *cache_lookup_key(plan, request_for(suite, case, plan), cache_mode)) for case in cases]
+    params = params_for(suite, plan)
+    keyed = [(case, *cache_lookup_key(plan, request_for(suite, case, plan, params), cache_mode)) for case in cases]
     found = store.cached_answers([key for _, key, _ in keyed if key])
     hits = [(case, key, parts, found[key]) for case, key, parts in keyed if key in found]
     return hits, [case for case, key, _ in keyed if key not in found]
@@ -344,6 +363,7 @@ class _Recorder:
         self.cache_mode = cache_mode
         self.result = result
         self.progress = progress
+        self._prices: dict[tuple[str, str | None], Any] = {}  # (provider, model that answered) -> price
 
     def record(
         self,
@@ -395,7 +415,13 @@ class _Recorder:
 
     def cost(self, plan: ProviderPlan, c: Completion) -> float | None:
         """USD for the call that produced `c`, by the pricing table; None when the price or a count is unknown."""
-        price = self.pricing.lookup(plan.request_model, provider_id=plan.name, answered_model=c.model)
+        key = (plan.name, c.model)
+        if key in self._prices:
+            price = self._prices[key]
+        else:
+            price = self._prices[key] = self.pricing.lookup(
+                plan.request_model, provider_id=plan.name, answered_model=c.model
+            )
         if price is None:
             return None
         return price.cost(c.input_tokens, c.output_tokens, c.cached_input_tokens, c.cache_write_tokens)
@@ -415,10 +441,11 @@ async def _drive(job: _Job, recorder: _Recorder) -> None:
     """Workers that take `job`'s cases in order and call its provider, a case's extra samples after its answer;
     at most `concurrency` calls are in flight, fewer while the provider's adaptive limit is cut by rate limits."""
     queue: Iterator[Case] = iter(job.cases)
+    params = params_for(recorder.suite, job.plan)
 
     async def worker() -> None:
         for case in queue:
-            request = request_for(recorder.suite, case, job.plan)
+            request = request_for(recorder.suite, case, job.plan, params)
             key, parts = cache_lookup_key(job.plan, request, recorder.cache_mode)
             completion = await job.provider.complete(request)
             samples = await _draw_samples(job, recorder, request, completion)
@@ -470,6 +497,36 @@ def _store_stats(store: Store, run_id: str, jobs: list[_Job], result: RunResult)
             if len(previous) and isinstance(previous[0], str) and result.resumed:
                 stats = {"this_session": stats, "before": json.loads(previous[0])}
             store.update_provider(run_id, plan.name, {"stats": stats})
+
+
+def _store_metrics(store: Store, run_id: str, scorers: list[Scorer], cases: list[Case]) -> None:
+    """The run-level metrics, as `rescore.store_metrics` computes them, reading only what the aggregating scorers
+    (F1, confusion matrix...) need: the run's cases are in memory, and of the stored rows only the answers' ids and
+    errors and those scorers' scores are read, none at all for a suite without one. A 100,000-case run would
+    otherwise load every answer and score back from DuckDB at its end."""
+    aggregating = [scorer.name for scorer in scorers if hasattr(scorer, "aggregate")]
+    rows: list[dict[str, Any]] = []
+    if aggregating:
+        responses = store.query("SELECT case_id, provider, error FROM responses WHERE run_id = ?", [run_id])
+        scores = store.query(
+            "SELECT * FROM scores WHERE run_id = ? AND list_contains(?, scorer)", [run_id, aggregating]
+        )
+        rows = aggregate_metrics(scorers, scores, responses, {case.id: case for case in cases})
+    store.put_metrics(run_id, rows)
+
+
+def _store_selfcheck(store: Store, run_id: str, result: RunResult) -> None:
+    """Write the self-check's columns on the run's row; a resumed run combines them with the earlier sessions'
+    (`selfcheck.merge`). A run that made no call keeps what it had (NULL for a new one)."""
+    if result.selfcheck is None:
+        return
+    before = None
+    if result.resumed:
+        with contextlib.suppress(Exception):
+            before = store.run(run_id)
+    with contextlib.suppress(Exception):  # provenance only: never mask the run's own outcome
+        store.update_run(run_id, merge({k: before.get(k) for k in SELFCHECK_COLUMNS} if before else None,
+                                       result.selfcheck))
 
 
 def check_resumable_providers(store: Store, run_id: str, plans: list[ProviderPlan]) -> None:

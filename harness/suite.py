@@ -10,7 +10,9 @@ import csv
 import hashlib
 import io
 import json
+import re
 import tomllib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -266,9 +268,51 @@ class Case:
     context: dict[str, Any] | None = None
 
 
+class _Prompt:
+    """How the cases of a loaded suite become chat messages: the system prompt, then the template rendered with
+    the suite's shared variables and the case's fields (the long one cut to fit, where [context] says)."""
+
+    __slots__ = ("context", "gold_field", "shared", "system", "template")
+
+    def __init__(self, template: jinja2.Template, shared: dict[str, Any], system: str | None, gold_field: str,
+                 context: ContextSpec | None) -> None:
+        self.template = template
+        self.shared = shared
+        self.system = system
+        self.gold_field = gold_field
+        self.context = context
+
+    def messages(self, case: Case) -> list[dict[str, str]]:
+        """The messages of `case` (jinja2.UndefinedError if the template uses a field the case lacks)."""
+        shown = {**case.input, self.gold_field: case.gold}
+        if self.context is not None:
+            shown[self.context.field] = fit_context(shown[self.context.field], self.context)[0]
+        user = self.template.render(**{**self.shared, **shown})
+        messages = [{"role": "system", "content": self.system}] if self.system else []
+        messages.append({"role": "user", "content": user})
+        return messages
+
+
+class _PromptedCase(Case):
+    """A case of a loaded suite. Its `messages` are rendered from the suite's template each time they are read
+    (a few microseconds), not held: a 100,000-case suite would otherwise keep 100,000 rendered prompts beside the
+    inputs they are made of. `load_suite` renders each once, so a template that fails on a case stops the suite
+    from loading, as before."""
+
+    def __init__(self, id: str, input: dict[str, Any], gold: Any, line: int, context: dict[str, Any] | None,
+                 prompt: _Prompt) -> None:
+        for name, value in (("id", id), ("input", input), ("gold", gold), ("line", line), ("context", context),
+                            ("_prompt", prompt)):
+            object.__setattr__(self, name, value)
+
+    @property
+    def messages(self) -> list[dict[str, str]]:  # type: ignore[override]
+        return self._prompt.messages(self)
+
+
 @dataclass(frozen=True)
 class Suite:
-    """A loaded, validated suite: its spec, its cases (prompts already rendered) and a content hash."""
+    """A loaded, validated suite: its spec, its cases (prompts rendered when read) and a content hash."""
 
     path: Path
     spec: SuiteSpec
@@ -510,7 +554,7 @@ def _read_rows(path: Path, cases: CasesSpec) -> tuple[list[dict[str, Any]], str,
 def _read_jsonl(file: Path, content: bytes) -> tuple[list[dict[str, Any]], list[int]]:
     """Each non-blank line must be one JSON object; returns the rows and the 1-based line of each."""
     rows, lines = [], []
-    for number, line in enumerate(content.splitlines(), start=1):
+    for number, line in enumerate(_split_lines(content), start=1):
         if not line.strip():
             continue
         try:
@@ -524,6 +568,15 @@ def _read_jsonl(file: Path, content: bytes) -> tuple[list[dict[str, Any]], list[
     if not rows:
         raise SuiteError(f"{file}: no cases (the file is empty)")
     return rows, lines
+
+
+_LINE = re.compile(rb"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+$")
+
+
+def _split_lines(content: bytes) -> Iterator[bytes]:
+    """`content.splitlines()` one line at a time: a 100 MB cases file is not copied into a list of lines."""
+    for match in _LINE.finditer(content):
+        yield match.group().rstrip(b"\r\n")
 
 
 def _read_csv(file: Path, content: bytes) -> tuple[list[dict[str, Any]], list[int]]:
@@ -578,6 +631,7 @@ def _build_cases(
 ) -> list[Case]:
     id_field, gold_field = spec.cases.id_field, spec.cases.gold_field
     field_names = list(dict.fromkeys(f for scorer in spec.scorers if scorer.kind == "fields" for f in scorer.fields))
+    prompt = _Prompt(template, shared, spec.prompt.system, gold_field, spec.context)
     seen: dict[str, str] = {}
     cases = []
     for row, number in zip(rows, numbers, strict=True):
@@ -602,7 +656,7 @@ def _build_cases(
         seen[case_id] = where
         if shared.get("labels") and row[gold_field] not in shared["labels"]:
             raise SuiteError(f"{where}: gold label '{row[gold_field]}' is not in the label set (output.labels)")
-        shown, context = row, None
+        context = None
         if spec.context is not None:
             long = row.get(spec.context.field)
             if not isinstance(long, str):
@@ -612,20 +666,14 @@ def _build_cases(
                     f"{where}: '{spec.context.field}' has {len(long)} characters, over context.max_chars = "
                     f"{spec.context.max_chars}; raise it or set context.strategy = \"head\" or \"head_tail\""
                 )
-            cut, context = fit_context(long, spec.context)
-            shown = {**row, spec.context.field: cut}
+            context = fit_context(long, spec.context)[1]
+        inputs = {k: v for k, v in row.items() if k != gold_field}
+        case = _PromptedCase(case_id, inputs, row[gold_field], number, context, prompt)
         try:
-            user = template.render(**{**shared, **shown})
+            prompt.messages(case)  # rendered once now, so that a bad template stops the suite here
         except jinja2.UndefinedError as exc:
             raise SuiteError(
                 f"{where}: {template_path.name}: {exc.message}; add it to the case or the template"
             ) from None
-        inputs = {k: v for k, v in row.items() if k != gold_field}
-        messages = []
-        if spec.prompt.system:
-            messages.append({"role": "system", "content": spec.prompt.system})
-        messages.append({"role": "user", "content": user})
-        cases.append(
-            Case(id=case_id, input=inputs, gold=row[gold_field], line=number, messages=messages, context=context)
-        )
+        cases.append(case)
     return cases

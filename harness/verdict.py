@@ -21,6 +21,7 @@ from harness.gate import GateResult, evaluate
 from harness.load import latest_load
 from harness.report import _index
 from harness.scorers import case_passes, summarize
+from harness.selfcheck import ADVICE, unreliable_reason
 from harness.store import Store
 from harness.suite import GateSpec
 
@@ -64,7 +65,33 @@ def gate_run(
     names = (candidate, f"{reference} in {baseline}" if baseline else reference)
     result = evaluate(policy, mine, theirs, n_cases=len(cases), rates=rates, slices=slices, names=names)
     result.stats.update(run_id=run_id, baseline=baseline, suite=run["suite"])
+    _refuse_unreliable_latency(result, rates)
     return result
+
+
+LATENCY_CHECKS = {"max latency p95 (ms)": "latency_p95_ms", "max TTFT p95 (ms)": "ttft_p95_ms"}
+
+
+def _refuse_unreliable_latency(result: GateResult, rates: dict[str, Any]) -> None:
+    """Fail the latency ceilings, saying why, when the figures they read were measured by a saturated client
+    (harness.selfcheck): a number the harness could not measure cannot pass a ceiling."""
+    reason = rates.get("latency_unreliable")
+    result.stats["latency_reliable"] = reason is None
+    if reason is None:
+        return
+    refused = False
+    for check in result.checks:
+        key = LATENCY_CHECKS.get(check.name)
+        if key is None:
+            continue
+        value = rates.get(key)
+        shown = f"{key} = {value:.4g}" if value is not None else f"{key} is unknown"
+        check.passed = False
+        check.detail = f"{shown} ({rates.get('latency_source')}) cannot be vouched for: {reason}"
+        refused = True
+    if refused:
+        result.warnings.append(f"latency was measured by a client that could not keep up: {ADVICE}")
+    result.passed = all(c.passed for c in result.checks)
 
 
 def per_case_metric(store: Store, run_id: str, provider: str, metric: str, cases: list[str]) -> dict[str, float]:
@@ -101,10 +128,13 @@ def _rates(store: Store, run_id: str, provider: str, n_cases: int, per_case: dic
     }
     # latency under load is what a deployment sees: a load test of the same suite version takes precedence
     run = store.run(run_id)
+    # why the figures cannot be trusted (the client was saturated while measuring them), or None
+    rates["latency_unreliable"] = unreliable_reason(run)
     load = latest_load(store, str(run["suite"]), provider)
     if load is not None and load.get("suite_hash") == run.get("suite_hash") and load.get("latency_p95_ms") is not None:
         rates.update(latency_p95_ms=_num(load["latency_p95_ms"]), ttft_p95_ms=_num(load.get("ttft_p95_ms")),
-                     latency_source=f"load test {load['load_id']} at concurrency {load['concurrency']}")
+                     latency_source=f"load test {load['load_id']} at concurrency {load['concurrency']}",
+                     latency_unreliable=unreliable_reason(load))
     return rates
 
 

@@ -445,3 +445,21 @@ def test_a_failed_final_write_marks_the_run_failed(mini_suite, tmp_path, monkeyp
     assert code == 2 and "disk full" in capsys.readouterr().err
     con = duckdb.connect(str(db), read_only=True)
     assert con.execute("SELECT status FROM runs").fetchone()[0] == "failed"
+
+
+def test_a_run_stopped_while_storing_its_cases_is_not_resumed_with_some(mini_suite, tmp_path):
+    """A large run's cases are stored a batch at a time (harness.store.Store.insert_large): a run killed before
+    the last batch has only some, and resuming it would quietly drop the rest."""
+    from harness.errors import StoreError
+    from harness.runner import _case_row, provenance, resumable_cases
+    from harness.store import Store
+    from harness.suite import load_suite
+
+    suite = load_suite(mini_suite)
+    with Store(tmp_path / "s.duckdb") as store:
+        run_id = store.start_run(provenance(suite, None, len(suite.cases)))
+        store.insert("cases", [_case_row(run_id, i, case) for i, case in enumerate(suite.cases[:4])])
+        with pytest.raises(StoreError, match=r"stopped while its cases were being stored \(4 of 6\)"):
+            resumable_cases(store, run_id, suite)
+        store.insert("cases", [_case_row(run_id, i, case) for i, case in enumerate(suite.cases) if i >= 4])
+        assert [case.id for case in resumable_cases(store, run_id, suite)] == [case.id for case in suite.cases]

@@ -185,9 +185,13 @@ def test_a_batch_never_holds_half_a_record(tmp_path: Path):
     batches = []
 
     class Spy(BatchWriter):
-        def _flush(self, pending):
-            batches.append({table: len(rows) for table, rows in pending.items()})
-            super()._flush(pending)
+        def _flush(self, cuts, rows):
+            counts: dict[str, int] = {}
+            for cut in cuts:
+                for table, batch in cut.items():
+                    counts[table] = counts.get(table, 0) + batch.num_rows
+            batches.append(counts)
+            super()._flush(cuts, rows)
 
     with Store(tmp_path / "s.duckdb") as store:
         run_id = store.start_run({"suite": "t"})
@@ -225,3 +229,44 @@ def test_a_report_of_a_file_from_before_the_metrics_table_opens_read_only(tmp_pa
     con.close()
     assert main(["report", "--db", str(db), "--reports", str(tmp_path / "r2")]) == 0
     assert list((tmp_path / "r2" / "invoices").glob("*/index.html"))
+
+
+def test_the_writer_thread_never_dies_silently(tmp_path: Path):
+    """An error outside the DuckDB append itself (here, taking the rows) still surfaces at close()."""
+    with Store(tmp_path / "s.duckdb") as store:
+        writer = store.writer(flush_interval=0.01)
+
+        def broken(everything):
+            raise RuntimeError("taken apart")
+
+        writer._take = broken
+        writer.put("responses", _response("r", 1))
+        with pytest.raises(StoreError, match="writing results failed: taken apart"):
+            writer.close()
+
+
+def test_rows_are_arrow_before_they_reach_the_writer_thread(tmp_path: Path):
+    """The thread that puts rows turns them into Arrow every ARROW_SLICE rows (and once the oldest has waited a
+    flush interval), so that the writer thread only appends Arrow data; a batch keeps records whole, NULL-only
+    slices and ints beside floats are unified, and a lone surrogate becomes U+FFFD."""
+    from harness.store import ARROW_SLICE
+
+    with Store(tmp_path / "s.duckdb") as store:
+        run_id = store.start_run({"suite": "t"})
+        writer = store.writer(flush_interval=60, max_batch=10**9)
+        n = ARROW_SLICE + 10
+        for i in range(n):
+            writer.put_record({
+                "responses": [_response(run_id, i, latency_ms=i if i < 5 else i + 0.5,
+                                        error="bad \ud800" if i == 7 else None)],
+                "scores": [{"run_id": run_id, "case_id": f"c{i}", "provider": "p", "scorer": "s", "metric": "m",
+                            "value": None if i < ARROW_SLICE else 1.0, "detail": {"i": i}}],
+            })
+        assert len(writer._cuts) == 1 and writer._gathered == 20  # cut at ARROW_SLICE rows of one table
+        writer.close()
+        assert writer.rows_written == 2 * n
+        rows = store.query("SELECT case_id, latency_ms, error FROM responses ORDER BY input_tokens")
+        assert len(rows) == n and rows["latency_ms"].tolist()[:6] == [0.0, 1.0, 2.0, 3.0, 4.0, 5.5]
+        assert rows["error"][7] == "bad \ufffd"
+        scores = store.query("SELECT value, detail FROM scores ORDER BY (detail->>'$.i')::INT")
+        assert scores["value"].isna().sum() == ARROW_SLICE and scores["detail"][3] == '{"i": 3}'
