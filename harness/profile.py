@@ -16,7 +16,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from harness.errors import HarnessError
-from harness.suite import _toml_path
+from harness.suite import validation_message
 
 DAYS_PER_MONTH = 365 / 12
 
@@ -166,13 +166,7 @@ def load_profile(path: str | Path) -> Profile:
     try:
         profile = Profile.model_validate(data)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        where = _toml_path(err["loc"], data)
-        if err["type"] == "extra_forbidden":
-            raise ProfileError(f"{path}: unknown key '{where}'; remove it or check its spelling") from None
-        if err["type"] == "missing":
-            raise ProfileError(f"{path}: missing key '{where}'") from None
-        raise ProfileError(f"{path}: {where}: {err['msg'].removeprefix('Value error, ')}") from None
+        raise ProfileError(validation_message(path, exc, data)) from None
     profile._source = str(path)
     return profile
 

@@ -472,14 +472,18 @@ def _validate_spec(config: Path, data: dict[str, Any]) -> SuiteSpec:
     try:
         return SuiteSpec.model_validate(data)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        where = _toml_path(err["loc"], data)
-        if err["type"] == "extra_forbidden":
-            raise SuiteError(f"{config}: unknown key '{where}'; remove it or check its spelling") from None
-        if err["type"] == "missing":
-            raise SuiteError(f"{config}: missing key '{where}'") from None
-        msg = err["msg"].removeprefix("Value error, ")
-        raise SuiteError(f"{config}: {where}: {msg}") from None
+        raise SuiteError(validation_message(config, exc, data)) from None
+
+
+def validation_message(config: Path | str, exc: ValidationError, data: dict[str, Any]) -> str:
+    """One line for the first problem pydantic found in TOML file `config`, naming the key and the fix."""
+    err = exc.errors()[0]
+    where = _toml_path(err["loc"], data)
+    if err["type"] == "extra_forbidden":
+        return f"{config}: unknown key '{where}'; remove it or check its spelling"
+    if err["type"] == "missing":
+        return f"{config}: missing key '{where}'"
+    return f"{config}: {where}: {err['msg'].removeprefix('Value error, ')}"
 
 
 def _toml_path(loc: tuple[Any, ...], data: dict[str, Any]) -> str:
