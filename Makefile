@@ -48,7 +48,8 @@ endif
 score: setup
 	$(BIN)/harness score $(RUN) --db $(DB)
 
-## gate: may the candidate of SUITE's latest run ship? exit 0 pass, 1 fail, 2 error (BASELINE=run_id: against it)
+## gate: may the candidate of SUITE's latest run ship? exit 0 pass, 1 fail, 2 invalid run or error, 3 inconclusive
+##       (BASELINE=run_id: against it)
 gate: setup
 	$(BIN)/harness gate --suite suites/$(SUITE) --db $(DB) $(if $(BASELINE),--baseline $(BASELINE))
 

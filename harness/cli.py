@@ -95,7 +95,8 @@ def _parser() -> argparse.ArgumentParser:
     score.add_argument("--reports", default="reports")
     score.set_defaults(func=cmd_score)
 
-    gate = sub.add_parser("gate", help="may the candidate ship? paired statistics; exit 0 pass, 1 fail, 2 error")
+    gate = sub.add_parser("gate", help="may the candidate ship? paired statistics; exit 0 pass, 1 fail, "
+                          "2 invalid run or error, 3 inconclusive")
     gate.add_argument("run_id", nargs="?", help="run id (default: the latest run, of --suite if given)")
     gate.add_argument("--baseline", metavar="RUN_ID", help="compare with this earlier run of the suite, same provider")
     gate.add_argument("--candidate", metavar="KIND:MODEL", help="the provider to gate (default: the run's first)")
@@ -103,7 +104,7 @@ def _parser() -> argparse.ArgumentParser:
     gate.add_argument("--metric", help="override gate.metric (pass_rate, field.total, items.f1...)")
     for option, kind in (("margin", float), ("confidence", float), ("min-score", float), ("max-invalid-rate", float),
                          ("max-error-rate", float), ("max-latency-p95-ms", float), ("max-ttft-p95-ms", float),
-                         ("max-cost-per-1k", float), ("max-slice-drop", float)):
+                         ("max-cost-per-1k", float), ("max-slice-drop", float), ("max-infra-error-rate", float)):
         gate.add_argument(f"--{option}", type=kind, help=f"override gate.{option.replace('-', '_')}")
     gate.add_argument("--out", help="folder for gate.json and junit.xml (default: beside the run's report)")
     gate.add_argument("--db", default=DEFAULT_DB)
@@ -488,7 +489,8 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 
 def cmd_gate(args: argparse.Namespace) -> int:
-    """`harness gate [RUN_ID]`: the verdict, gate.json and junit.xml; exit 0 pass, 1 fail (2: error)."""
+    """`harness gate [RUN_ID]`: the verdict, gate.json and junit.xml; exit 0 pass, 1 fail, 2 invalid run or error,
+    3 inconclusive."""
     from harness.suite import GateSpec
     from harness.verdict import gate_run, verdict_text, write_outputs
 
@@ -514,7 +516,9 @@ def cmd_gate(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path(args.reports) / str(run["suite"]) / run_id / "gate"
     paths = write_outputs(result, out)
     print(f"gate.json: {paths['json']}\njunit.xml: {paths['junit']}")
-    return 0 if result.passed else 1
+    if result.verdict == "invalid":
+        print(f"error: {result.reason}", file=sys.stderr)
+    return result.exit_status
 
 
 def cmd_load(args: argparse.Namespace) -> int:

@@ -1,68 +1,98 @@
 """The migration gate: may the candidate replace the incumbent (or a new run its baseline)? Pure functions.
 
-Statistics, on the cases both sides answered (paired by case id):
-- the per-case metric (1/0 for `pass_rate`, else the stored value of a score metric such as `field.total`);
-- the paired bootstrap of the mean difference d = candidate - incumbent: its one-sided lower confidence
-  bound at `confidence` (the 1 - confidence quantile of resampled means). Non-inferiority passes when that
-  bound is above -margin, so a candidate exactly `margin` worse passes at most 1 - confidence of the time;
-- McNemar's exact test (scipy's binomial test on the discordant pairs) for pass/fail outcomes, reported;
-- the minimum detectable difference: the shortfall the suite would catch with 80% power at this confidence,
-  with a warning when it is larger than the margin (the suite is too small to vouch for the margin).
-Absolute floors and ceilings (score, invalid-output and error rates over all cases, p95 latency and time to
-first token, cost per 1,000 cases) and per-slice checks (no field, label or clause type may drop more than
-`max_slice_drop`) complete the verdict. `lower_bounds` takes a batch of suites, so the simulation that
-validates the gate runs the very code the gate runs.
+Four verdicts, each with its exit status (`EXIT_STATUS`):
+- `invalid` (2): a side's answers failed for infrastructure reasons (`outcomes.is_infrastructure_error`: connection,
+  timeout, 5xx, a crashed server, no answer stored) on more than `max_infra_error_rate` of the cases, or on every
+  case. The run measured the servers, not the models: no quality verdict is given.
+- `fail` (1): the candidate is shown worse than the margin allows, or a floor, ceiling or slice check is broken.
+- `inconclusive` (3): nothing failed, but non-inferiority is not shown: the suite is too small (or the two sides
+  disagree too often) to vouch for the margin. It says how many paired cases would be needed.
+- `pass` (0): non-inferiority is shown and every other check holds.
+
+Statistics, on the cases both sides have (paired by case id; cases where the incumbent failed for infrastructure
+reasons are left out and counted, cases where the candidate did count as its failures): the per-case metric (1/0
+for `pass_rate`, else the stored value of a score metric in [0, 1] such as `field.total`), and the paired
+continuity-corrected score test of `harness.paired` (Tango 1998, extended to bounded differences) at the policy's
+margin and confidence. McNemar's exact test on the discordant pairs is reported with `pass_rate`. Absolute floors
+and ceilings (score, invalid-output and error rates over all cases, p95 latency and time to first token, cost per
+1,000 cases) and per-slice checks (no field, label or clause type may drop more than `max_slice_drop`) complete
+the verdict.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 from scipy import stats
 
+from harness import paired
 from harness.suite import GateSpec
+
+PASS, FAIL, INCONCLUSIVE, INVALID = paired.PASS, paired.FAIL, paired.INCONCLUSIVE, "invalid"
+EXIT_STATUS = {PASS: 0, FAIL: 1, INVALID: 2, INCONCLUSIVE: 3}
+METHOD = "paired score test (Tango 1998, continuity-corrected, bounded differences)"
 
 
 @dataclass
 class Check:
-    """One line of the verdict: what was measured, against what, and whether it passed."""
+    """One line of the verdict: what was measured, against what, and whether it passed. A check that neither
+    passed nor failed (the suite cannot tell) is `inconclusive`."""
 
     name: str
     passed: bool
     value: float | None
     threshold: float | None
     detail: str
+    inconclusive: bool = False
+
+    @property
+    def outcome(self) -> str:
+        """`pass`, `fail` or `inconclusive`."""
+        return PASS if self.passed else INCONCLUSIVE if self.inconclusive else FAIL
 
 
 @dataclass
 class GateResult:
-    """The verdict and everything behind it (written as gate.json)."""
+    """The verdict and everything behind it (written as gate.json). `reason` is one line for an invalid or
+    inconclusive verdict."""
 
-    passed: bool
+    verdict: str
     checks: list[Check]
     stats: dict[str, Any]
     warnings: list[str] = field(default_factory=list)
+    reason: str = ""
+
+    @property
+    def passed(self) -> bool:
+        """Whether the candidate may ship: only a `pass` verdict."""
+        return self.verdict == PASS
+
+    @property
+    def exit_status(self) -> int:
+        """0 pass, 1 fail, 2 invalid, 3 inconclusive."""
+        return EXIT_STATUS[self.verdict]
+
+    def settle(self) -> None:
+        """Recompute the verdict from the checks (after a check was changed); an invalid run stays invalid."""
+        if self.verdict == INVALID:
+            return
+        if any(c.outcome == FAIL for c in self.checks):
+            self.verdict = FAIL
+            self.reason = "; ".join(f"{c.name}: {c.detail}" for c in self.checks if c.outcome == FAIL)
+        elif any(c.outcome == INCONCLUSIVE for c in self.checks):
+            self.verdict = INCONCLUSIVE
+            self.reason = "; ".join(f"{c.name}: {c.detail}" for c in self.checks if c.outcome == INCONCLUSIVE)
+        else:
+            self.verdict, self.reason = PASS, ""
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for JSON."""
-        return {"verdict": "pass" if self.passed else "fail", "passed": self.passed,
-                "checks": [asdict(c) for c in self.checks], "stats": self.stats, "warnings": self.warnings}
-
-
-def lower_bounds(diffs: np.ndarray, confidence: float, n_boot: int, seed: int = 0) -> np.ndarray:
-    """One-sided lower confidence bounds of the mean of each row of `diffs` (shape suites x cases) by the
-    paired bootstrap: the same resampled case indices for every suite, as multinomial counts, so a batch
-    of suites costs one matrix product."""
-    diffs = np.atleast_2d(np.asarray(diffs, dtype=float))
-    n = diffs.shape[1]
-    if n == 0:
-        return np.full(diffs.shape[0], np.nan)
-    rng = np.random.default_rng(seed)
-    counts = rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot).astype(float)  # n_boot x n
-    means = counts @ diffs.T / n  # n_boot x suites
-    return np.quantile(means, 1 - confidence, axis=0)
+        return {"verdict": self.verdict, "passed": self.passed, "exit_status": self.exit_status,
+                "reason": self.reason, "checks": [{**asdict(c), "outcome": c.outcome} for c in self.checks],
+                "stats": self.stats, "warnings": self.warnings}
 
 
 def mcnemar_exact(regressions: int, wins: int) -> float:
@@ -72,15 +102,66 @@ def mcnemar_exact(regressions: int, wins: int) -> float:
     return float(stats.binomtest(min(regressions, wins), regressions + wins, 0.5).pvalue)
 
 
-def minimum_detectable_difference(diffs: np.ndarray, confidence: float, power: float = 0.8) -> float | None:
-    """The true shortfall of the candidate the suite detects with `power` at `confidence` (normal approx.)."""
-    n = len(diffs)
-    if n < 2:
-        return None
-    sd = float(np.std(diffs, ddof=1))
-    if sd == 0:
-        sd = 1 / np.sqrt(n)  # no disagreement seen: a floor of one case's worth
-    return float((stats.norm.ppf(confidence) + stats.norm.ppf(power)) * sd / np.sqrt(n))
+def _kinds(counts: Mapping[str, int]) -> str:
+    return ", ".join(f"{kind} {n}" for kind, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def _validity(policy: GateSpec, failures: Mapping[str, Mapping[str, int]], n_cases: int,
+              names: tuple[str, str]) -> tuple[Check, str | None]:
+    """The `valid run` check and, when the run is invalid, the one-line reason naming the provider(s)."""
+    problems, notes = [], []
+    for side, name, consequence in (("candidate", names[0], "counted as its failures"),
+                                    ("incumbent", names[1], "left out of the pairing")):
+        counts = {k: int(v) for k, v in (failures.get(side) or {}).items() if v}
+        total = sum(counts.values())
+        if not total:
+            continue
+        share = total / n_cases if n_cases else 1.0
+        text = f"{name} failed {total} of {n_cases} cases for infrastructure reasons ({_kinds(counts)})"
+        if total >= n_cases or share > policy.max_infra_error_rate:
+            problems.append(text)
+        else:
+            notes.append(f"{text}, {consequence}")
+    limit = f"at most {policy.max_infra_error_rate:.0%} of cases may fail for infrastructure reasons"
+    if n_cases == 0:
+        problems.append("the run has no cases")
+    if problems:
+        reason = "; ".join(problems)
+        return Check("valid run", False, None, policy.max_infra_error_rate, f"{reason}: {limit}"), reason
+    detail = "; ".join(notes) if notes else "no infrastructure failures on either side"
+    return Check("valid run", True, None, policy.max_infra_error_rate, detail), None
+
+
+def _non_inferiority(policy: GateSpec, d: np.ndarray, names: tuple[str, str]) -> tuple[Check, dict[str, Any]]:
+    margin, conf = policy.margin, policy.confidence
+    if d.size == 0:
+        return Check("non-inferiority", False, None, -margin, "no case answered by both sides: nothing to compare",
+                     inconclusive=True), {"cases_needed": None}
+    values, counts = paired.support(d)
+    verdict = str(paired.verdicts(values, counts[None, :], margin, conf)[0])
+    lower, upper = paired.bounds(d, conf)
+    mean = float(d.mean())
+    head = (f"{names[0]} - {names[1]} = {mean:+.3f} on {d.size} paired cases "
+            f"({int(np.count_nonzero(d))} disagree); {conf:.0%} bounds [{lower:+.3f}, {upper:+.3f}]")
+    found: dict[str, Any] = {"difference": mean, "lower_bound": lower, "upper_bound": upper,
+                             "disagreements": int(np.count_nonzero(d)), "cases_needed": None}
+    if verdict == PASS:
+        return Check("non-inferiority", True, lower, -margin,
+                     f"{head}: the lower bound is above -{margin:.3f}"), found
+    if verdict == FAIL:
+        return Check("non-inferiority", False, upper, -margin,
+                     f"{head}: the upper bound is below -{margin:.3f}, worse than the margin allows"), found
+    needed = paired.cases_needed(d, margin, conf)
+    found["cases_needed"] = needed
+    if needed is None:
+        more = (f"the observed difference is at or beyond -{margin:.3f}: more cases like these would not show "
+                "non-inferiority")
+    else:
+        more = (f"about {needed:,} paired cases would show it with 80% power if the difference and disagreement "
+                f"stay as observed ({max(needed - d.size, 0):,} more)")
+    return Check("non-inferiority", False, lower, -margin,
+                 f"{head}: the interval spans -{margin:.3f}, so the suite cannot vouch for the margin; {more}",
+                 inconclusive=True), found
 
 
 def evaluate(
@@ -92,44 +173,39 @@ def evaluate(
     rates: dict[str, float | None] | None = None,
     slices: dict[str, tuple[float | None, float | None]] | None = None,
     names: tuple[str, str] = ("candidate", "incumbent"),
+    failures: Mapping[str, Mapping[str, int]] | None = None,
+    excluded: Mapping[str, int] | None = None,
 ) -> GateResult:
-    """Decide. `candidate` and `incumbent` map case id -> the metric's value for each case that side has
-    (a failed call or missing answer scores 0 for `pass_rate`); `rates` holds the candidate's measured
-    `score`, `invalid_rate`, `error_rate`, `latency_p95_ms`, `ttft_p95_ms`, `cost_per_1k` (and `latency_source`, where
-    the latency figures come from: the run or a load test); `slices` maps a
-    field, label or clause type to (incumbent accuracy, candidate accuracy)."""
+    """Decide. `candidate` and `incumbent` map case id -> the metric's value (in [0, 1]) for each case that side
+    can be compared on (a candidate's failed call or missing answer scores 0; the incumbent's infrastructure
+    failures are left out by the caller and counted in `excluded`); `failures` holds each side's infrastructure
+    failures over all `n_cases` cases by error kind ({"candidate": {"connection": 3}, "incumbent": {...}});
+    `rates` holds the candidate's measured `score`, `invalid_rate`, `error_rate`, `latency_p95_ms`, `ttft_p95_ms`,
+    `cost_per_1k` (and `latency_source`); `slices` maps a field, label or clause type to (incumbent accuracy,
+    candidate accuracy)."""
     rates = rates or {}
     shared = sorted(set(candidate) & set(incumbent))
-    d = np.array([candidate[c] - incumbent[c] for c in shared], dtype=float)
-    checks: list[Check] = []
-    warnings: list[str] = []
-    conf = policy.confidence
     statistics: dict[str, Any] = {"metric": policy.metric, "paired_cases": len(shared), "cases": n_cases,
-                                  "confidence": conf, "margin": policy.margin, "candidate": names[0],
-                                  "incumbent": names[1]}
-    if len(shared) < 2:
-        checks.append(Check("non-inferiority", False, None, -policy.margin,
-                            f"only {len(shared)} case(s) answered by both: nothing to compare"))
-    else:
-        mean = float(d.mean())
-        lower = float(lower_bounds(d[None, :], conf, policy.bootstrap, policy.seed)[0])
+                                  "excluded": dict(excluded or {}), "confidence": policy.confidence,
+                                  "margin": policy.margin, "method": METHOD, "candidate": names[0],
+                                  "incumbent": names[1],
+                                  "infrastructure_failures": {k: dict(v) for k, v in (failures or {}).items()}}
+    validity, invalid = _validity(policy, failures or {}, n_cases, names)
+    if invalid is not None:
+        return GateResult(verdict=INVALID, checks=[validity], stats=statistics,
+                          reason=f"the run is invalid: {invalid}; fix the server or credentials and run again")
+    checks = [validity]
+    d = np.array([candidate[c] - incumbent[c] for c in shared], dtype=float)
+    check, found = _non_inferiority(policy, d, names)
+    checks.append(check)
+    statistics.update(found)
+    if shared:
         statistics.update(mean_candidate=float(np.mean([candidate[c] for c in shared])),
-                          mean_incumbent=float(np.mean([incumbent[c] for c in shared])),
-                          difference=mean, lower_bound=lower)
-        checks.append(Check(
-            "non-inferiority", lower > -policy.margin, lower, -policy.margin,
-            f"{names[0]} - {names[1]} = {mean:+.3f} on {len(shared)} paired cases; {conf:.0%} lower bound "
-            f"{lower:+.3f} must be above -{policy.margin:.3f}",
-        ))
-        mdd = minimum_detectable_difference(d, conf)
-        statistics["minimum_detectable_difference"] = mdd
-        if mdd is not None and mdd > policy.margin:
-            warnings.append(f"the suite is too small for a margin of {policy.margin:.3f}: with {len(shared)} paired "
-                            f"cases it detects a shortfall of {mdd:.3f} (80% power); run more cases")
-        if policy.metric == "pass_rate":
-            regressions = int(sum(1 for c in shared if incumbent[c] >= 1 and candidate[c] < 1))
-            wins = int(sum(1 for c in shared if candidate[c] >= 1 and incumbent[c] < 1))
-            statistics.update(regressions=regressions, wins=wins, mcnemar_p=mcnemar_exact(regressions, wins))
+                          mean_incumbent=float(np.mean([incumbent[c] for c in shared])))
+    if policy.metric == "pass_rate":
+        regressions = int(sum(1 for c in shared if incumbent[c] >= 1 and candidate[c] < 1))
+        wins = int(sum(1 for c in shared if candidate[c] >= 1 and incumbent[c] < 1))
+        statistics.update(regressions=regressions, wins=wins, mcnemar_p=mcnemar_exact(regressions, wins))
     limits = [
         ("min score", "score", policy.min_score, lambda v, t: v >= t, "≥"),
         ("max invalid-output rate", "invalid_rate", policy.max_invalid_rate, lambda v, t: v <= t, "≤"),
@@ -156,4 +232,6 @@ def evaluate(
             checks.append(Check(f"slice {name}", drop <= policy.max_slice_drop, -drop, -policy.max_slice_drop,
                                 f"accuracy {before:.3f} -> {after:.3f} (drop {drop:+.3f}) may drop at most "
                                 f"{policy.max_slice_drop:.3f}"))
-    return GateResult(passed=all(c.passed for c in checks), checks=checks, stats=statistics, warnings=warnings)
+    result = GateResult(verdict=PASS, checks=checks, stats=statistics)
+    result.settle()
+    return result

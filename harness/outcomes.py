@@ -16,6 +16,24 @@ from harness.scorers import normalize_text, parse_json_output
 
 PAIRED = ("regression", "win", "both_fail", "both_pass")
 
+NO_ANSWER = "no answer"  # the provider has no stored response for the case (skipped, or the run was cut short)
+# error kinds that say the answer was never delivered: the server, network or account failed, not the model
+_INFRA_KINDS = frozenset({
+    "connection", "timeout", "truncated", "stream_error", "bad_response", "client_error", "logged_error",
+    "http_401", "http_403", "http_404", "http_408", "http_409", "http_429", NO_ANSWER,
+})
+
+
+def is_infrastructure_error(kind: str | None) -> bool:
+    """Whether a failed call's `error_kind` is an infrastructure failure (no answer was delivered: connection,
+    timeout, cut stream, 5xx, 429 after retries, authentication or a missing model, or no response stored)
+    rather than a quality failure of the model. Request errors (400, 413, 422: e.g. an input too long for the
+    model) count as quality; `not_in_log` (a production log without the case) is neither: it has no answer
+    to compare."""
+    if kind is None:
+        return False
+    return kind in _INFRA_KINDS or kind.startswith("http_5")
+
 
 def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float] | None:
     """The Wilson score interval of a proportion (95% by default); None when n is 0.

@@ -209,8 +209,12 @@ class GateSpec(_Strict):
     max_ttft_p95_ms: float | None = Field(default=None, gt=0)
     max_cost_per_1k: float | None = Field(default=None, ge=0)  # USD per 1,000 cases
     max_slice_drop: float | None = Field(default=None, ge=0, le=1)  # per field/label/clause: accuracy drop allowed
-    bootstrap: int = Field(default=2000, ge=200, le=100_000)  # resamples for the paired bootstrap
-    seed: int = 0
+    # above this share of cases failing for infrastructure reasons (connection, timeout, 5xx...) a side makes the
+    # run invalid: no verdict on quality
+    max_infra_error_rate: float = Field(default=0.05, ge=0, le=1)
+    # resamples of the paired bootstrap the gate used before its score test; accepted so older suites load, unused
+    bootstrap: int = Field(default=2000, ge=200, le=100_000)
+    seed: int = 0  # of the cascade's cross-fitting folds
 
 
 class SuiteSpec(_Strict):

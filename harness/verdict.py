@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree
@@ -19,6 +20,7 @@ import pandas as pd
 from harness.errors import HarnessError
 from harness.gate import GateResult, evaluate
 from harness.load import latest_load
+from harness.outcomes import NO_ANSWER, is_infrastructure_error
 from harness.report import _index
 from harness.scorers import case_passes, summarize
 from harness.selfcheck import ADVICE, unreliable_reason
@@ -36,7 +38,9 @@ def gate_run(
     candidates = list(ready[ready["role"] == "candidate"]["provider"])
     if candidate is None:
         if not candidates:
-            raise HarnessError(f"run {run_id} has no candidate that ran")
+            skipped = providers[providers["role"] == "candidate"]
+            why = "; ".join(f"{r.provider} was skipped ({r.reason})" for r in skipped.itertuples())
+            raise HarnessError(f"run {run_id} is invalid: no candidate ran{': ' + why if why else ''}")
         candidate = candidates[0]
     elif candidate not in set(ready["provider"]):
         raise HarnessError(f"run {run_id} has no answers of '{candidate}' (ran: {', '.join(ready['provider'])})")
@@ -57,16 +61,57 @@ def gate_run(
                                "gate against an earlier run with --baseline RUN_ID")
         reference_run, reference = run_id, incumbents[0]
     cases = list(store.table("cases", run_id)["case_id"])
+    reference_cases = list(store.table("cases", reference_run)["case_id"])
     mine = per_case_metric(store, run_id, candidate, policy.metric, cases)
-    theirs = per_case_metric(store, reference_run, reference, policy.metric,
-                             list(store.table("cases", reference_run)["case_id"]))
+    theirs = per_case_metric(store, reference_run, reference, policy.metric, reference_cases)
+    my_failures = infrastructure_failures(store, run_id, candidate, cases)
+    shared = set(cases)
+    their_failures = {c: kind for c, kind in infrastructure_failures(store, reference_run, reference,
+                                                                     reference_cases).items() if c in shared}
+    not_logged = _not_in_log(store, reference_run, reference)
+    theirs = {c: v for c, v in theirs.items() if c not in their_failures and c not in not_logged}
+    excluded = {}
+    if their_failures:
+        excluded["incumbent infrastructure failure"] = len(their_failures)
+    if not_logged:
+        excluded["not in the incumbent's log"] = len(not_logged & shared)
+    if baseline is not None:
+        excluded["not in the baseline run"] = len(shared - set(reference_cases))
+    excluded = {k: v for k, v in excluded.items() if v}
     rates = _rates(store, run_id, candidate, len(cases), mine)
     slices = _slices(store, run_id, candidate, reference_run, reference)
     names = (candidate, f"{reference} in {baseline}" if baseline else reference)
-    result = evaluate(policy, mine, theirs, n_cases=len(cases), rates=rates, slices=slices, names=names)
+    failures = {"candidate": Counter(my_failures.values()), "incumbent": Counter(their_failures.values())}
+    result = evaluate(policy, mine, theirs, n_cases=len(cases), rates=rates, slices=slices, names=names,
+                      failures=failures, excluded=excluded)
     result.stats.update(run_id=run_id, baseline=baseline, suite=run["suite"])
     _refuse_unreliable_latency(result, rates)
     return result
+
+
+def infrastructure_failures(store: Store, run_id: str, provider: str, cases: list[str]) -> dict[str, str]:
+    """Case id -> error kind for each of `cases` that `provider` failed for infrastructure reasons in `run_id`
+    (`outcomes.is_infrastructure_error`), `no answer` where no response is stored."""
+    responses = store.table("responses", run_id)
+    mine = responses[responses["provider"] == provider].set_index("case_id") if len(responses) else None
+    out = {}
+    for case in cases:
+        if mine is None or case not in mine.index:
+            out[case] = NO_ANSWER
+            continue
+        row = mine.loc[case]
+        kind = row["error_kind"] if isinstance(row["error_kind"], str) else None
+        if isinstance(row["error"], str) and is_infrastructure_error(kind or "client_error"):
+            out[case] = kind or "client_error"
+    return out
+
+
+def _not_in_log(store: Store, run_id: str, provider: str) -> set[str]:
+    responses = store.table("responses", run_id)
+    if not len(responses):
+        return set()
+    rows = responses[(responses["provider"] == provider) & (responses["error_kind"] == "not_in_log")]
+    return set(rows["case_id"])
 
 
 LATENCY_CHECKS = {"max latency p95 (ms)": "latency_p95_ms", "max TTFT p95 (ms)": "ttft_p95_ms"}
@@ -91,7 +136,7 @@ def _refuse_unreliable_latency(result: GateResult, rates: dict[str, Any]) -> Non
         refused = True
     if refused:
         result.warnings.append(f"latency was measured by a client that could not keep up: {ADVICE}")
-    result.passed = all(c.passed for c in result.checks)
+    result.settle()
 
 
 def per_case_metric(store: Store, run_id: str, provider: str, metric: str, cases: list[str]) -> dict[str, float]:
@@ -107,7 +152,12 @@ def per_case_metric(store: Store, run_id: str, provider: str, metric: str, cases
     if metric not in set(store.table("scores", run_id)["metric"]):
         raise HarnessError(f"gate.metric '{metric}': run {run_id} has no such score (e.g. pass_rate, field.total)")
     values = rows.groupby("case_id")["value"].mean().to_dict()
-    return {c: float(values.get(c, 0.0)) for c in cases}
+    out = {c: float(values.get(c, 0.0)) for c in cases}
+    outside = [v for v in out.values() if not 0.0 <= v <= 1.0]
+    if outside:
+        raise HarnessError(f"gate.metric '{metric}': per-case values must be scores between 0 and 1 (run {run_id} "
+                           f"has {outside[0]:g}); gate on a score such as pass_rate, field.total or items.f1")
+    return out
 
 
 def _rates(store: Store, run_id: str, provider: str, n_cases: int, per_case: dict[str, float]) -> dict[str, Any]:
@@ -160,41 +210,68 @@ def _num(value: Any) -> float | None:
     return None if value is None or pd.isna(value) else float(value)
 
 
+VERDICT_WORDS = {"pass": "PASSED", "fail": "FAILED", "inconclusive": "INCONCLUSIVE", "invalid": "INVALID"}
+
+
 def verdict_text(result: GateResult) -> str:
-    """The plain-text verdict: a line per check with its number and threshold, then warnings."""
+    """The plain-text verdict: the verdict with its exit status, a line per check with its number and threshold,
+    then the statistics and warnings."""
     s = result.stats
-    lines = [f"gate {'PASSED' if result.passed else 'FAILED'}: {s.get('candidate')} against {s.get('incumbent')} "
-             f"({s.get('metric')}, margin {s.get('margin')}, confidence {s.get('confidence')})"]
+    lines = [f"gate {VERDICT_WORDS[result.verdict]}: {s.get('candidate')} against {s.get('incumbent')} "
+             f"({s.get('metric')}, margin {s.get('margin')}, confidence {s.get('confidence')}; "
+             f"exit {result.exit_status})"]
+    if result.verdict == "invalid":
+        lines.append(f"  {result.reason}")
     for check in result.checks:
-        lines.append(f"  {'PASS' if check.passed else 'FAIL'}  {check.name}: {check.detail}")
+        lines.append(f"  {check.outcome.upper():<12}  {check.name}: {check.detail}")
+    if s.get("excluded"):
+        lines.append("  info  left out of the pairing: "
+                     + ", ".join(f"{n} case(s): {why}" for why, n in s["excluded"].items()))
     if s.get("mcnemar_p") is not None:
         lines.append(f"  info  McNemar exact: {s['regressions']} regressions, {s['wins']} wins, "
                      f"p = {s['mcnemar_p']:.3g}")
-    if s.get("minimum_detectable_difference") is not None:
-        lines.append(f"  info  minimum detectable difference: {s['minimum_detectable_difference']:.3f}")
+    if s.get("method") and result.verdict != "invalid":
+        lines.append(f"  info  {s['method']}")
     lines.extend(f"  warning: {w}" for w in result.warnings)
     return "\n".join(lines)
 
 
 def junit_xml(result: GateResult) -> str:
-    """JUnit XML: one test case per check, a <failure> for each failed one."""
+    """JUnit XML: one test case per check; a failed check is a <failure>, an inconclusive one too (it must not pass
+    CI) with type="inconclusive", and an invalid run is an <error> of its `valid run` case."""
+    failing = [c for c in result.checks if c.outcome != "pass"]
+    errors = sum(1 for c in failing if result.verdict == "invalid")
     suite = ElementTree.Element("testsuite", name="shadow gate", tests=str(len(result.checks)),
-                                failures=str(sum(not c.passed for c in result.checks)))
+                                failures=str(len(failing) - errors), errors=str(errors))
+    properties = ElementTree.SubElement(suite, "properties")
+    for name, value in (("verdict", result.verdict), ("exit_status", str(result.exit_status)),
+                        ("reason", result.reason)):
+        ElementTree.SubElement(properties, "property", name=name, value=value)
     for check in result.checks:
         case = ElementTree.SubElement(suite, "testcase", classname=f"gate.{result.stats.get('suite')}", name=check.name)
-        if not check.passed:
-            ElementTree.SubElement(case, "failure", message=check.detail).text = check.detail
+        if check.outcome == "pass":
+            continue
+        tag = "error" if result.verdict == "invalid" else "failure"
+        ElementTree.SubElement(case, tag, message=check.detail, type=check.outcome if tag == "failure" else "invalid"
+                               ).text = check.detail
     return '<?xml version="1.0" encoding="utf-8"?>\n' + ElementTree.tostring(suite, encoding="unicode") + "\n"
+
+
+MARKS = {"pass": "✅ pass", "fail": "❌ fail", "inconclusive": "⚠️ inconclusive", "invalid": "⛔ invalid run"}
 
 
 def markdown(result: GateResult) -> str:
     """A Markdown summary for `$GITHUB_STEP_SUMMARY`."""
     s = result.stats
-    out = [f"### Shadow gate: {'✅ pass' if result.passed else '❌ fail'} — `{s.get('candidate')}` vs "
-           f"`{s.get('incumbent')}` ({s.get('suite')})", "", "| check | result | detail |", "|---|---|---|"]
+    out = [f"### Shadow gate: {MARKS[result.verdict]} — `{s.get('candidate')}` vs "
+           f"`{s.get('incumbent')}` ({s.get('suite')}), exit {result.exit_status}", ""]
+    if result.reason:
+        out += [result.reason.replace("|", "\\|"), ""]
+    out += ["| check | result | detail |", "|---|---|---|"]
     for check in result.checks:
         detail = check.detail.replace("|", "\\|")
-        out.append(f"| {check.name} | {'pass' if check.passed else '**fail**'} | {detail} |")
+        shown = check.outcome if check.passed else f"**{check.outcome}**"
+        out.append(f"| {check.name} | {shown} | {detail} |")
     out.extend(["", *(f"> warning: {w}" for w in result.warnings)])
     return "\n".join(out) + "\n"
 
