@@ -223,7 +223,7 @@ def verdict_text(result: GateResult) -> str:
     if result.verdict == "invalid":
         lines.append(f"  {result.reason}")
     for check in result.checks:
-        lines.append(f"  {check.outcome.upper():<12}  {check.name}: {check.detail}")
+        lines.append(f"  {check.outcome.upper()}  {check.name}: {check.detail}")
     if s.get("excluded"):
         lines.append("  info  left out of the pairing: "
                      + ", ".join(f"{n} case(s): {why}" for why, n in s["excluded"].items()))
