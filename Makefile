@@ -58,7 +58,7 @@ gate: setup
 cost: setup
 	$(BIN)/harness cost suites/$(SUITE) --db $(DB) $(if $(RUN),--run $(RUN)) $(if $(VOLUME),--volume $(VOLUME)) $(if $(PRICING),--pricing $(PRICING))
 
-## decide: migrate, stay or hybrid for SUITE: cost, cascade curve and the decision matrix
+## decide: migrate, stay, hybrid or undecided for SUITE: cost, cascade curve and the decision matrix
 decide: setup
 	$(BIN)/harness decide suites/$(SUITE) --db $(DB) $(if $(RUN),--run $(RUN)) $(if $(VOLUME),--volume $(VOLUME)) $(if $(PRICING),--pricing $(PRICING))
 

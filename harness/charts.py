@@ -239,9 +239,12 @@ def cost_chart(
 def cascade_chart(
     routed_share: list[float], quality: list[float], low: list[float | None], high: list[float | None],
     incumbent: float | None, margin: float, picked: int | None = None, chart_id: str | None = None,
+    crossfit: tuple[float, float, float, float] | None = None,
 ) -> str | None:
     """The cascade curve: quality (with its interval band) against the share of cases routed to the API, the
-    incumbent's quality and the gate's margin below it, and the recommended threshold (`picked`, an index)."""
+    incumbent's quality and the gate's margin below it, the threshold picked on all cases (`picked`, an index), and
+    the cross-fitted hybrid (`crossfit`: routed share, quality and the quality's interval) as a point with an
+    error bar."""
     x = np.asarray(routed_share, dtype=float)
     y = np.asarray(quality, dtype=float)
     if not x.size:
@@ -262,7 +265,12 @@ def cascade_chart(
                        label=f"API - margin ({margin:g})")
         if picked is not None and 0 <= picked < x.size:
             ax.plot([x[picked]], [y[picked]], marker="o", color=PALETTE[3], linestyle="none",
-                    label=f"recommended: {x[picked]:.0%} routed")
+                    label=f"picked (in-sample): {x[picked]:.0%} routed")
+        if crossfit is not None and all(math.isfinite(v) for v in crossfit):
+            share, quality, low, high = crossfit
+            ax.errorbar([share], [quality], yerr=[[quality - low], [high - quality]], marker="D", markersize=8,
+                        markerfacecolor="none", color=PALETTE[2], capsize=3, linestyle="none",
+                        label=f"cross-fitted: {share:.0%} routed")
         ax.set_xlim(0, 1)
         ax.xaxis.set_major_formatter(PercentFormatter(xmax=1.0, decimals=0))
         ax.set_xlabel("cases routed to the API")

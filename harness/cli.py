@@ -113,7 +113,7 @@ def _parser() -> argparse.ArgumentParser:
 
     for name, helptext in (
         ("cost", "monthly cost of the API, self-hosting and a hybrid at the profile's volume; the break-even volume"),
-        ("decide", "migrate, stay or hybrid: cost, cascade curve and the decision matrix for a stored run"),
+        ("decide", "migrate, stay, hybrid or undecided: cost, cascade curve and the decision matrix for a stored run"),
     ):
         command = sub.add_parser(name, help=helptext)
         command.add_argument("suite", help="suite folder, e.g. suites/invoices (its profile.toml is read)")

@@ -206,9 +206,8 @@ def _decision_section(store: Store, run: dict[str, Any]) -> dict[str, Any]:
         a = analyse(store, run["run_id"], profile, policy)
     except HarnessError as exc:
         return {"note": f"No cost or decision for this run: {exc}"}
-    routed = a.costs["monthly"].get("hybrid")
-    pick = a.cascade_pick
-    points = curve(a.model, a.volume, None if routed is None else pick["api_cost_per_case"])
+    pick, cross = a.cascade_pick, a.cascade_crossfit
+    points = curve(a.model, a.volume, a.hybrid_api_cost_per_case)
     section: dict[str, Any] = {
         "analysis": a,
         "assumptions": a.profile.assumptions(),
@@ -225,6 +224,8 @@ def _decision_section(store: Store, run: dict[str, Any]) -> dict[str, Any]:
         section["cascade_chart"] = cascade_chart(
             list(c["routed_share"]), list(c["quality"]), list(c["quality_low"]), list(c["quality_high"]),
             c.attrs.get("incumbent_quality"), float(c.attrs.get("margin", 0.0)), picked, chart_id="cascade",
+            crossfit=None if cross is None or cross.folds < 2 else (
+                cross.routed_share, cross.quality, cross.quality_low, cross.quality_high),
         )
         step = max(1, len(c) // 12)
         keep = sorted({*range(0, len(c), step), len(c) - 1, *([picked] if picked is not None else [])})

@@ -1,20 +1,32 @@
 """`harness cost` and `harness decide` on real stored runs (OpenAI wire-format server, real DuckDB), with a
-profile and prices chosen so that every figure can be checked by hand, and the report's cost section."""
+profile and prices chosen so that every figure can be checked by hand, and the report's cost section.
+
+The gate's score test by hand (`harness.paired`): with no case where the candidate beats the incumbent and b cases
+where it loses, on n cases at margin m, the restricted estimate puts mass m on -1, so Z = (n m - b - 0.5) /
+sqrt(n m (1 - m)) (while n m - b > 0.5), and the verdict is pass above 1.645 (95%), fail below -1.645. At the
+margin of 0.1 used here: 50 cases that all agree give 4.5 / 2.121 = 2.12, pass; 40 give 3.5 / 1.897 = 1.85, pass;
+32 (the training part of 5 folds of 40) give 2.7 / 1.697 = 1.59 and 20 give 1.5 / 1.342 = 1.12, inconclusive.
+10 losses of 50 give -4.5 / 2.121 = -2.12, fail; 3 of 50 give 1.5 / 2.121 = 0.71, inconclusive."""
 
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import copy_invoices
 from openai_server import OpenAIServer, Reply
 
+from harness import paired
 from harness.cli import main
+from harness.outcomes import wilson_interval
 
-N_CASES = 20
-WRONG = {3, 8, 12, 17}  # the candidate's wrong answers: 4 of 20
+N_CASES = 50
+MARGIN = 0.1
+WRONG = {3, 8, 12, 17, 21, 26, 30, 35, 41, 46}  # the candidate's wrong answers: 10 of 50
 
 # API: $1,000 per 1M output tokens, nothing for input; the test server streams 1 token a chunk and each answer
 # is one chunk, so every API answer costs 1 x 1000 / 1e6 = $0.001.
@@ -40,10 +52,13 @@ team = "{team}"
 
 
 def _setup(tmp_path: Path, monkeypatch, *, wrong: set[int], volume: float, team: str = "some", gate: str = "",
-           profile: str = "", candidate: str = "") -> Path:
-    suite = copy_invoices(tmp_path, N_CASES)
+           profile: str = "", candidate: str = "", n_cases: int = N_CASES, refused: set[int] = frozenset()) -> Path:
+    """A stored run of the first `n_cases` invoices: the API answers every case right; the candidate gets `wrong`
+    wrong (and is unsure exactly there), and its server refuses `refused` with HTTP 401 (an infrastructure
+    failure)."""
+    suite = copy_invoices(tmp_path, n_cases)
     with (suite / "suite.toml").open("a") as f:
-        f.write("\n[gate]\nmargin = 0.05\n" + gate)
+        f.write(f"\n[gate]\nmargin = {MARGIN}\n" + gate)
     (suite / "profile.toml").write_text(PROFILE.format(volume=volume, team=team) + profile)
     (tmp_path / "prices.toml").write_text(PRICES)
     config = suite / "suite.toml"
@@ -56,6 +71,8 @@ def _setup(tmp_path: Path, monkeypatch, *, wrong: set[int], volume: float, team:
         answer = dict(rows[i]["gold"])
         if body["model"].startswith("gpt"):
             return Reply(text=json.dumps(answer), chunks=1)
+        if i in refused:
+            return Reply(status=401, error_message="invalid API key")
         if i in wrong:
             answer["total"] = "999.99"
         # the candidate is unsure (mean logprob -2.0) exactly where it is wrong, sure (-0.1) elsewhere
@@ -125,17 +142,34 @@ def test_a_weaker_candidate_goes_hybrid_on_its_logprobs(tmp_path, monkeypatch, c
     assert _cli(tmp_path, "decide", suite) == 0
     out = capsys.readouterr().out
     data = json.loads((tmp_path / "out.json").read_text())
-    assert data["gate"]["passed"] is False  # 16 of 20 against 20 of 20 is far outside a 0.05 margin
+    assert data["gate"]["verdict"] == "fail"  # 40 of 50 against 50 of 50: Z = -2.12
     pick = data["cascade"]["recommended"]
     assert data["cascade"]["signal"] == "logprob_mean"
-    # routing answers below the sure -0.1 sends exactly the 4 unsure (and wrong) ones: quality 1.0
-    assert pick["routed_share"] == pytest.approx(4 / 20)
+    # routing answers below the sure -0.1 sends exactly the 10 unsure (and wrong) ones: quality 1.0
+    assert pick["routed_share"] == pytest.approx(10 / 50) and pick["verdict"] == "pass"
     assert pick["quality"] == pytest.approx(1.0)
-    assert pick["api_cost_per_case"] == pytest.approx(4 / 20 * 0.001)
+    assert pick["api_cost_per_case"] == pytest.approx(10 / 50 * 0.001)
+    # cross-fitted: each fold's other 40 cases hold wrong answers, so each picks the same threshold, and every
+    # case is routed as on all cases: 10 of 50 routed, the hybrid agrees with the API on all 50 (Z = 2.12, pass)
+    cross = data["cascade"]["crossfit"]
+    assert cross["folds"] == 5 and cross["folds_without_threshold"] == 0 and cross["holds"]
+    assert cross["thresholds"] == [pytest.approx(-0.1)] * 5 and cross["fold_rules"] == ["< -0.1"] * 5
+    assert (cross["routed_count"], cross["quality"], cross["verdict"]) == (10, 1.0, "pass")
+    assert (cross["routed_low"], cross["routed_high"]) == pytest.approx(wilson_interval(10, 50))
+    assert cross["quality_low"] == pytest.approx(50 / (50 + 1.959964**2))  # Wilson at 50 of 50
+    # the API spend: 0.001 on each routed case; its interval is the score test's on the routed indicator, 97.5%
+    # one-sided at each end
+    low, high = paired.bounds(np.r_[np.ones(10), np.zeros(40)], 0.975)
+    assert (cross["api_cost_low"], cross["api_cost_high"]) == pytest.approx((low * 0.001, high * 0.001))
+    assert (cross["savings"], cross["savings_low"], cross["savings_high"]) == pytest.approx((0.8, 1 - high, 1 - low))
     # hybrid: $2,460 self-hosted + 5,000,000 x $0.0002 = $3,460, below the API's $5,000
     assert data["costs"]["monthly"]["hybrid"] == pytest.approx(3460.0)
+    assert data["cascade"]["hybrid_monthly_interval"] == pytest.approx([2460 + 5000 * low, 2460 + 5000 * high])
     assert data["decision"] == "hybrid"
+    assert "cross-fitted, 5 folds: 20% [11%, 33%] of cases routed to the API" in data["reason"]
     assert "recommendation: HYBRID" in out
+    assert "recommended: * route to the API when logprob_mean < -0.1 (threshold chosen on all 50 cases)" in out
+    assert "cross-fitted (5 folds): 20.0% routed [11.2%, 33.0%], quality 1.000 [0.929, 1.000]" in out
     # at 1,000,000 cases the hybrid ($1,730 + $200) costs more than the API ($1,000): stay
     assert _cli(tmp_path, "decide", suite, "--volume", "1000000") == 0
     assert "recommendation: STAY" in capsys.readouterr().out
@@ -151,6 +185,87 @@ def test_the_report_shows_the_same_decision(tmp_path, monkeypatch):
     assert float(hybrid.group(1)) == pytest.approx(3460.0)
     assert page.count('data-picked="1"') == 1
     assert 'data-factor="team capability" data-leans="neutral"' in page
+    assert '<div id="crossfit" data-verdict="pass" data-folds="5" data-holds="1" data-thin="0">' in page
+    share = re.search(r'data-figure="routed_share">.*?data-value="([^"]+)"', page, re.S)
+    assert float(share.group(1)) == pytest.approx(0.2)
+    assert "cross-fitted (5 folds, seed 0)" in page and "cross-fitted: 20% routed" in page  # table and chart
+
+
+def test_an_inconclusive_gate_is_undecided_and_never_migrates(tmp_path, monkeypatch, capsys):
+    # 20 cases that all agree: Z = 1.12 at the 0.1 margin, so the gate cannot vouch, although self-hosting is
+    # cheaper (the factors lean open): no migration on that evidence, and no stay either
+    suite = _setup(tmp_path, monkeypatch, wrong=set(), volume=5_000_000, n_cases=20)
+    capsys.readouterr()
+    assert _cli(tmp_path, "decide", suite) == 0
+    out = capsys.readouterr().out
+    data = json.loads((tmp_path / "out.json").read_text())
+    assert data["gate"]["verdict"] == "inconclusive"
+    needed = data["gate"]["stats"]["cases_needed"]
+    assert needed == paired.cases_needed(np.zeros(20), MARGIN, 0.95) and needed > 20
+    assert data["decision"] == "undecided" and "recommendation: UNDECIDED" in out
+    assert f"about {needed:,} paired cases would show it" in data["reason"]
+    # nor does a hybrid settle it: on 20 cases not even the API alone is shown within 0.1 of itself
+    assert "no hybrid settles it: no threshold keeps quality within the margin" in data["reason"]
+    factor = next(f for f in data["factors"] if f["name"] == "task complexity")
+    assert factor["leans"] == "neutral" and factor["weight"] == 0
+    page = next((tmp_path / "r").rglob("index.html")).read_text()
+    assert 'id="recommendation" data-decision="undecided"' in page
+
+
+def test_an_invalid_run_is_undecided_with_the_gates_reason(tmp_path, monkeypatch, capsys):
+    # the candidate's server refuses 5 of 50 cases (10%, above the 5% allowed): the run measured the server
+    suite = _setup(tmp_path, monkeypatch, wrong=set(), volume=5_000_000, refused={0, 1, 2, 3, 4})
+    capsys.readouterr()
+    assert _cli(tmp_path, "decide", suite) == 0
+    out = capsys.readouterr().out
+    data = json.loads((tmp_path / "out.json").read_text())
+    assert data["gate"]["verdict"] == "invalid"
+    assert data["decision"] == "undecided" and data["reason"] == data["gate"]["reason"]
+    assert "failed 5 of 50 cases for infrastructure reasons" in data["reason"]
+    assert "recommendation: UNDECIDED" in out
+    factor = next(f for f in data["factors"] if f["name"] == "task complexity")
+    assert (factor["value"], factor["leans"]) == ("invalid run", "neutral")
+
+
+def test_a_hybrid_that_holds_only_in_sample_is_not_recommended(tmp_path, monkeypatch, capsys):
+    # 10 wrong of 40: the gate fails. Routing the 10 unsure ones agrees with the API on all 40 cases (Z = 1.85,
+    # pass), but a fold's threshold is picked on its other 32 cases, where the same agreement gives Z = 1.59: no
+    # fold finds a threshold, so cross-fitted there is no hybrid, only the API. Too thin: undecided, not hybrid.
+    wrong = {3, 8, 12, 17, 21, 26, 30, 35, 37, 39}
+    suite = _setup(tmp_path, monkeypatch, wrong=wrong, volume=5_000_000, n_cases=40)
+    capsys.readouterr()
+    assert _cli(tmp_path, "decide", suite) == 0
+    out = capsys.readouterr().out
+    data = json.loads((tmp_path / "out.json").read_text())
+    assert data["gate"]["verdict"] == "fail"
+    pick = data["cascade"]["recommended"]
+    assert pick["routed_share"] == pytest.approx(0.25) and pick["verdict"] == "pass"
+    cross = data["cascade"]["crossfit"]
+    assert cross["folds_without_threshold"] == 5 and cross["thresholds"] == [None] * 5
+    assert cross["routed_share"] == 1.0 and not cross["holds"]
+    # each fold's 32 cases would need to be cases_needed(40 agreeing) x 5/4 cases in all
+    assert cross["cases_needed"] == math.ceil(paired.cases_needed(np.zeros(40), MARGIN, 0.95) * 5 / 4)
+    assert data["decision"] == "undecided"
+    assert "the evidence is too thin to recommend it: in 5 of 5 folds no threshold" in data["reason"]
+    assert f"about {cross['cases_needed']:,} cases would let each fold find one" in data["reason"]
+    assert "too thin to recommend a threshold: in 5 of 5 folds" in out
+    assert "5 of 5 folds found no threshold within the margin on their other folds' cases" in out
+
+
+def test_an_inconclusive_gate_goes_hybrid_when_the_cross_fitted_hybrid_passes(tmp_path, monkeypatch, capsys):
+    # 3 wrong of 50: Z = 0.71, the gate is inconclusive. Routing the 3 unsure ones agrees with the API on all 50,
+    # and cross-fitted too (every fold's other 40 cases hold a wrong answer): Z = 2.12, pass. The hybrid is
+    # shown within the margin where the candidate alone is not: hybrid, at $2,460 + 5,000,000 x 0.06 x $0.001.
+    suite = _setup(tmp_path, monkeypatch, wrong={3, 20, 41}, volume=5_000_000)
+    capsys.readouterr()
+    assert _cli(tmp_path, "decide", suite) == 0
+    data = json.loads((tmp_path / "out.json").read_text())
+    assert data["gate"]["verdict"] == "inconclusive"
+    cross = data["cascade"]["crossfit"]
+    assert (cross["verdict"], cross["routed_count"], cross["holds"]) == ("pass", 3, True)
+    assert data["costs"]["monthly"]["hybrid"] == pytest.approx(2760.0)
+    assert data["decision"] == "hybrid"
+    assert data["reason"].startswith("the gate cannot vouch for the candidate alone (non-inferiority: ")
 
 
 def test_errors_are_one_line_with_exit_2(tmp_path, monkeypatch, capsys):
@@ -229,12 +344,13 @@ def test_without_the_api_in_the_run_its_cost_is_estimated_from_the_candidates_to
 
 
 def test_the_cascade_margin_does_not_loosen_the_gate(tmp_path, monkeypatch, capsys):
-    # 16 of 20 against 20 of 20 fails a 0.05 margin; a looser margin for the hybrid must not make it migrate
+    # 40 of 50 against 50 of 50 fails a 0.1 margin; a looser margin for the hybrid must not make it migrate
     suite = _setup(tmp_path, monkeypatch, wrong=WRONG, volume=5_000_000, profile="[cascade]\nmargin = 0.5\n")
     capsys.readouterr()
     assert _cli(tmp_path, "decide", suite) == 0
     data = json.loads((tmp_path / "out.json").read_text())
-    assert data["gate"]["passed"] is False and data["gate"]["stats"]["margin"] == 0.05
+    assert data["gate"]["verdict"] == "fail" and data["gate"]["stats"]["margin"] == MARGIN
+    assert data["cascade"]["crossfit"]["margin"] == 0.5
     assert data["decision"] != "migrate"
 
 
