@@ -283,6 +283,11 @@ def _run(args: argparse.Namespace, open_store: Callable[[], Store]) -> int:
     path = render_report(store, result.run_id, args.reports)
     print(f"DuckDB:  {args.db}  (run_id = '{result.run_id}')")
     print(f"Report:  {path}")
+    if result.status == "failed":
+        print(f"error: run {result.run_id} failed: {result.reason}", file=sys.stderr)
+        print(f"resume it once the cause is fixed: harness run {suite.path} --resume {result.run_id} --db {args.db}"
+              f"{_base_url_arg(args)}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -404,7 +409,8 @@ def _print_summary(store: Store, run_id: str, n_cases: int) -> None:
     providers = store.table("run_providers", run_id)
     summary = summarize(responses, scores, n_cases) if not responses.empty else None
     run = store.run(run_id)
-    print(f"run {run_id}: {run['status']}")
+    reason = run.get("status_reason")
+    print(f"run {run_id}: {run['status']}" + (f": {reason}" if isinstance(reason, str) and reason else ""))
     for p in providers.itertuples():
         if p.status == "skipped":
             print(f"  {p.provider:<28} skipped: {p.reason}")
@@ -695,15 +701,19 @@ def cmd_cache_explain(args: argparse.Namespace) -> int:
 def cmd_runs(args: argparse.Namespace) -> int:
     """`harness runs`: one line per stored run, newest first."""
     with Store(args.db, read_only=True) as store:
+        # a file written before migration 6 has no status_reason, and a read-only store does not migrate
+        reason = "r.status_reason" if "status_reason" in store.query("SELECT * FROM runs LIMIT 0").columns \
+            else "NULL AS status_reason"
         df = store.query(
-            "SELECT r.run_id, r.suite, r.status, r.n_cases, count(s.case_id) AS responses, r.started_at "
-            "FROM runs r LEFT JOIN responses s USING (run_id) GROUP BY ALL ORDER BY r.started_at DESC"
+            f"SELECT r.run_id, r.suite, r.status, {reason}, r.n_cases, count(s.case_id) AS responses, "
+            "r.started_at FROM runs r LEFT JOIN responses s USING (run_id) GROUP BY ALL ORDER BY r.started_at DESC"
         )
     if df.empty:
         print("no runs yet")
     for row in df.itertuples():
+        reason = f"  {row.status}: {row.status_reason}" if isinstance(row.status_reason, str) else ""
         print(f"{row.run_id}  {row.suite:<12} {row.status:<11} {row.n_cases:>5} cases  "
-              f"{row.responses:>6} responses  {row.started_at:%Y-%m-%d %H:%M}")
+              f"{row.responses:>6} responses  {row.started_at:%Y-%m-%d %H:%M}{reason}")
     return 0
 
 

