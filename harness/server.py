@@ -245,7 +245,7 @@ class ManagedServer:
                            "max_tokens": 8, "temperature": 0.0, "stream": False}).encode()
         request = urllib.request.Request(f"{self.base_url}/chat/completions", data=body,
                                          headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=self.smoke_timeout) as response:
+        with urllib.request.urlopen(request, timeout=self.smoke_timeout + 5) as response:  # ours comes first
             answer = json.loads(response.read())
         if not answer.get("choices"):
             raise ValueError(f"an answer with no choices: {str(answer)[:200]}")

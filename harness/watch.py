@@ -66,8 +66,7 @@ class ServerWatch:
                     f"request{'s' if self.answered != 1 else ''}")
             self.events.append(died)
             if self.answered == 0 or self.restarts >= MAX_RESTARTS:
-                again = " again, after a restart" if self.restarts else ""
-                self.failure = died.replace(" after ", f"{again} after ", 1) if again else died
+                self.failure = died + (f", after {self.restarts} restart" if self.restarts else "")
                 return False
             self.restarts += 1
             try:

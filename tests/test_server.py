@@ -75,3 +75,45 @@ def test_a_llama_cpp_server_does_not_inherit_variables_that_its_settings_read():
     kept = server_env(ServerPlan("llama_cpp", "smollm2-135m", "smollm2-135m"), env)
     assert kept == {"PATH": "/usr/bin", "HOME": "/root", "LIMIT": "5"}
     assert server_env(ServerPlan("vllm", "org/m", "m"), env) == env
+
+
+def test_the_smoke_test_stops_a_server_that_crashes_on_its_first_completion(fake_vllm: Path, tmp_path: Path,
+                                                                             monkeypatch):
+    """It answers /v1/models, then dies with SIGSEGV on the first real request, as a llama.cpp library built for
+    another CPU does: the start fails with the signal, the log's last lines and where the log is."""
+    monkeypatch.setenv("FAKE_VLLM_CRASH_AFTER", "0")
+
+    async def go():
+        async with ManagedServer(ServerPlan("vllm", "org/model", "cand"), log_dir=tmp_path):
+            pass
+
+    with pytest.raises(ServerError) as raised:
+        asyncio.run(go())
+    message = str(raised.value)
+    assert message.startswith("vLLM server exited with SIGSEGV on its first completion (a multi-token prompt): ")
+    assert "ggml: illegal instruction in the matrix kernel" in message and f"full log: {tmp_path}" in message
+
+
+def test_the_smoke_test_gives_up_on_a_server_that_never_answers(fake_vllm: Path, tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("FAKE_VLLM_HANG", "1")
+    started = []
+
+    async def go():
+        server = ManagedServer(ServerPlan("vllm", "org/model", "cand"), log_dir=tmp_path, smoke_timeout=1.5)
+        started.append(server)
+        async with server:
+            pass
+
+    with pytest.raises(ServerError, match=r"vLLM server did not answer its start-up completion within 2s"):
+        asyncio.run(go())
+    assert started[0].exit_status is not None  # stopped, not left running
+
+
+def test_describe_exit_names_the_signal():
+    import signal
+
+    from harness.server import describe_exit
+
+    assert describe_exit(-signal.SIGSEGV) == "exited with SIGSEGV"
+    assert describe_exit(1) == "exited with status 1"
+    assert describe_exit(None) == "is running"
