@@ -40,6 +40,7 @@ def respond(body: dict) -> Reply:
     if crash_after is not None and len(answered) >= int(crash_after):
         print("ggml: illegal instruction in the matrix kernel", file=sys.stderr, flush=True)
         os.kill(os.getpid(), signal.SIGSEGV)
+        time.sleep(60)  # the signal may reach another thread: this request must not be answered meanwhile
     answered.append(1)
     return reply
 

@@ -6,6 +6,7 @@ import contextlib
 import importlib.util
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -277,3 +278,75 @@ def test_real_model_reviews_a_contract_cut_to_its_context(tmp_path: Path):
     assert errors == [(None,), (None,)]
     assert clause_rows == 2 * 12
     assert cut == 1  # the first contract (2,010 characters) fits; the second is cut
+
+
+def test_the_smoke_test_passes_on_the_installed_library():
+    """`harness smoke` (what `make setup` runs): the installed llama.cpp library answers a multi-token prompt through
+    the real server. A build for another CPU crashes here, not in the middle of a run."""
+    proc = _harness("smoke")
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert out.startswith("smoke test passed: the llama.cpp server answered a multi-token prompt")
+
+
+@pytest.mark.skipif(os.uname().machine not in ("x86_64", "amd64") or not shutil.which("objdump"),
+                    reason="the portable baseline is checked on x86-64, with binutils' objdump")
+def test_the_installed_library_is_the_portable_build():
+    """`make setup` builds for the AVX2 baseline: no AVX-512 register (zmm) in the CPU backend, so the library runs
+    on any x86-64 CPU of the last ten years, AVX-512 or AMX or not (NATIVE=1 opts out)."""
+    import llama_cpp
+
+    libs = sorted((Path(llama_cpp.__file__).parent / "lib").glob("libggml-cpu.so*"))
+    assert libs
+    code = subprocess.run(["objdump", "-d", str(libs[0])], capture_output=True, text=True, check=True).stdout
+    assert "ymm" in code and "zmm" not in code
+
+
+def _wait_for_new_server(proc: subprocess.Popen, old: int, log_dir: Path, timeout: float = 120) -> int:
+    """Wait until the harness has restarted its llama.cpp server (a new child, up and answering)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        logs = list(log_dir.glob("llama_cpp-*.log"))
+        servers = [pid for pid in _children(proc.pid) if b"llama_cpp.server" in _cmdline(pid) and pid != old]
+        if servers and logs and logs[0].read_text(errors="replace").count("Uvicorn running") >= 2:
+            return servers[0]
+        time.sleep(0.2)
+    raise AssertionError("the llama.cpp server was not restarted")
+
+
+def test_a_killed_server_is_restarted_once_then_the_run_fails_and_resumes(tmp_path: Path):
+    """Kill the real server after it answered: the harness restarts it; kill the new one: the run ends `failed`
+    with the reason and exit 1, nothing is stored for the cases it could not answer, and --resume finishes them."""
+    db, journal = tmp_path / "s.duckdb", tmp_path / "s.journal"
+    proc = _harness("run", "suites/invoices", "--limit", "4", "--db", str(db), "--reports", str(tmp_path / "r"),
+                    "--no-progress", "--cache", "off")
+    first = _wait_for_server(proc, tmp_path)
+    _wait_for_answers(journal, 1)
+    os.kill(first, signal.SIGKILL)
+    second = _wait_for_new_server(proc, first, tmp_path)
+    _wait_for_answers(journal, 2)  # the restarted server answers
+    os.kill(second, signal.SIGKILL)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1, (out, err)
+    con = duckdb.connect(str(db), read_only=True)
+    run_id, status, reason = con.execute("SELECT run_id, status, status_reason FROM runs").fetchone()
+    kept = con.execute("SELECT count(*), count(error) FROM responses").fetchone()
+    stats = json.loads(con.execute("SELECT stats FROM run_providers WHERE provider = 'local:smollm2-135m'")
+                       .fetchone()[0])
+    con.close()
+    assert status == "failed" and reason.startswith("local:smollm2-135m: llama.cpp server exited with SIGKILL after ")
+    assert ", after 1 restart; its unanswered cases stay for --resume" in reason
+    assert f"error: run {run_id} failed: {reason}" in err
+    assert stats["server"]["restarts"] == 1 and stats["server"]["events"][1] == "llama.cpp server restarted"
+    assert 2 <= kept[0] < 4 and kept[1] == 0  # no connection error stored as an answer
+    assert not _alive(second)
+
+    proc = _harness("run", "suites/invoices", "--resume", "last", "--db", str(db), "--reports", str(tmp_path / "r"),
+                    "--no-progress")
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    con = duckdb.connect(str(db), read_only=True)
+    assert con.execute("SELECT run_id, status FROM runs").fetchone() == (run_id, "completed")
+    assert con.execute("SELECT count(*), count(error) FROM responses").fetchone() == (4, 0)
+    con.close()
