@@ -1,7 +1,13 @@
 """Prompt and generation speed of the installed llama.cpp library on the bundled model, for comparing builds
 (portable baseline against native): `python bench/llama_build.py [--reps 3]` prints JSON with tokens per second.
 
-Run it once under each build (e.g. two virtual environments); docs/benchmarks.md records the results.
+`--compare NAME=PYTHON=FLAGS ...` runs it under several interpreters (one virtual environment a build), in
+alternating rounds, and with `--record` writes the result into docs/benchmarks.json and docs/benchmarks.md (part
+`llama_build`), e.g.
+
+    python bench/llama_build.py --rounds 3 --record \
+        --compare "portable=.venv/bin/python=<flags of scripts/install_llama.sh>" \
+        --compare "native=/tmp/native-venv/bin/python=-DGGML_NATIVE=ON"
 """
 
 from __future__ import annotations
@@ -58,5 +64,50 @@ def main() -> None:
     }))
 
 
+def compare(builds: list[str], rounds: int, reps: int, model: str | None) -> dict:
+    """Run this script under each build's interpreter, alternating, and summarise."""
+    import subprocess
+
+    parsed = [b.split("=", 2) for b in builds]
+    runs: dict[str, list[dict]] = {name: [] for name, *_ in parsed}
+    load = []
+    for _ in range(rounds):
+        for name, python, *_ in parsed:
+            load.append(os.getloadavg()[0])
+            command = [python, __file__, "--reps", str(reps)] + (["--model", model] if model else [])
+            out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+            runs[name].append(json.loads(out.strip().splitlines()[-1]))
+    first = next(iter(runs.values()))[0]
+    result = {"version": first["llama_cpp_python"], "cpu": first["cpu"], "machine": first["machine"],
+              "cores": os.cpu_count(), "prompt_tokens": first["prompt_tokens"],
+              "generated_tokens": first["generated_tokens"], "rounds": rounds, "reps": reps,
+              "load": statistics.median(load), "builds": []}
+    for name, _, *flags in parsed:
+        prompt = [r["prompt_tokens_per_s"] for r in runs[name]]
+        output = [r["output_tokens_per_s"] for r in runs[name]]
+        result["builds"].append({"name": name, "flags": flags[0] if flags else "",
+                                 "prompt": statistics.median(prompt), "prompt_range": [min(prompt), max(prompt)],
+                                 "output": statistics.median(output), "output_range": [min(output), max(output)]})
+    return result
+
+
 if __name__ == "__main__":
-    main()
+    if "--compare" in sys.argv:
+        parser = argparse.ArgumentParser()
+        parser.add_argument("--compare", action="append", required=True, metavar="NAME=PYTHON=FLAGS")
+        parser.add_argument("--rounds", type=int, default=3)
+        parser.add_argument("--reps", type=int, default=7)
+        parser.add_argument("--model")
+        parser.add_argument("--note", default="")
+        parser.add_argument("--record", action="store_true", help="write it into docs/benchmarks.{json,md}")
+        options = parser.parse_args()
+        summary = compare(options.compare, options.rounds, options.reps, options.model)
+        summary["note"] = options.note
+        print(json.dumps(summary, indent=1))
+        if options.record:
+            sys.path.insert(0, str(Path(__file__).parent))
+            from run import record_part
+
+            record_part("llama_build", summary)
+    else:
+        main()

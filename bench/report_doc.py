@@ -353,6 +353,23 @@ part.
 """
 
 
+def llama_build_section(result: dict[str, Any]) -> list[str]:
+    """llama.cpp built for the portable baseline against a native build (bench/llama_build.py --compare)."""
+    lines = ["## llama.cpp build: portable baseline against native", "",
+             f"The bundled model through llama-cpp-python {result['version']} on {result['cpu']} "
+             f"({result['machine']}, {result['cores']} cores), {result['prompt_tokens']}-token prompt and "
+             f"{result['generated_tokens']} generated tokens, {result['rounds']} alternating rounds of "
+             f"{result['reps']} repetitions; medians of the rounds' medians, the rounds' range in brackets. "
+             f"Machine load average {result['load']:.1f} while measuring.", "",
+             "| build | CMAKE_ARGS | prompt tokens/s | output tokens/s |", "|---|---|---|---|"]
+    for build in result["builds"]:
+        lines.append(f"| {build['name']} | `{build['flags'] or '(defaults)'}` | {build['prompt']:.0f} "
+                     f"[{build['prompt_range'][0]:.0f}–{build['prompt_range'][1]:.0f}] | {build['output']:.0f} "
+                     f"[{build['output_range'][0]:.0f}–{build['output_range'][1]:.0f}] |")
+    lines += ["", result.get("note", ""), ""]
+    return lines
+
+
 def markdown(data: dict[str, Any]) -> str:
     parts = data.get("parts", {})
     lines = header(data)
@@ -360,8 +377,9 @@ def markdown(data: dict[str, Any]) -> str:
     sections = {
         "dispatch": dispatch_section, "real": real_section, "storage": storage_section, "cache": cache_section,
         "report": report_section, "memory": memory_section, "latency": latency_section, "peers": peers_section,
+        "llama_build": llama_build_section,
     }
-    for name in ("dispatch", "real", "storage", "cache", "report", "memory", "latency", "peers"):
+    for name in ("dispatch", "real", "storage", "cache", "report", "memory", "latency", "peers", "llama_build"):
         result = parts.get(name)
         if result is None:
             continue
