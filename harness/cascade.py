@@ -59,7 +59,8 @@ def cascade_frame(
     store: Store, run_id: str, *, candidate: str | None = None, incumbent: str | None = None,
     metric: str = "pass_rate",
 ) -> pd.DataFrame:
-    """One row per case of `run_id`, in case-id order (the gate's pairing order): `case_id`, `answered` (the
+    """One row per case of `run_id` the incumbent answered (as the gate pairs them; `attrs["excluded"]` counts the
+    others), in case-id order: `case_id`, `answered` (the
     candidate answered without error), `valid` (answered and every validity check passed), the candidate's
     signals (`logprob_mean`, `margin_mean`, `logprob_min`, `logprob_tokens`, `agreement`: NaN where not
     captured), the per-case metric of the `candidate` and of the `incumbent` (the gate's rules), and
@@ -73,11 +74,15 @@ def cascade_frame(
     ready = providers[providers["status"] == "ready"]
     candidate = _provider(run_id, ready, providers, "candidate", candidate)
     incumbent = _provider(run_id, ready, providers, "incumbent", incumbent)
-    cases = sorted(store.table("cases", run_id)["case_id"])
+    every_case = sorted(store.table("cases", run_id)["case_id"])
     responses = store.table("responses", run_id)
     scores = store.table("scores", run_id)
     mine = responses[responses["provider"] == candidate].set_index("case_id")
     theirs = responses[responses["provider"] == incumbent].set_index("case_id")
+    # as in the gate: a case the incumbent did not answer (an outage, a refused request) has nothing to route to
+    # and nothing to compare with; scoring it 0 would make every hybrid look better than the API
+    answered_by_api = set(theirs.index[theirs["error"].isna()])
+    cases = [c for c in every_case if c in answered_by_api]
     frame = pd.DataFrame({"case_id": cases})
     answered = mine["error"].isna().reindex(cases, fill_value=False).astype(bool)
     checks = scores[(scores["provider"] == candidate) & scores["metric"].isin(VALIDITY_METRICS)]
@@ -93,7 +98,8 @@ def cascade_frame(
     frame["incumbent"] = [theirs_metric[c] for c in cases]
     cost = theirs["cost_usd"].where(theirs["error"].isna())
     frame["api_cost_usd"] = pd.to_numeric(cost.reindex(cases), errors="coerce").astype(float).to_numpy()
-    frame.attrs = {"run_id": run_id, "candidate": candidate, "incumbent": incumbent, "metric": metric}
+    frame.attrs = {"run_id": run_id, "candidate": candidate, "incumbent": incumbent, "metric": metric,
+                   "excluded": len(every_case) - len(cases)}
     return frame
 
 
@@ -320,7 +326,7 @@ class CrossFit:
     and one-sided `confidence`.
 
     `cases_needed` (None when the evidence is not too thin, or when more cases like these would not help): when
-    most folds found no threshold, the cases that would give each fold's training part (k-1 of k folds) 80% power
+    any fold found no threshold, the cases that would give each fold's training part (k-1 of k folds) 80% power
     to show the threshold picked on all cases within the margin; else, when the verdict is inconclusive, the paired
     cases that would show the cross-fitted hybrid within it with 80% power.
 
@@ -363,11 +369,11 @@ class CrossFit:
 
     @property
     def too_thin(self) -> str | None:
-        """Why the evidence is too thin to recommend a threshold, or None: too few cases to cross-fit, most folds
+        """Why the evidence is too thin to recommend a threshold, or None: too few cases to cross-fit, a fold
         found no threshold on their training cases, or the cross-fitted hybrid's verdict is inconclusive."""
         if self.folds < 2:
             return f"{self.cases} case(s) cannot be cross-fitted (at least 2 are needed)"
-        if self.folds_without_threshold * 2 > self.folds:
+        if self.folds_without_threshold:
             more = (f"; about {self.cases_needed:,} cases would let each fold find one" if self.cases_needed else "")
             return (f"in {self.folds_without_threshold} of {self.folds} folds no threshold short of routing every "
                     f"case kept quality within {self.margin:.3f} on the other folds' cases{more}")

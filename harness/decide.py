@@ -29,7 +29,7 @@ The recommendation follows the gate's verdict (`harness.gate`: pass, fail, incon
 - undecided: the evidence cannot support a recommendation: the run is invalid (a side failed for infrastructure
   reasons; the reason is the gate's), or the gate is inconclusive and no hybrid holds (the reason says how many
   paired cases would settle it), or the gate fails and the cross-fitted hybrid is too thin to judge (inconclusive,
-  with the cases it would need, or most folds found no threshold);
+  with the cases it would need, or a fold found no threshold on its other folds);
 - stay: otherwise (the gate fails and no threshold keeps quality, the cross-fitted hybrid fails, or the hybrid
   costs more or the team cannot run it; or the gate passes and the factors do not lean open). The reason names
   the factor that decided.

@@ -90,8 +90,11 @@ class GateResult:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for JSON."""
+        def outcome(c: Check) -> str:
+            return INVALID if self.verdict == INVALID and not c.passed else c.outcome
+
         return {"verdict": self.verdict, "passed": self.passed, "exit_status": self.exit_status,
-                "reason": self.reason, "checks": [{**asdict(c), "outcome": c.outcome} for c in self.checks],
+                "reason": self.reason, "checks": [{**asdict(c), "outcome": outcome(c)} for c in self.checks],
                 "stats": self.stats, "warnings": self.warnings}
 
 
@@ -110,19 +113,21 @@ def _validity(policy: GateSpec, failures: Mapping[str, Mapping[str, int]], n_cas
               names: tuple[str, str]) -> tuple[Check, str | None]:
     """The `valid run` check and, when the run is invalid, the one-line reason naming the provider(s)."""
     problems, notes = [], []
-    for side, name, consequence in (("candidate", names[0], "counted as its failures"),
-                                    ("incumbent", names[1], "left out of the pairing")):
+    for side, name, how, consequence in (
+        ("candidate", names[0], "for infrastructure reasons", "counted as its failures"),
+        ("incumbent", names[1], "with no answer to compare", "left out of the pairing"),
+    ):
         counts = {k: int(v) for k, v in (failures.get(side) or {}).items() if v}
         total = sum(counts.values())
         if not total:
             continue
         share = total / n_cases if n_cases else 1.0
-        text = f"{name} failed {total} of {n_cases} cases for infrastructure reasons ({_kinds(counts)})"
+        text = f"{name} failed {total} of {n_cases} cases {how} ({_kinds(counts)})"
         if total >= n_cases or share > policy.max_infra_error_rate:
             problems.append(text)
         else:
             notes.append(f"{text}, {consequence}")
-    limit = f"at most {policy.max_infra_error_rate:.0%} of cases may fail for infrastructure reasons"
+    limit = f"at most {100 * policy.max_infra_error_rate:g}% of cases may go unanswered on either side"
     if n_cases == 0:
         problems.append("the run has no cases")
     if problems:

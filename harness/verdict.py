@@ -18,7 +18,7 @@ from xml.etree import ElementTree
 import pandas as pd
 
 from harness.errors import HarnessError
-from harness.gate import GateResult, evaluate
+from harness.gate import Check, GateResult, evaluate
 from harness.load import latest_load
 from harness.outcomes import NO_ANSWER, is_infrastructure_error
 from harness.report import _index
@@ -60,19 +60,25 @@ def gate_run(
             raise HarnessError(f"run {run_id} has no incumbent answers to compare with{why}; "
                                "gate against an earlier run with --baseline RUN_ID")
         reference_run, reference = run_id, incumbents[0]
+        if candidate == reference:
+            raise HarnessError(f"--candidate {candidate} is the run's incumbent: a provider gated against itself "
+                               "always passes; name one of the run's candidates")
     cases = list(store.table("cases", run_id)["case_id"])
     reference_cases = list(store.table("cases", reference_run)["case_id"])
     mine = per_case_metric(store, run_id, candidate, policy.metric, cases)
     theirs = per_case_metric(store, reference_run, reference, policy.metric, reference_cases)
     my_failures = infrastructure_failures(store, run_id, candidate, cases)
     shared = set(cases)
+    # the reference's every failed call is left out: a request it refused (a 400 for a parameter the API no longer
+    # takes) says nothing of the candidate, and scoring it 0 would hand the candidate a win
     their_failures = {c: kind for c, kind in infrastructure_failures(store, reference_run, reference,
-                                                                     reference_cases).items() if c in shared}
+                                                                     reference_cases, every_error=True).items()
+                      if c in shared}
     not_logged = _not_in_log(store, reference_run, reference)
     theirs = {c: v for c, v in theirs.items() if c not in their_failures and c not in not_logged}
     excluded = {}
     if their_failures:
-        excluded["incumbent infrastructure failure"] = len(their_failures)
+        excluded["incumbent gave no answer"] = len(their_failures)
     if not_logged:
         excluded["not in the incumbent's log"] = len(not_logged & shared)
     if baseline is not None:
@@ -89,9 +95,11 @@ def gate_run(
     return result
 
 
-def infrastructure_failures(store: Store, run_id: str, provider: str, cases: list[str]) -> dict[str, str]:
+def infrastructure_failures(store: Store, run_id: str, provider: str, cases: list[str], *,
+                            every_error: bool = False) -> dict[str, str]:
     """Case id -> error kind for each of `cases` that `provider` failed for infrastructure reasons in `run_id`
-    (`outcomes.is_infrastructure_error`), `no answer` where no response is stored."""
+    (`outcomes.is_infrastructure_error`; with `every_error`, any failed call), `no answer` where no response is
+    stored."""
     responses = store.table("responses", run_id)
     mine = responses[responses["provider"] == provider].set_index("case_id") if len(responses) else None
     out = {}
@@ -101,7 +109,7 @@ def infrastructure_failures(store: Store, run_id: str, provider: str, cases: lis
             continue
         row = mine.loc[case]
         kind = row["error_kind"] if isinstance(row["error_kind"], str) else None
-        if isinstance(row["error"], str) and is_infrastructure_error(kind or "client_error"):
+        if isinstance(row["error"], str) and (every_error or is_infrastructure_error(kind or "client_error")):
             out[case] = kind or "client_error"
     return out
 
@@ -223,7 +231,7 @@ def verdict_text(result: GateResult) -> str:
     if result.verdict == "invalid":
         lines.append(f"  {result.reason}")
     for check in result.checks:
-        lines.append(f"  {check.outcome.upper()}  {check.name}: {check.detail}")
+        lines.append(f"  {_word(result, check).upper()}  {check.name}: {check.detail}")
     if s.get("excluded"):
         lines.append("  info  left out of the pairing: "
                      + ", ".join(f"{n} case(s): {why}" for why, n in s["excluded"].items()))
@@ -234,6 +242,10 @@ def verdict_text(result: GateResult) -> str:
         lines.append(f"  info  {s['method']}")
     lines.extend(f"  warning: {w}" for w in result.warnings)
     return "\n".join(lines)
+
+
+def _word(result: GateResult, check: Check) -> str:
+    return "invalid" if result.verdict == "invalid" and not check.passed else check.outcome
 
 
 def junit_xml(result: GateResult) -> str:
@@ -270,7 +282,7 @@ def markdown(result: GateResult) -> str:
     out += ["| check | result | detail |", "|---|---|---|"]
     for check in result.checks:
         detail = check.detail.replace("|", "\\|")
-        shown = check.outcome if check.passed else f"**{check.outcome}**"
+        shown = check.outcome if check.passed else f"**{_word(result, check)}**"
         out.append(f"| {check.name} | {shown} | {detail} |")
     out.extend(["", *(f"> warning: {w}" for w in result.warnings)])
     return "\n".join(out) + "\n"

@@ -66,6 +66,34 @@ def simulated_rates(rng: np.random.Generator, n: int, disagreement: float, diffe
     return {v: float(np.mean(verdict == v)) for v in (paired.PASS, paired.FAIL, paired.INCONCLUSIVE)}
 
 
+TWO_POINT_SHARES = tuple(np.linspace(0.03, 0.6, 12))
+
+
+def two_point_rates(highs=(1.0, 0.9, 0.5), shares=TWO_POINT_SHARES,
+                    sizes=(5, 7, 10, 20, 50, 100, 300)) -> list[tuple[float, float, float, int]]:
+    """Exact pass rates at the margin of skewed score differences: d = `high` with probability p, else the loss
+    that puts the mean at -margin (rare large wins among frequent moderate losses, the shape that strains a
+    normal approximation most). Each suite's verdict depends only on how many wins it has, so every count is
+    decided once and weighted by its binomial probability. Returns (pass rate, high, p, n) for every cell."""
+    from scipy import stats
+
+    out = []
+    for high in highs:
+        for p in shares:
+            low = (-MARGIN - high * p) / (1 - p)
+            if low < -1:
+                continue
+            values = np.unique([-1.0, 1.0, high, low])
+            for n in sizes:
+                wins = np.arange(n + 1)
+                counts = np.zeros((n + 1, len(values)))
+                counts[:, np.searchsorted(values, high)] += wins
+                counts[:, np.searchsorted(values, low)] += n - wins
+                passed = paired.verdicts(values, counts, MARGIN, CONFIDENCE) == paired.PASS
+                out.append((float(stats.binom.pmf(wins, n, p)[passed].sum()), high, float(p), n))
+    return out
+
+
 def grid(kind: str, seed: int = 0) -> dict[tuple[int, float, int], dict[str, float]]:
     """(cases, disagreement, difference in margins) -> shares of each verdict, for `kind` `pass_fail` (exact)
     or `continuous` (simulated, seeded)."""
