@@ -485,7 +485,7 @@ def crossfit(frame: pd.DataFrame, signal: str, policy: GateSpec, folds: int = FO
     lower, upper = paired.bounds(d, policy.confidence)
     without = sum(t is None for t in thresholds)
     needed = None
-    if without * 2 > k:
+    if without:
         needed = _cases_for_folds(valid, conf, cand, inc, policy, k)
     elif verdict == paired.INCONCLUSIVE:
         needed = paired.cases_needed(d, policy.margin, policy.confidence)
