@@ -280,6 +280,8 @@ def _run(args: argparse.Namespace, open_store: Callable[[], Store]) -> int:
 
     if result.recovered:
         print(f"recovered {result.recovered} answers the stopped run had received but not yet stored")
+    if result.retried:
+        print(f"called again for {result.retried} answers that had failed for infrastructure reasons")
     for name, stats in result.stats.items():
         if stats.get("summary"):
             print(f"  {name}: {stats['summary']}")

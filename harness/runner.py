@@ -68,6 +68,7 @@ class RunResult:
     stats: dict[str, dict[str, Any]] = field(default_factory=dict)
     resumed: bool = False
     recovered: int = 0  # answers recovered from a killed run's journal
+    retried: int = 0  # stored answers that had failed for infrastructure reasons, called for again by a resume
     todo: int = 0  # case x provider pairs this invocation had to fill
     # the client's own CPU and event-loop lag while calls were in flight (None: no call was made)
     selfcheck: SelfCheck | None = None
@@ -217,6 +218,7 @@ async def shadow_run(
     if resume:
         check_resumable_providers(store, resume, plans)
     recovered = store.recover(resume) if resume else 0
+    retried = _forget_infrastructure_failures(store, resume, ready) if resume else 0
     done = store.done_pairs(resume) if resume else set()
     jobs = []
     for plan in ready:
@@ -252,7 +254,7 @@ async def shadow_run(
                 suite, limit, len(cases), cache_mode=cache_mode, pricing_version=pricing.version
             ))
         result = RunResult(run_id=run_id, status="running", n_cases=len(cases), plans=plans,
-                           resumed=bool(resume), recovered=recovered)
+                           resumed=bool(resume), recovered=recovered, retried=retried)
         writer = None
         monitor: LoopMonitor | None = None
         status = "failed"
@@ -489,6 +491,20 @@ async def _draw_samples(
         sample = await job.provider.complete(sample_request(request, plan, number))
         rows.append(recorder.sample_row(plan, number, main, sample))
     return rows
+
+
+def _forget_infrastructure_failures(store: Store, run_id: str, plans: list[ProviderPlan]) -> int:
+    """A resume calls again for the answers of `plans`' providers that failed for infrastructure reasons (a server
+    that was down, an outage): their stored rows are deleted first. Returns how many."""
+    failed = store.query(
+        "SELECT case_id, provider, error_kind FROM responses WHERE run_id = ? AND error IS NOT NULL", [run_id]
+    )
+    names = {plan.name for plan in plans}
+    pairs = [(row.case_id, row.provider) for row in failed.itertuples()
+             if row.provider in names and is_infrastructure_error(
+                 row.error_kind if isinstance(row.error_kind, str) else "client_error")]
+    store.forget(run_id, pairs)
+    return len(pairs)
 
 
 def run_status(store: Store, run_id: str, jobs: list[_Job]) -> tuple[str, str | None]:

@@ -366,6 +366,22 @@ class Store:
             [_cell(k, v) for k, v in values.items()] + [run_id, provider],
         )
 
+    def forget(self, run_id: str, pairs: list[tuple[str, str]]) -> None:
+        """Delete the stored answers (responses, their scores and samples) of these (case_id, provider) pairs of
+        `run_id`, so that a resume calls for them again."""
+        if not pairs:
+            return
+        self.con.register("_forget", pa.table({"case_id": [c for c, _ in pairs], "provider": [p for _, p in pairs]}))
+        try:
+            with self._transaction():
+                for table in ("samples", "scores", "responses"):
+                    self.con.execute(
+                        f"DELETE FROM {table} WHERE run_id = ? AND (case_id, provider) IN "
+                        "(SELECT case_id, provider FROM _forget)", [run_id],
+                    )
+        finally:
+            self.con.unregister("_forget")
+
     def done_pairs(self, run_id: str) -> set[tuple[str, str]]:
         """The (case_id, provider) pairs of `run_id` that have a stored response."""
         rows = self.con.execute("SELECT case_id, provider FROM responses WHERE run_id = ?", [run_id]).fetchall()

@@ -113,3 +113,24 @@ def test_a_provider_that_answers_nothing_fails_the_run(tmp_path, monkeypatch, mi
     con.close()
     assert status == "failed"
     assert reason == "local:smollm2-135m answered no case: 6 of 6 failed for infrastructure reasons (connection 6)"
+
+    # the server comes up on that address: --resume calls again for every answer that failed for that reason
+    from openai_server import OpenAIServer, Reply
+
+    gold = {json.loads(line)["text"]: json.loads(line)["gold"] for line in (mini_suite / "cases.jsonl").read_text()
+            .splitlines()}
+
+    def responder(body: dict) -> Reply:
+        text = next(t for t in gold if t in body["messages"][-1]["content"])
+        return Reply(text=json.dumps(gold[text]), chunks=1)
+
+    capsys.readouterr()
+    with OpenAIServer(responder, port=port) as server:
+        assert main(["run", str(mini_suite), "--resume", "last", "--db", str(tmp_path / "s.duckdb"), "--reports",
+                     str(tmp_path / "r"), "--no-progress", "--base-url", server.base_url]) == 0
+    assert "called again for 6 answers that had failed for infrastructure reasons" in capsys.readouterr().out
+    con = duckdb.connect(str(tmp_path / "s.duckdb"), read_only=True)
+    assert con.execute("SELECT status, status_reason FROM runs").fetchone() == ("completed", None)
+    assert con.execute("SELECT count(*), count(error) FROM responses").fetchone() == (6, 0)
+    assert con.execute("SELECT count(*) FROM scores WHERE metric = 'case_pass' AND passed").fetchone() == (6,)
+    con.close()
