@@ -18,10 +18,12 @@ PAIRED = ("regression", "win", "both_fail", "both_pass")
 
 NO_ANSWER = "no answer"  # the provider has no stored response for the case (skipped, or the run was cut short)
 SERVER_EXITED = "server_exited"  # the managed model server died under the call (harness.watch); never stored
+ENDPOINT_DOWN = "endpoint_down"  # an endpoint refused so many connections in a row that it is no longer called
+UNSTORED = frozenset({SERVER_EXITED, ENDPOINT_DOWN})  # answers the runner leaves out, for --resume to redo
 # error kinds that say the answer was never delivered: the server, network or account failed, not the model
 _INFRA_KINDS = frozenset({
     "connection", "timeout", "truncated", "stream_error", "bad_response", "client_error", "logged_error",
-    "http_401", "http_403", "http_404", "http_408", "http_409", "http_429", NO_ANSWER, SERVER_EXITED,
+    "http_401", "http_403", "http_404", "http_408", "http_409", "http_429", NO_ANSWER, SERVER_EXITED, ENDPOINT_DOWN,
 })
 
 

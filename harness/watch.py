@@ -1,4 +1,5 @@
-"""A managed model server watched during a run: a dead server is noticed at once, restarted once, or ends the run.
+"""Servers watched during a run: a dead one is noticed at once, restarted once (one the harness manages), or ends
+the run; an endpoint that refuses every connection is not called case after case.
 
 `ServerWatch` wraps the provider that calls a `ManagedServer` (inside the retries, so that nothing is retried into a
 closed port). A call that fails for infrastructure reasons while the server process has exited comes back as a
@@ -7,6 +8,11 @@ The runner then asks `recover()`: a server that died after answering cases is re
 included) and the case is sent again; a server that died before answering any case since it started, or dies a
 second time, is not, and the run ends `failed` with `failure` as the reason
 (`llama.cpp server exited with SIGSEGV after 12 requests`).
+
+`EndpointBreaker` does the same for a server the harness does not manage (a vLLM at VLLM_BASE_URL, an API): after
+`BREAKER_FAILURES` calls in a row that could not connect, it stops calling and answers `endpoint_down`, which is
+not stored either; the run ends `failed` and `--resume` sends the rest once the server is back. Timeouts and HTTP
+errors do not count: a slow or overloaded server recovers.
 """
 
 from __future__ import annotations
@@ -15,11 +21,12 @@ import asyncio
 from dataclasses import replace
 
 from harness.errors import ServerError
-from harness.outcomes import SERVER_EXITED, is_infrastructure_error
+from harness.outcomes import ENDPOINT_DOWN, SERVER_EXITED, is_infrastructure_error
 from harness.providers import Completion, Provider, Request
 from harness.server import ManagedServer, describe_exit
 
 MAX_RESTARTS = 1
+BREAKER_FAILURES = 8  # attempts in a row that could not connect (two cases' worth of retries)
 
 
 class ServerWatch:
@@ -77,6 +84,46 @@ class ServerWatch:
             self.answered = 0
             self.events.append(f"{self.server.name} restarted")
             return True
+
+    async def aclose(self) -> None:
+        """Close the inner provider."""
+        close = getattr(self.inner, "aclose", None)
+        if close is not None:
+            await close()
+
+
+class EndpointBreaker:
+    """A `Provider` over `inner` (an endpoint the harness does not manage) that stops calling it after
+    `BREAKER_FAILURES` connection failures in a row; `failure` then says why."""
+
+    def __init__(self, inner: Provider, limit: int = BREAKER_FAILURES) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.limit = limit
+        self.in_a_row = 0
+        self.answered = 0
+        self.failure: str | None = None
+
+    async def complete(self, request: Request) -> Completion:
+        """The inner provider's answer, or an `endpoint_down` completion once the breaker has tripped."""
+        if self.failure is not None:
+            return self._down()
+        completion = await self.inner.complete(request)
+        if completion.error_kind != "connection":
+            self.in_a_row = 0
+            self.answered += completion.error is None
+            return completion
+        self.in_a_row += 1
+        if self.in_a_row >= self.limit:
+            self.failure = (f"{self.in_a_row} calls in a row could not connect ({completion.error}), after "
+                            f"{self.answered} answer{'s' if self.answered != 1 else ''}; the cases not yet answered "
+                            "were not sent")
+            return replace(self._down(), latency_ms=completion.latency_ms)
+        return completion
+
+    def _down(self) -> Completion:
+        return Completion(text="", model=None, input_tokens=None, output_tokens=None, ttft_ms=None, latency_ms=0.0,
+                          finish_reason=None, error=f"{self.name}: {self.failure}", error_kind=ENDPOINT_DOWN)
 
     async def aclose(self) -> None:
         """Close the inner provider."""

@@ -134,3 +134,28 @@ def test_a_provider_that_answers_nothing_fails_the_run(tmp_path, monkeypatch, mi
     assert con.execute("SELECT count(*), count(error) FROM responses").fetchone() == (6, 0)
     assert con.execute("SELECT count(*) FROM scores WHERE metric = 'case_pass' AND passed").fetchone() == (6,)
     con.close()
+
+
+def test_an_endpoint_that_refuses_every_connection_is_not_called_case_after_case(tmp_path, monkeypatch, capsys):
+    """A server you point the harness at, down: after 8 attempts in a row that could not connect the provider is no
+    longer called (not 4 retries for each of 20 cases), the run fails, and the cases not sent stay for --resume."""
+    import socket
+
+    from conftest import copy_invoices
+
+    suite = copy_invoices(tmp_path, 20)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    config = suite / "suite.toml"
+    config.write_text(config.read_text().replace("concurrency = 1", "concurrency = 1\nmax_attempts = 2"))
+    assert _run(suite, tmp_path, "--base-url", f"http://127.0.0.1:{port}/v1") == 1
+    con = duckdb.connect(str(tmp_path / "s.duckdb"), read_only=True)
+    status, reason = con.execute("SELECT status, status_reason FROM runs").fetchone()
+    stored = con.execute("SELECT count(*), count(error) FROM responses").fetchone()
+    con.close()
+    assert status == "failed"
+    assert reason.startswith("local:smollm2-135m: 8 calls in a row could not connect (connection failed")
+    assert reason.endswith("after 0 answers; the cases not yet answered were not sent; they stay for --resume")
+    assert stored == (3, 3)  # 2 attempts a case: three cases failed, the fourth tripped the breaker, 16 never sent
