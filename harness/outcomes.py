@@ -27,6 +27,11 @@ _INFRA_KINDS = frozenset({
 })
 
 
+def failure_kind(kind: Any) -> str:
+    """The error kind of a failed answer as stored: `client_error` where none was recorded (NULL)."""
+    return kind if isinstance(kind, str) else "client_error"
+
+
 def is_infrastructure_error(kind: str | None) -> bool:
     """Whether a failed call's `error_kind` is an infrastructure failure (no answer was delivered: connection,
     timeout, cut stream, 5xx, 429 after retries, authentication or a missing model, or no response stored)

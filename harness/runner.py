@@ -26,7 +26,7 @@ import pandas as pd
 
 from harness.cache import MODES, cache_key, cache_parts
 from harness.errors import ProviderError, StoreError
-from harness.outcomes import SERVER_EXITED, UNSTORED, is_infrastructure_error, same_answer
+from harness.outcomes import SERVER_EXITED, UNSTORED, failure_kind, is_infrastructure_error, same_answer
 from harness.pricing import PricingTable, load_pricing
 from harness.providers import (
     Completion,
@@ -504,8 +504,7 @@ def _forget_infrastructure_failures(store: Store, run_id: str, plans: list[Provi
     )
     names = {plan.name for plan in plans}
     pairs = [(row.case_id, row.provider) for row in failed.itertuples()
-             if row.provider in names and is_infrastructure_error(
-                 row.error_kind if isinstance(row.error_kind, str) else "client_error")]
+             if row.provider in names and is_infrastructure_error(failure_kind(row.error_kind))]
     store.forget(run_id, pairs)
     return len(pairs)
 
@@ -534,7 +533,7 @@ def run_status(store: Store, run_id: str, jobs: list[_Job]) -> tuple[str, str | 
         mine = rows[rows["provider"] == job.plan.name]
         total = int(mine["n"].sum())
         infra = mine[mine["failed"].astype(bool) & mine["error_kind"].map(
-            lambda k: is_infrastructure_error(k if isinstance(k, str) else "client_error"))]
+            lambda k: is_infrastructure_error(failure_kind(k)))]
         if not total or infra.empty:
             continue
         bad = int(infra["n"].sum())

@@ -20,7 +20,7 @@ import pandas as pd
 from harness.errors import HarnessError
 from harness.gate import Check, GateResult, evaluate
 from harness.load import latest_load
-from harness.outcomes import NO_ANSWER, is_infrastructure_error
+from harness.outcomes import NO_ANSWER, failure_kind, is_infrastructure_error
 from harness.report import _index
 from harness.scorers import case_passes, summarize
 from harness.selfcheck import ADVICE, unreliable_reason
@@ -108,9 +108,9 @@ def infrastructure_failures(store: Store, run_id: str, provider: str, cases: lis
             out[case] = NO_ANSWER
             continue
         row = mine.loc[case]
-        kind = row["error_kind"] if isinstance(row["error_kind"], str) else None
-        if isinstance(row["error"], str) and (every_error or is_infrastructure_error(kind or "client_error")):
-            out[case] = kind or "client_error"
+        kind = failure_kind(row["error_kind"])
+        if isinstance(row["error"], str) and (every_error or is_infrastructure_error(kind)):
+            out[case] = kind
     return out
 
 

@@ -29,8 +29,14 @@ MAX_RESTARTS = 1
 BREAKER_FAILURES = 8  # attempts in a row that could not connect (two cases' worth of retries)
 
 
+def _unanswered(error: str, kind: str) -> Completion:
+    """A completion the runner does not store (`outcomes.UNSTORED`): the case stays for --resume."""
+    return Completion(text="", model=None, input_tokens=None, output_tokens=None, ttft_ms=None, latency_ms=0.0,
+                      finish_reason=None, error=error, error_kind=kind)
+
+
 class ServerWatch:
-    """A `Provider` over `inner` (which calls `server`) that notices the server's death."""
+    """A `Provider` over `inner` (which calls `server`) that notices the server's death. The runner closes `inner`."""
 
     def __init__(self, inner: Provider, server: ManagedServer) -> None:
         self.inner = inner
@@ -57,9 +63,7 @@ class ServerWatch:
         return completion
 
     def _exited(self) -> Completion:
-        return Completion(text="", model=None, input_tokens=None, output_tokens=None, ttft_ms=None, latency_ms=0.0,
-                          finish_reason=None, error=f"{self.server.name} {describe_exit(self.server.exit_status)}",
-                          error_kind=SERVER_EXITED)
+        return _unanswered(f"{self.server.name} {describe_exit(self.server.exit_status)}", SERVER_EXITED)
 
     async def recover(self) -> bool:
         """After a `server_exited` answer: True when the server is up again (restarted here or by another worker),
@@ -84,12 +88,6 @@ class ServerWatch:
             self.answered = 0
             self.events.append(f"{self.server.name} restarted")
             return True
-
-    async def aclose(self) -> None:
-        """Close the inner provider."""
-        close = getattr(self.inner, "aclose", None)
-        if close is not None:
-            await close()
 
 
 class EndpointBreaker:
@@ -122,11 +120,4 @@ class EndpointBreaker:
         return completion
 
     def _down(self) -> Completion:
-        return Completion(text="", model=None, input_tokens=None, output_tokens=None, ttft_ms=None, latency_ms=0.0,
-                          finish_reason=None, error=f"{self.name}: {self.failure}", error_kind=ENDPOINT_DOWN)
-
-    async def aclose(self) -> None:
-        """Close the inner provider."""
-        close = getattr(self.inner, "aclose", None)
-        if close is not None:
-            await close()
+        return _unanswered(f"{self.name}: {self.failure}", ENDPOINT_DOWN)

@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import socket
 import sys
 from pathlib import Path
 
@@ -11,6 +13,26 @@ from harness.providers import Completion
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).parent))
+
+
+def closed_port_url() -> str:
+    """An OpenAI-style base URL on a loopback port nothing listens on: every connection is refused."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}/v1"
+
+
+@pytest.fixture
+def fake_vllm(tmp_path: Path, monkeypatch) -> Path:
+    """The stand-in `vllm` command (tests/fake_vllm.py) first on PATH."""
+    script = tmp_path / "bin" / "vllm"
+    script.parent.mkdir()
+    target = str(Path(__file__).with_name("fake_vllm.py"))
+    script.write_text(f"#!{sys.executable}\nimport runpy\nrunpy.run_path({target!r}, run_name='__main__')\n")
+    script.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{script.parent}{os.pathsep}{os.environ['PATH']}")
+    return script
 
 
 def copy_suite(tmp_path: Path, name: str, n_cases: int) -> Path:

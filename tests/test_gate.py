@@ -7,14 +7,13 @@ from __future__ import annotations
 import itertools
 import json
 import re
-import socket
 from pathlib import Path
 from xml.etree import ElementTree
 
 import gate_simulation as sim
 import numpy as np
 import pytest
-from conftest import copy_invoices
+from conftest import closed_port_url, copy_invoices
 from openai_server import OpenAIServer, Reply
 
 from harness.cli import main
@@ -152,17 +151,10 @@ def test_floors_and_slices_fail_an_otherwise_equal_candidate(tmp_path, monkeypat
     assert "INCONCLUSIVE  non-inferiority" in capsys.readouterr().out
 
 
-def _closed_port_url() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    return f"http://127.0.0.1:{port}/v1"
-
-
 def test_a_dead_candidate_server_makes_the_run_invalid_exit_2(tmp_path, monkeypatch, capsys):
     suite = _suite(tmp_path, n_cases=6, attempts=1)
     _run(tmp_path, suite, candidate_wrong=set(), incumbent_wrong=set(), monkeypatch=monkeypatch,
-         candidate_url=_closed_port_url())
+         candidate_url=closed_port_url())
     capsys.readouterr()
     assert _gate(tmp_path) == 2
     captured = capsys.readouterr()

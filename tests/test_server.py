@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import sys
 from pathlib import Path
 
@@ -13,17 +12,6 @@ from harness.errors import ServerError
 from harness.openai_client import OpenAICompatible
 from harness.providers import Request, ServerPlan
 from harness.server import ManagedServer, bundled_model_path, server_command, server_env
-
-
-@pytest.fixture
-def fake_vllm(tmp_path: Path, monkeypatch) -> Path:
-    script = tmp_path / "bin" / "vllm"
-    script.parent.mkdir()
-    target = str(Path(__file__).with_name("fake_vllm.py"))
-    script.write_text(f"#!{sys.executable}\nimport runpy\nrunpy.run_path({target!r}, run_name='__main__')\n")
-    script.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{script.parent}{os.pathsep}{os.environ['PATH']}")
-    return script
 
 
 def test_vllm_command_line(fake_vllm: Path):

@@ -5,26 +5,19 @@ reason and its unanswered cases stay for --resume. Real processes and real HTTP:
 from __future__ import annotations
 
 import json
-import os
-import sys
 from pathlib import Path
 
 import duckdb
 import pytest
+from conftest import closed_port_url, copy_invoices
 
 from harness.cli import main
 
 
 @pytest.fixture
-def managed_vllm(tmp_path: Path, monkeypatch, mini_suite: Path) -> Path:
+def managed_vllm(tmp_path: Path, monkeypatch, mini_suite: Path, fake_vllm: Path) -> Path:
     """The mini suite with a managed vLLM candidate (one request at a time) and no incumbent key: `vllm` is the
     stand-in command on PATH and an empty `vllm` package makes the harness believe vLLM is installed."""
-    script = tmp_path / "bin" / "vllm"
-    script.parent.mkdir()
-    target = str(Path(__file__).with_name("fake_vllm.py"))
-    script.write_text(f"#!{sys.executable}\nimport runpy\nrunpy.run_path({target!r}, run_name='__main__')\n")
-    script.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{script.parent}{os.pathsep}{os.environ['PATH']}")
     package = tmp_path / "stub" / "vllm"
     package.mkdir(parents=True)
     (package / "__init__.py").write_text("")
@@ -99,15 +92,12 @@ def test_a_server_that_dies_before_answering_a_case_is_not_restarted(managed_vll
 
 def test_a_provider_that_answers_nothing_fails_the_run(tmp_path, monkeypatch, mini_suite, capsys):
     """Not a managed server: an endpoint that refuses every connection. The run ends `failed`, not `completed`."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    url = closed_port_url()
+    port = int(url.rsplit(":", 1)[1].split("/")[0])
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     config = mini_suite / "suite.toml"
     config.write_text(config.read_text().replace("concurrency = 1", "concurrency = 1\nmax_attempts = 1"))
-    assert _run(mini_suite, tmp_path, "--base-url", f"http://127.0.0.1:{port}/v1") == 1
+    assert _run(mini_suite, tmp_path, "--base-url", url) == 1
     con = duckdb.connect(str(tmp_path / "s.duckdb"), read_only=True)
     status, reason = con.execute("SELECT status, status_reason FROM runs").fetchone()
     con.close()
@@ -139,18 +129,11 @@ def test_a_provider_that_answers_nothing_fails_the_run(tmp_path, monkeypatch, mi
 def test_an_endpoint_that_refuses_every_connection_is_not_called_case_after_case(tmp_path, monkeypatch, capsys):
     """A server you point the harness at, down: after 8 attempts in a row that could not connect the provider is no
     longer called (not 4 retries for each of 20 cases), the run fails, and the cases not sent stay for --resume."""
-    import socket
-
-    from conftest import copy_invoices
-
     suite = copy_invoices(tmp_path, 20)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     config = suite / "suite.toml"
     config.write_text(config.read_text().replace("concurrency = 1", "concurrency = 1\nmax_attempts = 2"))
-    assert _run(suite, tmp_path, "--base-url", f"http://127.0.0.1:{port}/v1") == 1
+    assert _run(suite, tmp_path, "--base-url", closed_port_url()) == 1
     con = duckdb.connect(str(tmp_path / "s.duckdb"), read_only=True)
     status, reason = con.execute("SELECT status, status_reason FROM runs").fetchone()
     stored = con.execute("SELECT count(*), count(error) FROM responses").fetchone()
