@@ -245,7 +245,7 @@ def _api_cost_per_case(
     costs = []
     for row in answers.itertuples():
         price = table.lookup(model, provider_id=api, answered_model=row.model if stored else None)
-        value = None if price is None else price.cost(row.input_tokens, row.output_tokens,
+        value = None if price is None else price.cost(_count(row.input_tokens), _count(row.output_tokens),
                                                        _int(row.cached_input_tokens), _int(row.cache_write_tokens))
         if value is not None:
             costs.append(value)
@@ -294,6 +294,11 @@ def _throughput(
 def _p95(values: pd.Series) -> float | None:
     values = values.dropna()
     return float(np.percentile(values, 95)) if len(values) else None
+
+
+def _count(value: Any) -> int | None:
+    """A token count, None when unknown (a log line without usage)."""
+    return None if value is None or pd.isna(value) else int(value)
 
 
 def _int(value: Any) -> int:

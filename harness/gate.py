@@ -15,8 +15,9 @@ for `pass_rate`, else the stored value of a score metric in [0, 1] such as `fiel
 continuity-corrected score test of `harness.paired` (Tango 1998, extended to bounded differences) at the policy's
 margin and confidence. McNemar's exact test on the discordant pairs is reported with `pass_rate`. Absolute floors
 and ceilings (score, invalid-output and error rates over all cases, p95 latency and time to first token, cost per
-1,000 cases) and per-slice checks (no field, label or clause type may drop more than `max_slice_drop`) complete
-the verdict.
+1,000 cases) and per-slice checks (no field, label, clause type or line-item field may drop more than
+`max_slice_drop`) complete the verdict; a check the suite gives nothing to measure is `not applicable`, with its
+reason.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from harness import paired
 from harness.suite import GateSpec
 
 PASS, FAIL, INCONCLUSIVE, INVALID = paired.PASS, paired.FAIL, paired.INCONCLUSIVE, "invalid"
+NOT_APPLICABLE = "not applicable"
 EXIT_STATUS = {PASS: 0, FAIL: 1, INVALID: 2, INCONCLUSIVE: 3}
 METHOD = "paired score test (Tango 1998, continuity-corrected, bounded differences)"
 
@@ -39,7 +41,8 @@ METHOD = "paired score test (Tango 1998, continuity-corrected, bounded differenc
 @dataclass
 class Check:
     """One line of the verdict: what was measured, against what, and whether it passed. A check that neither
-    passed nor failed (the suite cannot tell) is `inconclusive`."""
+    passed nor failed (the suite cannot tell) is `inconclusive`; one the suite gives nothing to measure (a slice
+    check on a suite without slices) is `not applicable`, says why, and does not count towards the verdict."""
 
     name: str
     passed: bool
@@ -47,10 +50,13 @@ class Check:
     threshold: float | None
     detail: str
     inconclusive: bool = False
+    applicable: bool = True
 
     @property
     def outcome(self) -> str:
-        """`pass`, `fail` or `inconclusive`."""
+        """`pass`, `fail`, `inconclusive` or `not applicable`."""
+        if not self.applicable:
+            return NOT_APPLICABLE
         return PASS if self.passed else INCONCLUSIVE if self.inconclusive else FAIL
 
 
@@ -91,7 +97,7 @@ class GateResult:
     def to_dict(self) -> dict[str, Any]:
         """Plain data for JSON."""
         def outcome(c: Check) -> str:
-            return INVALID if self.verdict == INVALID and not c.passed else c.outcome
+            return INVALID if self.verdict == INVALID and c.outcome in (FAIL, INCONCLUSIVE) else c.outcome
 
         return {"verdict": self.verdict, "passed": self.passed, "exit_status": self.exit_status,
                 "reason": self.reason, "checks": [{**asdict(c), "outcome": outcome(c)} for c in self.checks],
@@ -169,6 +175,33 @@ def _non_inferiority(policy: GateSpec, d: np.ndarray, names: tuple[str, str]) ->
                  inconclusive=True), found
 
 
+NOT_MEASURED = {"invalid_rate": "the suite's scorers do not judge whether an output is valid (no JSON, label or "
+                                "schema check), so there is no invalid-output rate to bound"}
+
+
+def _slice_checks(max_drop: float, slices: Mapping[str, tuple] | None,
+                  names: tuple[str, str]) -> list[Check]:
+    """One check per slice: its accuracy may drop at most `max_drop` from the reference to the candidate, on the
+    cases both answered. A slice one side never answered, or a suite without slices, is `not applicable`."""
+    if not slices:
+        return [Check("slices", False, None, -max_drop, "max_slice_drop is set but the suite's scorers have no "
+                      "slices (fields, labels, clause types or line items) to check", applicable=False)]
+    checks = []
+    for name, (before, after, *rest) in sorted(slices.items()):
+        n = rest[0] if rest else None
+        if before is None or after is None:
+            checks.append(Check(f"slice {name}", False, None, -max_drop,
+                                f"no case of this slice was answered by both {names[0]} and {names[1]}",
+                                applicable=False))
+            continue
+        drop = before - after
+        on = f" on {n} case{'s' if n != 1 else ''}" if n is not None else ""
+        checks.append(Check(f"slice {name}", drop <= max_drop, -drop, -max_drop,
+                            f"accuracy {before:.3f} -> {after:.3f}{on} (drop {drop:+.3f}) may drop at most "
+                            f"{max_drop:.3f}"))
+    return checks
+
+
 def evaluate(
     policy: GateSpec,
     candidate: dict[str, float],
@@ -176,7 +209,7 @@ def evaluate(
     *,
     n_cases: int,
     rates: dict[str, float | None] | None = None,
-    slices: dict[str, tuple[float | None, float | None]] | None = None,
+    slices: Mapping[str, tuple] | None = None,
     names: tuple[str, str] = ("candidate", "incumbent"),
     failures: Mapping[str, Mapping[str, int]] | None = None,
     excluded: Mapping[str, int] | None = None,
@@ -186,8 +219,9 @@ def evaluate(
     failures are left out by the caller and counted in `excluded`); `failures` holds each side's infrastructure
     failures over all `n_cases` cases by error kind ({"candidate": {"connection": 3}, "incumbent": {...}});
     `rates` holds the candidate's measured `score`, `invalid_rate`, `error_rate`, `latency_p95_ms`, `ttft_p95_ms`,
-    `cost_per_1k` (and `latency_source`); `slices` maps a field, label or clause type to (incumbent accuracy,
-    candidate accuracy)."""
+    `cost_per_1k` (and `latency_source`); `slices` maps a slice (a field, label, clause type or line-item field) to
+    (incumbent accuracy, candidate accuracy[, paired cases]), None or empty when the suite has none. A check the
+    suite gives nothing to measure is kept as `not applicable` with its reason, never dropped."""
     rates = rates or {}
     shared = sorted(set(candidate) & set(incumbent))
     statistics: dict[str, Any] = {"metric": policy.metric, "paired_cases": len(shared), "cases": n_cases,
@@ -223,20 +257,16 @@ def evaluate(
         if threshold is None:
             continue
         value = rates.get(key)
-        if value is None:
+        if value is None and key in NOT_MEASURED:
+            checks.append(Check(name, False, None, threshold, NOT_MEASURED[key], applicable=False))
+        elif value is None:
             checks.append(Check(name, False, None, threshold, f"{key} is unknown for {names[0]}: cannot vouch"))
         else:
             where = f" ({rates['latency_source']})" if key.endswith("p95_ms") and rates.get("latency_source") else ""
             checks.append(Check(name, bool(ok(value, threshold)), value, threshold,
                                 f"{key} = {value:.4g}{where} must be {sign} {threshold:.4g}"))
     if policy.max_slice_drop is not None:
-        for name, (before, after) in sorted((slices or {}).items()):
-            if before is None or after is None:
-                continue
-            drop = before - after
-            checks.append(Check(f"slice {name}", drop <= policy.max_slice_drop, -drop, -policy.max_slice_drop,
-                                f"accuracy {before:.3f} -> {after:.3f} (drop {drop:+.3f}) may drop at most "
-                                f"{policy.max_slice_drop:.3f}"))
+        checks.extend(_slice_checks(policy.max_slice_drop, slices, names))
     result = GateResult(verdict=PASS, checks=checks, stats=statistics)
     result.settle()
     return result

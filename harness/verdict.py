@@ -18,10 +18,9 @@ from xml.etree import ElementTree
 import pandas as pd
 
 from harness.errors import HarnessError
-from harness.gate import Check, GateResult, evaluate
+from harness.gate import FAIL, INCONCLUSIVE, NOT_APPLICABLE, PASS, Check, GateResult, evaluate
 from harness.load import latest_load
 from harness.outcomes import NO_ANSWER, failure_kind, is_infrastructure_error
-from harness.report import _index
 from harness.scorers import case_passes, summarize
 from harness.selfcheck import ADVICE, unreliable_reason
 from harness.store import Store
@@ -63,6 +62,10 @@ def gate_run(
         if candidate == reference:
             raise HarnessError(f"--candidate {candidate} is the run's incumbent: a provider gated against itself "
                                "always passes; name one of the run's candidates")
+        same = _same_log(providers, candidate, reference)
+        if same:
+            raise HarnessError(f"{candidate} and the incumbent {reference} both replay the log file {same}: a log "
+                               "gated against itself always passes; name a candidate that answers on its own")
     cases = list(store.table("cases", run_id)["case_id"])
     reference_cases = list(store.table("cases", reference_run)["case_id"])
     mine = per_case_metric(store, run_id, candidate, policy.metric, cases)
@@ -93,6 +96,18 @@ def gate_run(
     result.stats.update(run_id=run_id, baseline=baseline, suite=run["suite"])
     _refuse_unreliable_latency(result, rates)
     return result
+
+
+def _same_log(providers: pd.DataFrame, a: str, b: str) -> str | None:
+    """The log file both providers replay (the same file however its path was spelled), or None."""
+    files = []
+    for name in (a, b):
+        endpoint = providers[providers["provider"] == name]["endpoint"]
+        where = endpoint.iloc[0] if len(endpoint) and isinstance(endpoint.iloc[0], str) else ""
+        if not where.startswith("log file "):
+            return None
+        files.append(Path(where.removeprefix("log file ")).resolve())
+    return str(files[0]) if files[0] == files[1] else None
 
 
 def infrastructure_failures(store: Store, run_id: str, provider: str, cases: list[str], *,
@@ -196,22 +211,57 @@ def _rates(store: Store, run_id: str, provider: str, n_cases: int, per_case: dic
     return rates
 
 
-def _slices(store: Store, run_id: str, provider: str, ref_run: str, ref: str) -> dict[str, tuple]:
-    """Per field, label or clause type: (reference accuracy, candidate accuracy) over the cases each answered."""
-    def accuracy(run: str, who: str) -> dict[str, float]:
-        index = _index(store.table("responses", run), store.table("scores", run))
-        totals: dict[str, list[int]] = {}
-        for (_, p), entry in index.items():
-            if p != who or entry["error"]:
-                continue
-            for name, cell in entry["fields"].items():
-                totals.setdefault(name, [0, 0])
-                totals[name][0] += int(bool(cell["ok"]))
-                totals[name][1] += 1
-        return {name: ok / n for name, (ok, n) in totals.items() if n}
+def slice_values(scores: pd.DataFrame, provider: str) -> pd.DataFrame:
+    """Per case and slice, the provider's accuracy on that slice (columns case_id, slice, value): `field: NAME`
+    (a field scorer's field right), `label: GOLD` (the case's gold label predicted), `clause: TYPE` (the clause
+    type's presence right with no invented quote) and `line items: FIELD` (the share of matched items whose
+    field is right). A suite whose scorers have none of these has no slices."""
+    if not len(scores):
+        return pd.DataFrame(columns=["case_id", "slice", "value"])
+    mine = scores[scores["provider"] == provider]
+    parts = []
+    fields = mine[mine["metric"].str.startswith("field.")]
+    parts.append(pd.DataFrame({"case_id": fields["case_id"], "slice": "field: " + fields["metric"].str[6:],
+                               "value": fields["passed"].fillna(False).astype(float)}))
+    clauses = mine[mine["metric"].str.startswith("clause.")]
+    if len(clauses):
+        invented = clauses["detail"].map(lambda d: json.loads(d).get("grounded") is False if isinstance(d, str)
+                                         else False)
+        ok = clauses["passed"].fillna(False).astype(bool) & ~invented.astype(bool)
+        parts.append(pd.DataFrame({"case_id": clauses["case_id"], "slice": "clause: " + clauses["metric"].str[7:],
+                                   "value": ok.astype(float)}))
+    items = mine[mine["metric"].str.startswith("item_field.") & mine["value"].notna()]
+    parts.append(pd.DataFrame({"case_id": items["case_id"], "slice": "line items: " + items["metric"].str[11:],
+                               "value": items["value"].astype(float)}))
+    passes = mine[(mine["metric"] == "case_pass") & mine["detail"].notna()]
+    if len(passes):
+        details = passes["detail"].map(json.loads)
+        is_label = details.map(lambda d: isinstance(d, dict) and "pred" in d and isinstance(d.get("gold"), (str, int)))
+        labels = passes[is_label]
+        parts.append(pd.DataFrame({"case_id": labels["case_id"],
+                                   "slice": "label: " + details[is_label].map(lambda d: str(d["gold"])),
+                                   "value": labels["passed"].fillna(False).astype(float)}))
+    return pd.concat(parts, ignore_index=True)
 
-    before, after = accuracy(ref_run, ref), accuracy(run_id, provider)
-    return {name: (before.get(name), after.get(name)) for name in sorted(set(before) | set(after))}
+
+def _slices(store: Store, run_id: str, provider: str, ref_run: str, ref: str) -> dict[str, tuple] | None:
+    """Per slice (`slice_values`): (reference accuracy, candidate accuracy, cases) over the cases both sides
+    answered; None when the suite's scorers have no slices."""
+    def answered(run: str, who: str) -> pd.DataFrame:
+        responses = store.table("responses", run)
+        ok = set(responses[(responses["provider"] == who) & responses["error"].isna()]["case_id"]) \
+            if len(responses) else set()
+        values = slice_values(store.table("scores", run), who)
+        return values[values["case_id"].isin(ok)]
+
+    before, after = answered(ref_run, ref), answered(run_id, provider)
+    if not len(before) and not len(after):
+        return None
+    paired_rows = before.merge(after, on=["case_id", "slice"], suffixes=("_before", "_after"))
+    out: dict[str, tuple] = {name: (None, None, 0) for name in set(before["slice"]) | set(after["slice"])}
+    for name, group in paired_rows.groupby("slice"):
+        out[str(name)] = (float(group["value_before"].mean()), float(group["value_after"].mean()), len(group))
+    return dict(sorted(out.items()))
 
 
 def _num(value: Any) -> float | None:
@@ -245,23 +295,28 @@ def verdict_text(result: GateResult) -> str:
 
 
 def _word(result: GateResult, check: Check) -> str:
-    return "invalid" if result.verdict == "invalid" and not check.passed else check.outcome
+    return "invalid" if result.verdict == "invalid" and check.outcome in (FAIL, INCONCLUSIVE) else check.outcome
 
 
 def junit_xml(result: GateResult) -> str:
     """JUnit XML: one test case per check; a failed check is a <failure>, an inconclusive one too (it must not pass
-    CI) with type="inconclusive", and an invalid run is an <error> of its `valid run` case."""
-    failing = [c for c in result.checks if c.outcome != "pass"]
+    CI) with type="inconclusive", an invalid run is an <error> of its `valid run` case, and a check that does not
+    apply to the suite is <skipped> with its reason."""
+    failing = [c for c in result.checks if c.outcome in (FAIL, INCONCLUSIVE)]
     errors = sum(1 for c in failing if result.verdict == "invalid")
+    skipped = sum(1 for c in result.checks if c.outcome == NOT_APPLICABLE)
     suite = ElementTree.Element("testsuite", name="shadow gate", tests=str(len(result.checks)),
-                                failures=str(len(failing) - errors), errors=str(errors))
+                                failures=str(len(failing) - errors), errors=str(errors), skipped=str(skipped))
     properties = ElementTree.SubElement(suite, "properties")
     for name, value in (("verdict", result.verdict), ("exit_status", str(result.exit_status)),
                         ("reason", result.reason)):
         ElementTree.SubElement(properties, "property", name=name, value=value)
     for check in result.checks:
         case = ElementTree.SubElement(suite, "testcase", classname=f"gate.{result.stats.get('suite')}", name=check.name)
-        if check.outcome == "pass":
+        if check.outcome == PASS:
+            continue
+        if check.outcome == NOT_APPLICABLE:
+            ElementTree.SubElement(case, "skipped", message=check.detail)
             continue
         tag = "error" if result.verdict == "invalid" else "failure"
         ElementTree.SubElement(case, tag, message=check.detail, type=check.outcome if tag == "failure" else "invalid"
@@ -269,7 +324,8 @@ def junit_xml(result: GateResult) -> str:
     return '<?xml version="1.0" encoding="utf-8"?>\n' + ElementTree.tostring(suite, encoding="unicode") + "\n"
 
 
-MARKS = {"pass": "✅ pass", "fail": "❌ fail", "inconclusive": "⚠️ inconclusive", "invalid": "⛔ invalid run"}
+MARKS = {"pass": "✅ pass", "fail": "❌ fail", "inconclusive": "⚠️ inconclusive", "invalid": "⛔ invalid run",
+         NOT_APPLICABLE: "➖ not applicable"}
 
 
 def markdown(result: GateResult) -> str:
@@ -282,7 +338,7 @@ def markdown(result: GateResult) -> str:
     out += ["| check | result | detail |", "|---|---|---|"]
     for check in result.checks:
         detail = check.detail.replace("|", "\\|")
-        shown = check.outcome if check.passed else f"**{_word(result, check)}**"
+        shown = check.outcome if check.outcome in (PASS, NOT_APPLICABLE) else f"**{_word(result, check)}**"
         out.append(f"| {check.name} | {shown} | {detail} |")
     out.extend(["", *(f"> warning: {w}" for w in result.warnings)])
     return "\n".join(out) + "\n"

@@ -13,7 +13,7 @@ from xml.etree import ElementTree
 import gate_simulation as sim
 import numpy as np
 import pytest
-from conftest import closed_port_url, copy_invoices
+from conftest import ROOT, closed_port_url, copy_invoices, copy_suite
 from openai_server import OpenAIServer, Reply
 
 from harness.cli import main
@@ -143,12 +143,79 @@ def test_floors_and_slices_fail_an_otherwise_equal_candidate(tmp_path, monkeypat
     out = capsys.readouterr().out
     assert "PASS  non-inferiority" in out
     assert "FAIL  min score: score = 0.95 must be ≥ 0.99" in out
-    assert "PASS  slice total" in out
+    assert "PASS  slice field: total: accuracy 0.950 -> 0.950 on 40 cases" in out
     # the command line overrides the suite's policy
     assert _gate(tmp_path, "--min-score", "0.9") == 0
     # a broken floor fails even when non-inferiority cannot be shown
     assert _gate(tmp_path, "--margin", "0.01") == 1
     assert "INCONCLUSIVE  non-inferiority" in capsys.readouterr().out
+
+
+def _tickets_run(tmp_path: Path, monkeypatch, wrong_label: str) -> list[dict]:
+    """A run of 12 tickets over three labels (4 cases each): the incumbent right on every case, the candidate on
+    every case but those of `wrong_label`."""
+    suite = copy_suite(tmp_path, "tickets", 3)
+    labels = [json.loads(line)["label"] for line in (suite / "cases.jsonl").read_text().splitlines()]
+    source = (ROOT / "suites" / "tickets" / "cases.jsonl").read_text().splitlines()[:12]
+    rows = [{**json.loads(line), "label": labels[i % 3]} for i, line in enumerate(source)]
+    (suite / "cases.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    config = suite / "suite.toml"
+    config.write_text(config.read_text().replace("default_limit = 20", "default_limit = 12"))
+
+    def responder(body: dict) -> Reply:
+        row = next(r for r in rows if f"Message: {r['text']}" in body["messages"][-1]["content"])
+        wrong = not body["model"].startswith("gpt") and row["label"] == wrong_label
+        return Reply(text=json.dumps({"label": labels[(labels.index(row["label"]) + 1) % 3] if wrong
+                                      else row["label"]}))
+
+    with OpenAIServer(responder) as server:
+        monkeypatch.setenv("OPENAI_API_KEY", "test-key")
+        monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
+        assert main(["run", str(suite), "--db", str(tmp_path / "s.duckdb"), "--reports", str(tmp_path / "r"),
+                     "--base-url", server.base_url, "--no-progress", "--cache", "off"]) == 0
+    return rows
+
+
+def test_label_slices_are_checked_on_a_classification_suite(tmp_path, monkeypatch, capsys):
+    """The held-out CLINC probe: one intent dropped from 100% to 0% and --max-slice-drop printed nothing."""
+    rows = _tickets_run(tmp_path, monkeypatch, wrong_label="pending_top_up")
+    labels = sorted({r["label"] for r in rows})
+    capsys.readouterr()
+    assert _gate(tmp_path, "--max-slice-drop", "0.2", "--margin", "0.5") == 1
+    out = capsys.readouterr().out
+    assert "FAIL  slice label: pending_top_up: accuracy 1.000 -> 0.000 on 4 cases (drop +1.000)" in out
+    for label in labels:
+        if label != "pending_top_up":
+            assert f"PASS  slice label: {label}: accuracy 1.000 -> 1.000 on 4 cases" in out
+    verdict, junit = _outputs(tmp_path)
+    slices = {c["name"]: c["outcome"] for c in verdict["checks"] if c["name"].startswith("slice")}
+    assert slices == {f"slice label: {x}": "fail" if x == "pending_top_up" else "pass" for x in labels}
+    assert junit.find("testcase[@name='slice label: pending_top_up']/failure") is not None
+
+
+def test_a_check_that_cannot_apply_is_written_as_not_applicable(tmp_path, monkeypatch, capsys):
+    """A suite whose only scorer is a Python function has no slices and no validity check: --max-slice-drop and
+    --max-invalid-rate are shown as not applicable with the reason, and do not decide the verdict."""
+    suite = _suite(tmp_path, n_cases=10, margin=0.5)
+    (suite / "checks.py").write_text("import json\n\n\ndef total_ok(case, output):\n"
+                                     "    return json.loads(output).get('total') == case.gold['total']\n")
+    config = suite / "suite.toml"
+    text = config.read_text()
+    start = text.index("[[scorers]]")
+    end = text.index("\n[", text.index("[scorers.fields]") + 1)
+    config.write_text(text[:start] + '[[scorers]]\nkind = "python"\nfunction = "checks:total_ok"\n' + text[end:])
+    assert _run(tmp_path, suite, candidate_wrong=set(), incumbent_wrong=set(), monkeypatch=monkeypatch) == 0
+    capsys.readouterr()
+    status = _gate(tmp_path, "--max-slice-drop", "0.1", "--max-invalid-rate", "0.1")
+    out = capsys.readouterr().out
+    assert "NOT APPLICABLE  slices: max_slice_drop is set but the suite's scorers have no slices" in out
+    assert "NOT APPLICABLE  max invalid-output rate: the suite's scorers do not judge whether an output is valid" \
+        in out
+    verdict, junit = _outputs(tmp_path)
+    outcomes = {c["name"]: c["outcome"] for c in verdict["checks"]}
+    assert outcomes["slices"] == outcomes["max invalid-output rate"] == "not applicable"
+    assert status == verdict["exit_status"] == (0 if verdict["verdict"] == "pass" else 3)
+    assert junit.get("skipped") == "2" and junit.find("testcase[@name='slices']/skipped") is not None
 
 
 def test_a_dead_candidate_server_makes_the_run_invalid_exit_2(tmp_path, monkeypatch, capsys):
@@ -230,6 +297,24 @@ def test_a_provider_gated_against_itself_is_refused(tmp_path, monkeypatch, capsy
     capsys.readouterr()
     assert _gate(tmp_path, "--candidate", "openai:gpt-4o-mini") == 2
     assert "is the run's incumbent: a provider gated against itself always passes" in capsys.readouterr().err
+
+
+def test_the_same_log_file_as_candidate_and_incumbent_is_refused(tmp_path, monkeypatch, capsys):
+    """Two spellings of one production log, one as the candidate and one as the incumbent: refused, exit 2."""
+    suite = _suite(tmp_path, n_cases=4)
+    rows = [json.loads(line) for line in (suite / "cases.jsonl").read_text().splitlines()]
+    log = tmp_path / "prod.jsonl"
+    log.write_text("".join(json.dumps({"case_id": r["id"], "request": {"model": "gpt-4o-mini", "messages": [
+        {"role": "user", "content": r["text"]}]}, "response": {"choices": [{"message": {
+            "role": "assistant", "content": json.dumps(r["gold"])}, "finish_reason": "stop"}]}}) + "\n"
+        for r in rows))
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", str(suite), "--db", "s.duckdb", "--reports", "r", "--no-progress", "--incumbent",
+                 f"log:{log}", "--candidate", "log:./prod.jsonl"]) == 0
+    capsys.readouterr()
+    assert main(["gate", "--db", "s.duckdb", "--out", "gate"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"both replay the log file {log}" in err
 
 
 def test_gate_against_a_baseline_run_of_the_same_provider(tmp_path, monkeypatch, capsys):
