@@ -1,4 +1,4 @@
-# shadow: make shadow SUITE=invoices [LIMIT=n|all] · make score · make test · make serve · make lint
+# shadow: make shadow SUITE=invoices [LIMIT=n|all] · make score · make test · make serve · make lint · make help
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -18,12 +18,42 @@ PEERS  ?=
 BASE_URL ?=
 MODEL  ?=
 NATIVE ?=
+INCUMBENT ?=
+CANDIDATE ?=
 
 # make puts command-line variables in the environment of every command; keep these ones to the Makefile
 unexport SUITE LIMIT DB CACHE RESUME PRICING RUN BASELINE PROVIDER CONCURRENCY DURATION VOLUME PEERS BASE_URL MODEL \
-         NATIVE
+         NATIVE INCUMBENT CANDIDATE
 
-.PHONY: setup setup-rebuild shadow score gate cost decide load test bench serve lint report runs clean
+# The variables each target takes. A variable set on the command line that none of the goals takes is an error,
+# never silently ignored (NATIVE and PYTHON shape the setup every target starts with).
+TAKES_setup         := NATIVE PYTHON
+TAKES_setup-rebuild := NATIVE PYTHON
+TAKES_shadow        := SUITE LIMIT DB CACHE RESUME PRICING INCUMBENT CANDIDATE BASE_URL
+TAKES_score         := SUITE RUN DB
+TAKES_gate          := SUITE RUN DB BASELINE CANDIDATE
+TAKES_cost          := SUITE RUN DB VOLUME PRICING CANDIDATE
+TAKES_decide        := SUITE RUN DB VOLUME PRICING CANDIDATE
+TAKES_load          := SUITE DB CONCURRENCY DURATION PROVIDER BASE_URL
+TAKES_bench         := PEERS BASE_URL MODEL
+TAKES_serve         := MODEL
+TAKES_report        := SUITE RUN DB
+TAKES_runs          := DB
+VARIABLES := SUITE LIMIT DB CACHE RESUME PRICING RUN BASELINE PROVIDER CONCURRENCY DURATION VOLUME PEERS BASE_URL \
+             MODEL INCUMBENT CANDIDATE
+GOALS := $(or $(MAKECMDGOALS),setup)
+TAKEN := NATIVE PYTHON $(foreach g,$(GOALS),$(TAKES_$(g)))
+UNTAKEN := $(strip $(foreach v,$(VARIABLES),$(if $(filter command line,$(origin $(v))),$(if $(filter $(v),$(TAKEN)),,$(v)))))
+ifneq ($(UNTAKEN),)
+$(error make $(GOALS) does not take $(UNTAKEN): it takes $(or $(strip $(sort $(foreach g,$(GOALS),$(TAKES_$(g))))),no variable)$(if $(and $(filter RUN,$(UNTAKEN)),$(filter shadow,$(GOALS))), (to finish a stopped run: RESUME=RUN_ID)) (see make help))
+endif
+# given on the command line (or in the environment), as opposed to the default
+given = $(filter-out undefined default file,$(origin $(1)))
+
+## variables: DB=file.duckdb is the store of every target that reads or writes runs (default runs/shadow.duckdb);
+##            SUITE is a folder name under suites/ (default invoices); a variable a target does not take is an error
+
+.PHONY: setup setup-rebuild shadow score gate cost decide load test bench serve lint report runs clean help
 
 ## setup: a .venv with the harness, the llama.cpp server and the bundled model (first run compiles llama.cpp for a
 ##        portable CPU baseline, then smoke-tests it and rebuilds it if it crashes; NATIVE=1: for this CPU only)
@@ -44,37 +74,52 @@ setup-rebuild: setup
 	NATIVE=$(NATIVE) scripts/install_llama.sh $(BIN)/python rebuild
 
 ## shadow: run suite SUITE on its candidate(s) and incumbent: the suite's default sample (cases.default_limit),
-##         LIMIT=n the first n cases, LIMIT=all every case
+##         LIMIT=n the first n cases, LIMIT=all every case; INCUMBENT=kind:model and CANDIDATE=kind:model (several
+##         separated by spaces) replace the suite's, e.g. INCUMBENT=log:prod.jsonl CANDIDATE=vllm:Qwen/Qwen2.5-7B;
+##         BASE_URL=http://host:8000/v1 the OpenAI-compatible server of local/vllm candidates
 ##         CACHE=replay|fresh|off, RESUME=RUN_ID|last finishes a stopped run, PRICING=prices.toml overrides prices
 shadow: setup
 ifeq ($(strip $(RESUME)),)
-	$(BIN)/harness run suites/$(SUITE) $(if $(LIMIT),--limit $(LIMIT)) --db $(DB) --cache $(CACHE) $(if $(PRICING),--pricing $(PRICING))
+	$(BIN)/harness run suites/$(SUITE) $(if $(LIMIT),--limit $(LIMIT)) --db $(DB) --cache $(CACHE) \
+		$(if $(PRICING),--pricing $(PRICING)) $(if $(INCUMBENT),--incumbent $(INCUMBENT)) \
+		$(foreach c,$(CANDIDATE),--candidate $(c)) $(if $(BASE_URL),--base-url $(BASE_URL))
 else
-	$(BIN)/harness run suites/$(SUITE) --resume $(RESUME) --db $(DB) $(if $(PRICING),--pricing $(PRICING))
+	$(if $(INCUMBENT)$(CANDIDATE)$(LIMIT),$(error RESUME finishes a run as it was started: leave out INCUMBENT, CANDIDATE and LIMIT))
+	$(BIN)/harness run $(if $(call given,SUITE),suites/$(SUITE)) --resume $(RESUME) --db $(DB) \
+		$(if $(PRICING),--pricing $(PRICING)) $(if $(BASE_URL),--base-url $(BASE_URL))
 endif
 
-## score: re-score a stored run with the suite's current scorers, no model called (RUN=id, default the latest)
+## score: re-score a stored run with its suite's current scorers, no model called (RUN=id, default the latest run,
+##        of SUITE when given)
 score: setup
-	$(BIN)/harness score $(RUN) --db $(DB)
+	$(BIN)/harness score $(RUN) $(if $(call given,SUITE),--suite suites/$(SUITE)) --db $(DB)
 
-## gate: may the candidate of SUITE's latest run ship? exit 0 pass, 1 fail, 2 invalid run or error, 3 inconclusive
-##       (BASELINE=run_id: against it)
+## gate: may the candidate ship? exit 0 pass, 1 fail, 2 invalid run or error, 3 inconclusive; SUITE's latest run,
+##       or RUN=id (its own suite's [gate] policy unless SUITE is given too); BASELINE=run_id: against it;
+##       CANDIDATE=kind:model: which candidate (default the run's first)
 gate: setup
-	$(BIN)/harness gate --suite suites/$(SUITE) --db $(DB) $(if $(BASELINE),--baseline $(BASELINE))
+	$(BIN)/harness gate $(RUN) $(if $(or $(call given,SUITE),$(if $(RUN),,x)),--suite suites/$(SUITE)) --db $(DB) \
+		$(if $(BASELINE),--baseline $(BASELINE)) $(if $(CANDIDATE),--candidate $(CANDIDATE))
 
-## cost: monthly cost of the API, self-hosting and a hybrid for SUITE's latest run, and the break-even volume
-##       (reads suites/SUITE/profile.toml; VOLUME=cases a month overrides it)
+## cost: monthly cost of the API, self-hosting and a hybrid for SUITE's latest run (RUN=id: that one), and the
+##       break-even volume (reads suites/SUITE/profile.toml; VOLUME=cases a month overrides it;
+##       PRICING=prices.toml overrides prices; CANDIDATE=kind:model: which candidate)
 cost: setup
-	$(BIN)/harness cost suites/$(SUITE) --db $(DB) $(if $(RUN),--run $(RUN)) $(if $(VOLUME),--volume $(VOLUME)) $(if $(PRICING),--pricing $(PRICING))
+	$(BIN)/harness cost suites/$(SUITE) --db $(DB) $(if $(RUN),--run $(RUN)) $(if $(VOLUME),--volume $(VOLUME)) \
+		$(if $(PRICING),--pricing $(PRICING)) $(if $(CANDIDATE),--candidate $(CANDIDATE))
 
-## decide: migrate, stay, hybrid or undecided for SUITE: cost, cascade curve and the decision matrix
+## decide: migrate, stay, hybrid or undecided for SUITE: cost, cascade curve and the decision matrix (RUN=id,
+##         VOLUME, PRICING and CANDIDATE as for cost)
 decide: setup
-	$(BIN)/harness decide suites/$(SUITE) --db $(DB) $(if $(RUN),--run $(RUN)) $(if $(VOLUME),--volume $(VOLUME)) $(if $(PRICING),--pricing $(PRICING))
+	$(BIN)/harness decide suites/$(SUITE) --db $(DB) $(if $(RUN),--run $(RUN)) $(if $(VOLUME),--volume $(VOLUME)) \
+		$(if $(PRICING),--pricing $(PRICING)) $(if $(CANDIDATE),--candidate $(CANDIDATE))
 
 ## load: SUITE's inputs replayed at CONCURRENCY (default 4) for DURATION seconds (default 60), cache off, against
-##       PROVIDER (default: the suite's first candidate); TTFT, time per token, latency percentiles, throughput
+##       PROVIDER (default: the suite's first candidate; BASE_URL: its server); TTFT, time per token, latency
+##       percentiles, throughput
 load: setup
-	$(BIN)/harness load suites/$(SUITE) --db $(DB) --concurrency $(CONCURRENCY) --duration $(DURATION) $(if $(PROVIDER),--provider $(PROVIDER))
+	$(BIN)/harness load suites/$(SUITE) --db $(DB) --concurrency $(CONCURRENCY) --duration $(DURATION) \
+		$(if $(PROVIDER),--provider $(PROVIDER)) $(if $(BASE_URL),--base-url $(BASE_URL))
 
 ## test: the whole test suite, the real bundled model included
 test: setup
@@ -87,19 +132,26 @@ test: setup
 bench: setup
 	$(BIN)/python bench/run.py $(if $(filter 1 yes true,$(PEERS)),--peers) $(if $(BASE_URL),--base-url $(BASE_URL) --model $(MODEL))
 
-## serve: the bundled model behind an OpenAI-compatible server on port 8080, until Ctrl-C
+## serve: the bundled model (MODEL=path.gguf: another) behind an OpenAI-compatible server on port 8080, until Ctrl-C
 serve: setup
-	$(BIN)/harness serve
+	$(BIN)/harness serve $(if $(MODEL),--model $(MODEL))
 
+## lint: ruff over the repository
 lint: setup
 	$(BIN)/ruff check .
 
-## report: rewrite the report of the latest run
+## report: rewrite the report of the latest run (RUN=id: that run; SUITE=name: that suite's latest)
 report: setup
-	$(BIN)/harness report --db $(DB)
+	$(BIN)/harness report $(RUN) $(if $(call given,SUITE),--suite suites/$(SUITE)) --db $(DB)
 
+## runs: list the stored runs
 runs: setup
 	$(BIN)/harness runs --db $(DB)
 
+## clean: remove runs/ and reports/ (every stored run) and the tools' caches
 clean:
 	rm -rf runs reports .pytest_cache .ruff_cache
+
+## help: each target and the variables it takes
+help:
+	@sed -n 's/^## //p' $(firstword $(MAKEFILE_LIST))

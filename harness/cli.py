@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import difflib
 import json
 import os
+import re
 import signal
 import sys
 import time
@@ -20,7 +22,7 @@ from typing import Any
 import pandas as pd
 
 from harness.cache import MODES, explain
-from harness.errors import HarnessError, ProviderError
+from harness.errors import HarnessError, ProviderError, StoreError
 from harness.pricing import load_pricing
 from harness.providers import plan_provider, public_url, resolve_served_models
 from harness.report import render_report
@@ -33,6 +35,11 @@ from harness.store import Store
 from harness.suite import ProviderSpec, load_suite
 
 DEFAULT_DB = "runs/shadow.duckdb"
+SUITES_DIR = Path("suites")
+RUN_ID = re.compile(r"\d{8}-\d{6}-[0-9a-f]{4}")  # store.new_run_id
+# what to type instead when a run id is given where a suite folder is taken
+RUN_INSTEAD = {"run": "harness run --resume {id}", "cost": "harness cost SUITE --run {id}",
+               "decide": "harness decide SUITE --run {id}"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     try:
+        if getattr(args, "suite", None):
+            args.suite = suite_folder(args.suite, args.command)
         return args.func(args)
     except HarnessError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -77,7 +86,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--pricing", action="append", metavar="FILE", help="TOML file of prices overriding the built-in "
                      "table (repeatable; see README)")
-    run.set_defaults(func=cmd_run)
+    run.set_defaults(func=cmd_run, command="run")
 
     cache = sub.add_parser("cache", help="the response cache")
     cache_sub = cache.add_subparsers(required=True, metavar="ACTION")
@@ -87,14 +96,15 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("--provider", help="only this provider (kind:model)")
     explain.add_argument("--all", action="store_true", help="list every answer, not only misses and a count of hits")
     explain.add_argument("--db", default=DEFAULT_DB)
-    explain.set_defaults(func=cmd_cache_explain)
+    explain.set_defaults(func=cmd_cache_explain, command="cache explain")
 
     score = sub.add_parser("score", help="re-score a stored run's answers with the suite's current scorers (no calls)")
     score.add_argument("run_id", nargs="?", help="run id (default: the latest run)")
-    score.add_argument("--suite", help="score with the suite in this folder (default: where the run's suite was)")
+    score.add_argument("--suite", help="score with the suite in this folder (default: where the run's suite was); "
+                       "without a run id, its latest run")
     score.add_argument("--db", default=DEFAULT_DB)
     score.add_argument("--reports", default="reports")
-    score.set_defaults(func=cmd_score)
+    score.set_defaults(func=cmd_score, command="score")
 
     gate = sub.add_parser("gate", help="may the candidate ship? paired statistics; exit 0 pass, 1 fail, "
                           "2 invalid run or error, 3 inconclusive")
@@ -110,7 +120,7 @@ def _parser() -> argparse.ArgumentParser:
     gate.add_argument("--out", help="folder for gate.json and junit.xml (default: beside the run's report)")
     gate.add_argument("--db", default=DEFAULT_DB)
     gate.add_argument("--reports", default="reports")
-    gate.set_defaults(func=cmd_gate)
+    gate.set_defaults(func=cmd_gate, command="gate")
 
     for name, helptext in (
         ("cost", "monthly cost of the API, self-hosting and a hybrid at the profile's volume; the break-even volume"),
@@ -125,7 +135,7 @@ def _parser() -> argparse.ArgumentParser:
         command.add_argument("--pricing", action="append", metavar="FILE", help="TOML price overrides (repeatable)")
         command.add_argument("--json", metavar="FILE", help="also write everything as JSON to FILE")
         command.add_argument("--db", default=DEFAULT_DB)
-        command.set_defaults(func=cmd_cost if name == "cost" else cmd_decide)
+        command.set_defaults(func=cmd_cost if name == "cost" else cmd_decide, command=name)
 
     load = sub.add_parser("load", help="latency and throughput under load: the suite's inputs replayed at a fixed "
                                        "concurrency, cache off (TTFT, time per output token, latency p50/p95/p99)")
@@ -139,17 +149,18 @@ def _parser() -> argparse.ArgumentParser:
     load.add_argument("--base-url", help="OpenAI-compatible server for local/vllm providers (or set VLLM_BASE_URL)")
     load.add_argument("--no-progress", action="store_true", help="no progress bar")
     load.add_argument("--db", default=DEFAULT_DB)
-    load.set_defaults(func=cmd_load)
+    load.set_defaults(func=cmd_load, command="load")
 
     validate = sub.add_parser("validate", help="check a suite (config, cases, template) without running it")
     validate.add_argument("suite")
-    validate.set_defaults(func=cmd_validate)
+    validate.set_defaults(func=cmd_validate, command="validate")
 
     report = sub.add_parser("report", help="(re)write the HTML report of a stored run")
-    report.add_argument("run_id", nargs="?", help="run id (default: the latest run)")
+    report.add_argument("run_id", nargs="?", help="run id (default: the latest run, of --suite if given)")
+    report.add_argument("--suite", help="suite folder or name: its latest run")
     report.add_argument("--db", default=DEFAULT_DB)
     report.add_argument("--reports", default="reports")
-    report.set_defaults(func=cmd_report)
+    report.set_defaults(func=cmd_report, command="report")
 
     compare = sub.add_parser("compare", help="what changed between two runs of a suite: new failures, fixed cases, "
                                              "metric deltas (terminal summary and an HTML page)")
@@ -159,7 +170,7 @@ def _parser() -> argparse.ArgumentParser:
     compare.add_argument("--reports", default="reports")
     compare.add_argument("--provider", metavar="KIND:MODEL",
                          help="only this provider (default: every provider in both runs)")
-    compare.set_defaults(func=cmd_compare)
+    compare.set_defaults(func=cmd_compare, command="compare")
 
     runs = sub.add_parser("runs", help="list the stored runs")
     runs.add_argument("--db", default=DEFAULT_DB)
@@ -175,6 +186,54 @@ def _parser() -> argparse.ArgumentParser:
     smoke.add_argument("--model", default="smollm2-135m", help="bundled model name or path to a .gguf file")
     smoke.set_defaults(func=cmd_smoke)
     return parser
+
+
+def suite_folder(value: str, command: str) -> str:
+    """The suite folder an argument names: as given when it exists, else `suites/NAME` for a bare NAME. A run id
+    given where a suite is taken, or a near miss of a bundled suite's name, is a HarnessError saying what to type."""
+    path = Path(value)
+    if path.exists():
+        return value
+    if len(path.parts) == 1 and (SUITES_DIR / value / "suite.toml").is_file():
+        return str(SUITES_DIR / value)
+    if RUN_ID.fullmatch(value):
+        instead = RUN_INSTEAD.get(command)
+        raise HarnessError(f"{value}: no such suite folder; that is a run id" + (
+            f": did you mean `{instead.format(id=value)}`?" if instead else "; give a suite folder such as "
+                                                                               "suites/invoices"))
+    known = sorted(p.name for p in SUITES_DIR.iterdir() if (p / "suite.toml").is_file()) if SUITES_DIR.is_dir() \
+        else []
+    close = difflib.get_close_matches(path.name, known, n=1)
+    if close:
+        raise HarnessError(f"{value}: no such suite folder; did you mean suites/{close[0]}?")
+    return value
+
+
+def _run_id(store: Store, run_id: str | None, command: str, suite: str | None = None) -> str:
+    """The run a command works on: `run_id` when the store has it, else the latest run (of `suite`, a folder,
+    when given). A suite's name given where a run id is taken gets a HarnessError saying what to type."""
+    named = load_suite(suite).name if suite else None
+    if run_id is None:
+        found = store.latest_run(named)
+        if found is None:
+            raise HarnessError(f"{store.path}: no runs{f' of suite {named}' if named else ''} yet; "
+                               f"run `make shadow SUITE={named or 'invoices'}` first")
+        return found
+    try:
+        run = store.run(run_id)
+    except StoreError as exc:
+        folder = Path(run_id) if (Path(run_id) / "suite.toml").is_file() else SUITES_DIR / run_id
+        stored = store.latest_run(folder.name)
+        if not (folder / "suite.toml").is_file() and stored is None:
+            raise
+        instead = f"harness {command} --suite {folder}" if command in ("gate", "report", "score") else None
+        hint = f"did you mean `{instead}`" if instead else "give run ids (harness runs lists them)"
+        latest = f"; its latest run is {stored}" if stored else ""
+        raise HarnessError(f"{exc}: '{run_id}' is a suite, not a run id; {hint}{latest}") from None
+    if named is not None and run["suite"] != named:
+        raise HarnessError(f"run {run_id} is of suite '{run['suite']}', not '{named}' (--suite {suite}); "
+                           "leave out --suite to use the run's own")
+    return run_id
 
 
 ALL = 0  # --limit all
@@ -481,9 +540,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     if not Path(args.db).exists():
         raise HarnessError(f"{args.db}: no such DuckDB file; run a suite first (make shadow SUITE=...)")
     with Store(args.db) as store:
-        run_id = args.run_id or store.latest_run()
-        if run_id is None:
-            raise HarnessError(f"{args.db}: no runs yet; run `make shadow SUITE=invoices` first")
+        run_id = _run_id(store, args.run_id, "score", args.suite if not args.run_id else None)
         result = rescore(store, run_id, args.suite)
         print(f"run {run_id}: re-scored {result.scored} answers of suite '{result.suite.name}' with "
               f"{', '.join(s.name or s.kind for s in result.suite.spec.scorers)} (no model called)"
@@ -511,11 +568,7 @@ def cmd_gate(args: argparse.Namespace) -> int:
     if not Path(args.db).exists():
         raise HarnessError(f"{args.db}: no such DuckDB file; run a suite first (make shadow SUITE=...)")
     with Store(args.db, read_only=True) as store:
-        named = load_suite(args.suite).name if args.suite and not args.run_id else None
-        run_id = args.run_id or store.latest_run(named)
-        if run_id is None:
-            raise HarnessError(f"{args.db}: no runs{f' of suite {named}' if named else ''} yet; "
-                               "run `make shadow SUITE=...` first")
+        run_id = _run_id(store, args.run_id, "gate", args.suite)
         run = store.run(run_id)
         suite_dir = Path(args.suite or run["suite_path"])
         policy = load_suite(suite_dir).spec.gate if (suite_dir / "suite.toml").is_file() else GateSpec()
@@ -647,9 +700,7 @@ HEADLINE_METRICS = (
 def cmd_report(args: argparse.Namespace) -> int:
     """`harness report [RUN_ID]`: write the HTML report of a stored run."""
     with Store(args.db, read_only=True) as store:
-        run_id = args.run_id or store.latest_run()
-        if run_id is None:
-            raise HarnessError(f"{args.db}: no runs yet; run `make shadow SUITE=invoices` first")
+        run_id = _run_id(store, args.run_id, "report", args.suite)
         print(render_report(store, run_id, args.reports))
     return 0
 
@@ -659,6 +710,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from harness.compare import compare_runs, format_delta, render_comparison
 
     with Store(args.db, read_only=True) as store:
+        for run_id in (args.run_a, args.run_b):
+            _run_id(store, run_id, "compare")
         comparison = compare_runs(store, args.run_a, args.run_b, provider=args.provider)
         path = render_comparison(store, comparison, args.reports)
     c = comparison
@@ -694,9 +747,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_cache_explain(args: argparse.Namespace) -> int:
     """`harness cache explain [RUN_ID]`: why each answer of a run did or did not come from the cache."""
     with Store(args.db, read_only=True) as store:
-        run_id = args.run_id or store.latest_run()
-        if run_id is None:
-            raise HarnessError(f"{args.db}: no runs yet")
+        run_id = _run_id(store, args.run_id, "cache explain")
         found = explain(store, run_id, case_id=args.case, provider=args.provider)
     hits = [e for e in found if e.hit]
     print(f"run {run_id}: {len(hits)} of {len(found)} answers came from the cache")
