@@ -267,6 +267,7 @@ def xss_run(tmp_path_factory) -> Run:
     rows[0]["gold"]["company"] = "ACME " + ALL_PAYLOADS
     rows[0]["text"] += "\n" + ALL_PAYLOADS
     rows[1]["id"], rows[2]["id"] = PAYLOAD_IDS
+    rows[5]["text"] += "\n" + "https://example.com/" + "y" * 3000
     _write_rows(suite, rows)
     index = _case_index(rows)
 
@@ -279,6 +280,8 @@ def xss_run(tmp_path_factory) -> Run:
             return Reply(text=ALL_PAYLOADS)  # no JSON at all
         if i == 4:
             return Reply(status=500, error_message=ALL_PAYLOADS)
+        if i == 5:  # one long unbroken value
+            answer["address"] = "X" * 4000
         answer["company"] = PAYLOADS[i % len(PAYLOADS)]
         answer["total"] = ALL_PAYLOADS
         return Reply(text=json.dumps(answer))
@@ -637,6 +640,26 @@ def test_payloads_in_outputs_gold_inputs_and_ids_stay_text(open_report: Callable
     _set_filters(page, kind="error: http_500")
     assert _shown(page) == [xss_run.ids[4]]
     assert f"error: HTTP 500: {ALL_PAYLOADS}" in page.inner_text("#cases")  # the server's error message
+
+
+WIDTH = """() => ({page: document.documentElement.scrollWidth, window: window.innerWidth,
+    summary: Math.ceil(document.getElementById('summary').getBoundingClientRect().right)})"""
+
+
+@pytest.mark.parametrize("javascript", [True, False])
+def test_the_page_fits_a_1280_pixel_window(open_report: Callable[..., Opened], xss_run: Run, javascript: bool):
+    """The summary table fits the window, and a 4,000-character unbroken output and a 3,000-character URL in an
+    input wrap instead of widening the page (it was 16,070 px wide)."""
+    opened = open_report(xss_run.report, javascript=javascript)
+    page = opened.page
+    if javascript:
+        _set_filters(page, outcome="all", text="XXXXXXXXXX")
+        assert _shown(page) == [xss_run.ids[5]]
+    _open_details(page)
+    assert "X" * 3000 in page.inner_text("body")
+    width = page.evaluate(WIDTH)
+    assert width["window"] == 1280
+    assert width["summary"] <= 1280 and width["page"] <= 1280, width
 
 
 def test_payloads_stay_text_without_javascript(open_report: Callable[..., Opened], xss_run: Run):
