@@ -227,6 +227,8 @@ def error_detail(text: str, parsed: Any = None, fallback: str | None = None) -> 
     """The server's message in an HTTP error body `text` (its `error.message` when the body is OpenAI-style JSON),
     on one line, at most 300 characters. `parsed` stands for the body when `text` is empty; `fallback` is said
     when there is nothing else."""
+    if not text and isinstance(parsed, str):  # the SDKs keep a body that is not JSON as a string
+        text, parsed = parsed, None
     try:
         parsed = json.loads(text) if text else parsed
         if isinstance(parsed, dict):

@@ -27,6 +27,7 @@ class Reply:
     usage: bool = True
     headers: dict[str, str] = field(default_factory=dict)
     error_message: str = "boom"
+    plain_body: str | None = None  # with an error `status`: this text as a text/plain body instead of JSON
     break_stream: bool = False  # a malformed JSON event half-way, then the stream stops
     truncate: bool = False  # half the text, then the connection closes with no final events
     error_event: bool = False  # an error event in the stream half-way (as APIs send on overload)
@@ -107,6 +108,9 @@ class OpenAIServer(LoopbackServer):
                 reply = server.responder(body)
                 if reply.delay_s:
                     time.sleep(reply.delay_s)
+                if reply.status != 200 and reply.plain_body is not None:
+                    self._plain(reply.status, reply.plain_body, reply.headers)
+                    return
                 if reply.status != 200:
                     err = {"error": {"message": reply.error_message, "type": "server_error", "code": reply.status}}
                     self._json(reply.status, err, reply.headers)
@@ -115,6 +119,16 @@ class OpenAIServer(LoopbackServer):
                     self._stream(body, reply)
                 else:
                     self._json(200, _completion(body, reply))
+
+            def _plain(self, status: int, text: str, headers: dict[str, str]) -> None:
+                data = text.encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "text/plain; charset=utf-8")
+                self.send_header("Content-Length", str(len(data)))
+                for key, value in headers.items():
+                    self.send_header(key, value)
+                self.end_headers()
+                self.wfile.write(data)
 
             def _stream(self, body: dict[str, Any], reply: Reply) -> None:
                 self.send_response(200)

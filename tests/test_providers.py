@@ -8,7 +8,7 @@ import pytest
 from openai_server import OpenAIServer, Reply
 
 from harness.errors import ProviderError
-from harness.openai_client import OpenAICompatible
+from harness.openai_client import OpenAICompatible, OpenAISDK
 from harness.providers import Request, plan_provider, split_id
 from harness.suite import ProviderSpec
 
@@ -74,6 +74,27 @@ def test_http_errors_are_recorded_not_raised(status, kind):
     assert completion.error_kind == kind
     assert completion.error == f"HTTP {status}: failure {status}"
     assert completion.text == ""
+
+
+@pytest.mark.parametrize("transport", ["openai-compatible", "openai", "azure"])
+def test_a_plain_text_error_body_is_kept_on_every_path(transport):
+    """A proxy's or a crashed worker's HTTP 500 in plain text: the SDK path stored only "Error code: 500"."""
+    body = "upstream exploded: worker 3 died\n(request 7f3a)"
+    with OpenAIServer(lambda _: Reply(status=500, plain_body=body)) as server:
+        if transport == "openai-compatible":
+            completion, _ = _complete(server, _request())
+        else:
+            async def go():
+                url = server.base_url.removesuffix("/v1") if transport == "azure" else server.base_url
+                provider = OpenAISDK(f"{transport}:m", "m", url, "sk-test-secret",
+                                     azure_api_version="2024-10-21" if transport == "azure" else None)
+                try:
+                    return await provider.complete(_request())
+                finally:
+                    await provider.aclose()
+            completion = asyncio.run(go())
+    assert completion.error_kind == "http_500"
+    assert completion.error == "HTTP 500: upstream exploded: worker 3 died (request 7f3a)"
 
 
 def test_broken_stream_is_recorded():
