@@ -23,9 +23,10 @@ import pandas as pd
 
 from harness.cache import MODES, explain
 from harness.errors import HarnessError, ProviderError, StoreError
+from harness.outcomes import shown_status
 from harness.pricing import load_pricing
 from harness.providers import plan_provider, public_url, resolve_served_models
-from harness.report import render_report
+from harness.report import render_report, run_counts
 from harness.rescore import rescore
 from harness.runner import resumable_cases, shadow_run
 from harness.scorers import build_scorers, summarize
@@ -487,13 +488,15 @@ def _print_summary(store: Store, run_id: str, n_cases: int) -> None:
             print(f"  {p.provider:<28} no responses")
             continue
         s = row.iloc[0]
+        stats = json.loads(p.stats) if isinstance(p.stats, str) else {}
+        counts = run_counts(responses[responses["provider"] == p.provider], stats)  # over every invocation
         p50 = "–" if pd.isna(s.latency_p50_ms) else f"{s.latency_p50_ms / 1000:.2f}s"
         print(
             f"  {p.provider:<28} passed {s.passed}/{n_cases} ({100 * s.pass_rate:.0f}%)  errors {s.errors}  "
             f"invalid output {_rate(s.invalid_rate)}  latency p50 {p50}  cost {_cost(s)}"
             + (f"  cached {s.cached}" if s.cached else "")
-            + (f"  retries {s.retries}" if s.retries else "")
-            + (f"  rate-limit wait {s.rate_limit_wait_ms / 1000:.1f}s" if s.rate_limit_wait_ms else "")
+            + (f"  retries {counts['retries']}" if counts["retries"] else "")
+            + (f"  rate-limit wait {counts['rate_limit_wait_ms'] / 1000:.1f}s" if counts["rate_limit_wait_ms"] else "")
         )
     _print_selfcheck_warning(run)
 
@@ -770,8 +773,11 @@ def cmd_runs(args: argparse.Namespace) -> int:
     if df.empty:
         print("no runs yet")
     for row in df.itertuples():
-        reason = f"  {row.status}: {row.status_reason}" if isinstance(row.status_reason, str) else ""
-        print(f"{row.run_id}  {row.suite:<12} {row.status:<11} {row.n_cases:>5} cases  "
+        status, why = shown_status(row.status, row.status_reason if isinstance(row.status_reason, str) else None)
+        reason = f"  {status}: {why}" if why else ""
+        if status == "interrupted":
+            reason += f"; resume with `harness run --resume {row.run_id}`"
+        print(f"{row.run_id}  {row.suite:<12} {status:<11} {row.n_cases:>5} cases  "
               f"{row.responses:>6} responses  {row.started_at:%Y-%m-%d %H:%M}{reason}")
     return 0
 

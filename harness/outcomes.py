@@ -27,6 +27,19 @@ _INFRA_KINDS = frozenset({
 })
 
 
+KILLED = ("its process stopped without finishing (killed, or the machine went down); the answers stored so far "
+          "are kept")
+
+
+def shown_status(status: str, reason: str | None) -> tuple[str, str | None]:
+    """A stored run's (status, reason) as a reader should see them. A run still marked `running` when another
+    process can read the file is `interrupted`: a running harness holds the DuckDB file's write lock, which keeps
+    every other process out, so no process is running it any more. Not for the process that runs it."""
+    if status == "running":
+        return "interrupted", KILLED
+    return status, reason
+
+
 def failure_kind(kind: Any) -> str:
     """The error kind of a failed answer as stored: `client_error` where none was recorded (NULL)."""
     return kind if isinstance(kind, str) else "client_error"

@@ -18,7 +18,7 @@ import jinja2
 import markupsafe
 import pandas as pd
 
-from harness.outcomes import agreement, paired_category, paired_counts, same_answer, wilson_interval
+from harness.outcomes import agreement, paired_category, paired_counts, same_answer, shown_status, wilson_interval
 from harness.scorers import field_metrics, summarize
 from harness.selfcheck import ADVICE, LAG_LIMIT_MS, unreliable_reason
 from harness.selfcheck import COLUMNS as SELFCHECK_COLUMNS
@@ -64,16 +64,38 @@ def _fmt_usd(value: float) -> str:
     return f"${value:,.4f}" if value < 100 else f"${value:,.2f}"
 
 
-def _provider_note(row: dict[str, Any]) -> dict[str, str] | None:
-    """One line on what a provider did beyond its answers: log matching, retries, rate limits."""
+def _stats(row: dict[str, Any]) -> dict[str, Any]:
     stats = json.loads(row["stats"]) if isinstance(row.get("stats"), str) else {}
-    stats = stats.get("this_session", stats)
+    return stats.get("this_session", stats) if isinstance(stats, dict) else {}
+
+
+def run_counts(responses: pd.DataFrame, stats: dict[str, Any]) -> dict[str, float]:
+    """A provider's calls, retries and waits over every invocation of the run: its stored answers that were called
+    for (cache hits made no call) plus the answers a resume deleted to call for again (`stats.forgotten`). Calls in
+    flight when a process was killed left no trace and are not counted."""
+    called = responses[~responses["cached"].fillna(False).astype(bool)] if len(responses) else responses
+    attempts = called["attempts"].fillna(1) if len(called) else pd.Series(dtype=float)
+    forgotten = stats.get("forgotten") or {}
+    return {
+        "calls": int(attempts.sum()) + int(forgotten.get("calls", 0)),
+        "retries": int((attempts - 1).clip(lower=0).sum()) + int(forgotten.get("retries", 0)),
+        "rate_limit_wait_ms": (float(called["rate_limit_wait_ms"].fillna(0).sum()) if len(called) else 0.0)
+        + float(forgotten.get("rate_limit_wait_ms", 0)),
+    }
+
+
+def _provider_note(row: dict[str, Any], counts: dict[str, float] | None = None) -> dict[str, str] | None:
+    """One line on what a provider did beyond its answers: log matching, calls and retries (over every invocation
+    of a resumed run), rate limits."""
+    stats = _stats(row)
     parts = []
     if stats.get("summary"):
         parts.append(f"log {stats.get('log')}: {stats['summary']}")
-    if stats.get("calls"):
-        parts.append(f"{stats['calls']} calls, {stats.get('retries', 0)} retries, "
-                     f"{stats.get('rate_limited', 0)} rate-limited answers")
+    calls = (counts or {}).get("calls") or stats.get("calls")
+    if calls and "calls" in stats:
+        retries = (counts or {}).get("retries", stats.get("retries", 0))
+        over = f" over {stats['invocations']} invocations" if stats.get("invocations", 1) > 1 else ""
+        parts.append(f"{calls} calls, {retries} retries{over}, {stats.get('rate_limited', 0)} rate-limited answers")
     if stats.get("concurrency_cuts"):
         parts.append(f"concurrency cut {stats['concurrency_cuts']} times on rate limits "
                      f"(lowest {stats.get('concurrency_lowest')} of {row.get('concurrency')})")
@@ -83,6 +105,7 @@ def _provider_note(row: dict[str, Any]) -> dict[str, str] | None:
 def report_data(store: Store, run_id: str) -> dict[str, Any]:
     """Everything the report shows, as plain data (also useful for tests and other renderers)."""
     run = store.run(run_id)
+    run["status"], run["status_reason"] = shown_status(run["status"], run.get("status_reason"))
     providers = store.table("run_providers", run_id)
     responses = store.table("responses", run_id)
     scores = store.table("scores", run_id)
@@ -94,12 +117,19 @@ def report_data(store: Store, run_id: str) -> dict[str, Any]:
     roles = dict(zip(providers["provider"], providers["role"], strict=True))
     summary = summarize(responses, scores, n_cases) if not responses.empty else pd.DataFrame()
     summary_rows = []
+    counts = {
+        p["provider"]: run_counts(responses[responses["provider"] == p["provider"]] if len(responses) else responses,
+                                  _stats(p))
+        for p in providers.to_dict("records")
+    }
     for name in order:
         match = summary[summary["provider"] == name] if not summary.empty else summary
         row = match.iloc[0].to_dict() if len(match) else {  # no answer stored: every case is a failure
             "provider": name, "cases": n_cases, "answered": 0, "errors": 0, "passed": 0, "cached": 0,
             "pass_rate": 0.0 if n_cases else float("nan"),
         }
+        if name in counts:  # over every invocation of a resumed run, as the note below the table says
+            row.update(retries=counts[name]["retries"], rate_limit_wait_ms=counts[name]["rate_limit_wait_ms"])
         summary_rows.append(_with_intervals({**row, "role": roles.get(name)}, responses, n_cases))
 
     failed_calls = responses[responses["error"].notna()].groupby("provider").size().to_dict()
@@ -146,7 +176,8 @@ def report_data(store: Store, run_id: str) -> dict[str, Any]:
         "roles": roles,
         "incumbent": incumbent,
         "summary": summary_rows,
-        "notes": [note for note in (_provider_note(row) for row in providers.to_dict("records")) if note],
+        "notes": [note for note in (_provider_note(row, counts.get(row["provider"]))
+                                    for row in providers.to_dict("records")) if note],
         "field_names": field_names,
         "field_table": field_table,
         **_metric_sections(store.table("metrics", run_id), order),

@@ -505,8 +505,73 @@ def _forget_infrastructure_failures(store: Store, run_id: str, plans: list[Provi
     names = {plan.name for plan in plans}
     pairs = [(row.case_id, row.provider) for row in failed.itertuples()
              if row.provider in names and is_infrastructure_error(failure_kind(row.error_kind))]
+    _keep_forgotten_counts(store, run_id, pairs)
     store.forget(run_id, pairs)
     return len(pairs)
+
+
+COUNTS = ("calls", "retries", "retry_wait_ms", "rate_limit_wait_ms")
+
+
+def _keep_forgotten_counts(store: Store, run_id: str, pairs: list[tuple[str, str]]) -> None:
+    """Add the calls, retries and waits of answers about to be deleted for a re-call to their provider's
+    `stats.forgotten`, so that the run's counts stay summed over every invocation (`run_counts`)."""
+    if not pairs:
+        return
+    wanted = set(pairs)
+    rows = store.query("SELECT case_id, provider, attempts, retry_wait_ms, rate_limit_wait_ms, cached "
+                       "FROM responses WHERE run_id = ? AND error IS NOT NULL", [run_id])
+    chosen = pd.Series([(c, p) in wanted for c, p in zip(rows["case_id"], rows["provider"], strict=True)],
+                       index=rows.index, dtype=bool)
+    rows = rows[chosen & ~rows["cached"].fillna(False).astype(bool)]
+    for provider, group in rows.groupby("provider"):
+        attempts = group["attempts"].fillna(1)
+        add = {"calls": int(attempts.sum()), "retries": int((attempts - 1).clip(lower=0).sum()),
+               "retry_wait_ms": float(group["retry_wait_ms"].fillna(0).sum()),
+               "rate_limit_wait_ms": float(group["rate_limit_wait_ms"].fillna(0).sum())}
+        stats = _stored_stats(store, run_id, str(provider))
+        before = stats.get("forgotten") or {}
+        stats["forgotten"] = {key: before.get(key, 0) + add[key] for key in COUNTS}
+        store.update_provider(run_id, str(provider), {"stats": stats})
+
+
+def _stored_stats(store: Store, run_id: str, provider: str) -> dict[str, Any]:
+    """A provider's stored `run_providers.stats` ({} when none), in the flat form (older runs nested the earlier
+    invocation's figures under `before`)."""
+    rows = store.query("SELECT stats FROM run_providers WHERE run_id = ? AND provider = ?", [run_id, provider])
+    raw = rows["stats"].iloc[0] if len(rows) else None
+    stats = json.loads(raw) if isinstance(raw, str) else {}
+    return _flat(stats) if isinstance(stats, dict) else {}
+
+
+def _flat(stats: dict[str, Any]) -> dict[str, Any]:
+    if "this_session" in stats:
+        return _merge_stats(_flat(stats.get("before") or {}), stats["this_session"])
+    return stats
+
+
+SUMMED = ("calls", "retries", "rate_limited", "gave_up", "concurrency_cuts", "cached")
+
+
+def _merge_stats(before: dict[str, Any], now: dict[str, Any]) -> dict[str, Any]:
+    """One invocation's provider stats added to those of the invocations before it: counts summed, the lowest
+    concurrency the lowest of all, events appended, `invocations` counted."""
+    if not before:
+        return {**now, "invocations": 1}
+    merged = {**before, **now}
+    for key in SUMMED:
+        if key in before or key in now:
+            merged[key] = before.get(key, 0) + now.get(key, 0)
+    lows = [x for x in (before.get("concurrency_lowest"), now.get("concurrency_lowest")) if x is not None]
+    if lows:
+        merged["concurrency_lowest"] = min(lows)
+    if before.get("server") or now.get("server"):
+        old, new = before.get("server") or {}, now.get("server") or {}
+        merged["server"] = {"restarts": old.get("restarts", 0) + new.get("restarts", 0),
+                            "events": [*old.get("events", []), *new.get("events", [])]}
+        merged["summary"] = "; ".join(merged["server"]["events"])
+    merged["invocations"] = before.get("invocations", 1) + 1
+    return merged
 
 
 def run_status(store: Store, run_id: str, jobs: list[_Job]) -> tuple[str, str | None]:
@@ -575,12 +640,13 @@ def _store_stats(store: Store, run_id: str, jobs: list[_Job], result: RunResult)
         stats["cached"] = result.cached.get(plan.name, 0)
         result.stats[plan.name] = stats
         with contextlib.suppress(Exception):  # provenance only: never mask the run's own outcome
-            previous = store.query(
-                "SELECT stats FROM run_providers WHERE run_id = ? AND provider = ?", [run_id, plan.name]
-            )["stats"]
-            if len(previous) and isinstance(previous[0], str) and result.resumed:
-                stats = {"this_session": stats, "before": json.loads(previous[0])}
-            store.update_provider(run_id, plan.name, {"stats": stats})
+            previous = _stored_stats(store, run_id, plan.name)
+            forgotten = previous.pop("forgotten", None)
+            # counts are the run's, summed over every invocation (a resume adds to them)
+            merged = _merge_stats(previous if result.resumed else {}, stats)
+            if forgotten:
+                merged["forgotten"] = forgotten
+            store.update_provider(run_id, plan.name, {"stats": merged})
 
 
 def _store_metrics(store: Store, run_id: str, scorers: list[Scorer], cases: list[Case]) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -216,6 +217,15 @@ def test_kill_9_then_resume_calls_only_what_is_missing(suite30, tmp_path, monkey
         with lock:
             answered_before_kill[:] = [(b["model"], _case_of(b, texts)) for b in server.completed]
         gate.set()
+        # the killed run is shown as interrupted, not running
+        capsys.readouterr()
+        assert main(["runs", "--db", str(db)]) == 0
+        listed = capsys.readouterr().out
+        assert " interrupted " in listed and "its process stopped without finishing" in listed
+        assert "running" not in listed
+        assert main(["report", "--db", str(db), "--reports", str(tmp_path / "r")]) == 0
+        page = Path(capsys.readouterr().out.strip()).read_text()
+        assert 'data-status="interrupted"' in page and "--resume" in page
         requests_before = len(server.requests)
         monkeypatch.setenv("OPENAI_API_KEY", "sk-test-key-2")
         monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
@@ -233,6 +243,44 @@ def test_kill_9_then_resume_calls_only_what_is_missing(suite30, tmp_path, monkey
     assert con.execute("SELECT count(*) FROM scores WHERE metric = 'case_pass'").fetchone()[0] == 60
     assert con.execute("SELECT status, resumed FROM runs").fetchone() == ("completed", 1)
     assert not any((db.parent / "s.journal").glob("*.jsonl"))
+
+
+def test_a_resumed_runs_counts_are_summed_over_every_invocation(mini_suite, tmp_path, monkeypatch, capsys):
+    """The candidate's server answers 503 to everything, then recovers; the resume calls again for the failed
+    answers. The report's summary, its line on calls and the terminal agree with what the server saw (they said
+    "46 retries" and "163 calls, 29 retries", the resumed part only), and `harness runs` shows the failed run."""
+    config = mini_suite / "suite.toml"
+    config.write_text(config.read_text().replace("concurrency = 1", "concurrency = 1\nmax_attempts = 2"))
+    answer = _gold_answer(mini_suite)
+    down = threading.Event()
+    down.set()
+
+    def respond(body: dict) -> Reply:
+        if body["model"] != "gpt-4o-mini" and down.is_set():
+            return Reply(status=503, error_message="overloaded", headers={"Retry-After": "0"})
+        return Reply(text=answer(body))
+
+    db, reports = tmp_path / "s.duckdb", tmp_path / "r"
+    monkeypatch.setenv("OPENAI_API_KEY", "test-key")
+    with OpenAIServer(respond) as server:
+        monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
+        args = ["--db", str(db), "--reports", str(reports), "--base-url", server.base_url]
+        assert _run([str(mini_suite), *args, "--cache", "off"]) == 1
+        capsys.readouterr()
+        assert main(["runs", "--db", str(db)]) == 0
+        assert " failed " in capsys.readouterr().out
+        down.clear()
+        assert _run(["--resume", "last", *args]) == 0
+        seen = sum(1 for body in server.requests if body["model"] != "gpt-4o-mini")
+    out = capsys.readouterr().out
+    assert seen == 6 * 2 + 6  # two attempts for each of 6 cases, then one each
+    candidate = next(line for line in out.splitlines() if line.strip().startswith("local:smollm2-135m"))
+    assert "retries 6" in candidate
+    html = next(reports.rglob("index.html")).read_text()
+    assert "18 calls, 6 retries over 2 invocations" in html
+    row = re.search(r'<tr data-provider="local:smollm2-135m">(.*?)</tr>', html, re.S).group(1)
+    cells = re.findall(r"<td[^>]*>(.*?)</td>", row, re.S)
+    assert cells[-2].strip() == "6"  # the retries column
 
 
 def _openai_log_line(case_id: str | None, messages: list[dict], text: str, latency: float) -> dict:
