@@ -213,3 +213,45 @@ def test_the_guide_names_every_key_of_profile_toml() -> None:
     missing = [f"[{table}] {key}" if table else key for table, keys in profile_keys().items() for key in keys
                if (f"`{key}`" not in text and f"`[{key}]`" not in text) or (table and f"`[{table}]`" not in text)]
     assert not missing, f"suites/README.md does not mention: {missing}"
+
+
+CONVERTER = re.compile(r"^<!-- converter: cuad -->\n```python\n(.*?)^```$", re.M | re.S)
+
+
+def test_the_guides_cuad_converter_makes_a_suite_that_validates(tmp_path: Path, monkeypatch, capsys) -> None:
+    """The converter the guide shows, run as shown on rows in CUAD's release shape (../shared/data/README.md: the
+    clauses as a list), gives a cases file the bundled contracts suite validates and scores with."""
+    [code] = CONVERTER.findall(guide_text())
+    (tmp_path / "to_cases.py").write_text(code, encoding="utf-8")
+    text = "This Agreement is governed by the laws of the State of Delaware. Supp l i e r shall deliver."
+    start = text.index("the laws")
+    import tomllib
+
+    categories = tomllib.loads((ROOT / "suites" / "contracts" / "suite.toml").read_text())["prompt"]["vars"][
+        "categories"]
+    span = {"text": text[start:start + 39], "start": start, "end": start + 39, "annotation": "x", "match": "exact"}
+    rows = [{"id": f"c{i}", "title": "t", "contract_type": "Supply", "text": text, "clauses": [
+        {"category": name, "question": "q", "description": "d", "answer_format": "a",
+         "present": name == "Governing Law", "answer": "Delaware" if name == "Governing Law" else "",
+         "spans": [span] if name == "Governing Law" else []}
+        for name in [*categories, "Source Code Escrow"]
+    ]} for i in range(2)]
+    source = tmp_path / "cuad.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    suite = tmp_path / "suites" / "mycontracts"
+    import shutil
+
+    shutil.copytree(ROOT / "suites" / "contracts", suite)
+    monkeypatch.chdir(tmp_path)
+    import runpy
+    import sys
+
+    monkeypatch.setattr(sys, "argv", ["to_cases.py", str(source), str(suite / "cases.jsonl")])
+    runpy.run_path(str(tmp_path / "to_cases.py"), run_name="__main__")
+    converted = cases_of(suite)
+    assert converted[0]["gold"]["Governing Law"] == {"present": True, "answer": "Delaware",
+                                                     "spans": [{"start": start, "end": start + 39}]}
+    assert main(["validate", str(suite)]) == 0
+    assert "suite 'contracts' is valid: 2 cases" in capsys.readouterr().out
+    loaded = load_suite(suite)
+    assert loaded.cases[0].gold["Parties"]["present"] is False
