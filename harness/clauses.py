@@ -10,23 +10,33 @@ not JSON scores every category as predicted absent, outcome `invalid_output`, an
 
 Rules, per category (`clause.<Category>` rows):
 - Presence: tp/fp/fn/tn from the gold `present` against the predicted one; the row passes when they agree.
-- Grounding: a quote (only where the category is predicted present) is grounded when it occurs in the full
-  contract after both are normalised: curly quotes and apostrophes become `"`/`'`, dashes `-`, `…` `...`,
-  zero-width characters and soft hyphens go, other characters get NFKC, and every run of whitespace becomes
-  one space (trimmed). Line breaks and spacing therefore never matter; one changed word does. Matching is
+- Grounding: every quote the answer gives is checked, under a category predicted present or absent alike (a
+  model that marks a clause absent and still quotes something has quoted it). Placeholders that say there is
+  no quote (`N/A`, `None`, `Not found`, `-`) are not quotes. A quote is grounded when it occurs in the full
+  contract after both are normalised: curly quotes and apostrophes become `"`/`'`, every dash, hyphen and
+  minus sign `-` (the Unicode dash category, U+2010 to U+2015, the non-breaking hyphen U+2011, U+2212...),
+  `…` `...`, zero-width characters and soft hyphens (U+00AD) go, other characters get NFKC, and every run of
+  whitespace becomes one space (trimmed). Line breaks and spacing therefore never matter; one changed word
+  does. Where the contract's own spacing is an artefact of its layout, a space there may be in the quote or
+  not: inside and at the edges of letter-spaced text (`Supp l i e r ' s  s t andard` grounds
+  `Supplier's standard`; `R E C I T A L S` grounds `RECITALS`: a run of at least 3 single characters, 2 of
+  them letters or digits, reaching over up to 3 longer tokens to the next single character), and after a
+  hyphen that broke a line (`non- exclusive` grounds `non-exclusive`). Elsewhere spaces count both ways: a
+  letter-spaced quote does not ground normal text, nor `the rapist` `therapist`. Matching is
   **case-sensitive**: a verbatim quote was asked for, and in legal text case carries meaning (a defined
   term such as "Confidential Information" is not "confidential information"; ALL-CAPS marks the conspicuous
   disclaimers that the law requires). A quote that is right apart from case is still ungrounded, but is
   counted as `differs_only_in_case` so that it can be told from an invented one. A quote with an ellipsis
   (`...`, `…`, `. . .`, `[...]`) is grounded when each part (of at least 3 words, so that "the ... the" is
-  not) occurs, in order, without overlapping; quotation
-  marks wrapped around the whole quote are ignored. An ungrounded quote is a **hallucinated clause
-  reference**.
+  not) occurs, in order, without overlapping; quotation marks wrapped around the whole quote are ignored. An
+  ungrounded quote is a **hallucinated clause reference**; the row's `grounded` is False when any quote of
+  the category is one.
 - Overlap: a grounded quote is mapped back to character offsets of the original text (`quote_span`) and
   compared with the union of the category's gold spans: `overlap` = |quote ∩ gold| / |quote ∪ gold|
   (Jaccard over characters) and `gold_coverage` = |quote ∩ gold| / |gold|. Where the quote occurs more than
   once, the occurrence that overlaps gold most is used; several quotes for one category are taken together
-  (their grounded parts only). None when gold is absent or no quote of the category is grounded.
+  (their grounded parts only). None when gold is absent, the category is predicted absent, or no quote of
+  the category is grounded.
 - Answer: for value categories (gold answer not Yes/No/empty) and only where gold is present: dates
   (Agreement/Effective/Expiration Date) compare as dates, month first as CUAD writes them (`6/21/99`), else as
   text (`Perpetual`); Governing Law by normalised containment either way (`State of California` matches
@@ -38,7 +48,10 @@ Rules, per category (`clause.<Category>` rows):
 
 Per case also: `hallucinated_quotes` (count of ungrounded quotes; passes at 0), `quotes_grounded` (share of
 the quotes given that are grounded; left out when none was given), `valid_json` and `case_pass` (every
-category's presence right, no hallucinated quote, valid output). Answers do not decide `case_pass`.
+category's presence right, no hallucinated quote, valid output). Answers do not decide `case_pass`. Quotes
+are counted once per case: the same quote (after normalisation) under several categories is one quote, so a
+date invented under 8 clause types is one hallucinated quote (its detail lists the distinct ungrounded quotes
+and every category that gave one; `n_given` counts every quote given, repeats included).
 
 `aggregate` gives per-category and micro precision/recall/F1 of presence, hallucination counts and rate,
 mean overlap, and per-category answer accuracy. A case with no answer (failed call) counts every gold-present
@@ -47,6 +60,7 @@ category as a false negative and every gold value answer as wrong.
 
 from __future__ import annotations
 
+import bisect
 import json
 import re
 import unicodedata
@@ -72,8 +86,8 @@ _MAX_OCCURRENCES = 50  # occurrences of one quote weighed against gold
 _CHAR_MAP = {
     "\u2018": "'", "\u2019": "'", "\u201a": "'", "\u201b": "'", "\u2032": "'", "\u02bc": "'",
     "\u201c": '"', "\u201d": '"', "\u201e": '"', "\u201f": '"', "\u2033": '"', "\u00ab": '"', "\u00bb": '"',
-    "\u2010": "-", "\u2011": "-", "\u2012": "-", "\u2013": "-", "\u2014": "-", "\u2015": "-", "\u2212": "-",
-    "\ufe58": "-", "\ufe63": "-", "\uff0d": "-",
+    # minus signs and hyphens outside the Unicode dash category (Pd), which all become "-" too
+    "\u2212": "-", "\u2043": "-", "\u02d7": "-", "\u2796": "-",
     "\u2026": "...",
     "\u200b": "", "\u200c": "", "\u200d": "", "\u2060": "", "\ufeff": "", "\u00ad": "",
 }
@@ -81,6 +95,10 @@ _SPECIAL = re.compile(r"\s+|[^\x00-\x7f]")
 # "...", ". . .", "....", optionally in brackets: where a quote leaves text out
 _ELLIPSIS = re.compile(r"[\[(]?\s*(?:\.\s?){3,}\s*[\])]?")
 _QUOTE_MARKS = "\"'`"
+# a space the contract's layout may have put in or left out: after a hyphen that ends a line ("non- exclusive")
+_HYPHEN_BREAK = re.compile(r"(?<=[^\W\d_]-) (?=[^\W\d_])")
+LETTER_SPACED_MIN = 3  # single characters in a row, two of them letters or digits, that start a letter-spaced run
+LETTER_SPACED_REACH = 3  # longer tokens a letter-spaced run reaches over to its next single character
 
 _YES = frozenset({"yes", "y", "true", "present", "found", "1"})
 _NO = frozenset({"no", "n", "false", "absent", "notpresent", "notfound", "none", "null", "na", "0", ""})
@@ -89,9 +107,28 @@ _NAME_KEYS = ("category", "clausecategory", "clausetype", "name", "clause")
 _PRESENT_KEYS = ("present", "ispresent", "found", "exists")
 _QUOTE_KEYS = ("quote", "quotes", "text", "clausetext", "span", "spans", "evidence")
 _ANSWER_KEYS = ("answer", "value")
+# a "quote" that says there is none ("N/A", "None", "Not found"): no quote at all, never a hallucinated one
+_PLACEHOLDERS = _NO | frozenset({
+    "notapplicable", "notavailable", "notmentioned", "notspecified", "notstated", "notprovided", "nonefound",
+    "noquote", "noclause", "nil", "unknown", "nothing",
+})
+
 
 
 # ---------------------------------------------------------------- normalisation and grounding
+
+
+@lru_cache(maxsize=4096)
+def _fold(char: str) -> str:
+    """What one non-ASCII character becomes for grounding (possibly nothing, or several characters)."""
+    mapped = _CHAR_MAP.get(char)
+    if mapped is not None:
+        return mapped
+    if unicodedata.category(char) == "Pd":
+        return "-"
+    # NFKC may give another dash or quote (U+207B superscript minus -> U+2212): fold those too
+    return "".join(c if c.isascii() else _CHAR_MAP.get(c, "-" if unicodedata.category(c) == "Pd" else c)
+                   for c in unicodedata.normalize("NFKC", char))
 
 
 def _normalize_with_map(text: str) -> tuple[str, list[int]]:
@@ -119,10 +156,7 @@ def _normalize_with_map(text: str) -> tuple[str, list[int]]:
             if pending < 0:
                 pending = start
         else:  # one non-ASCII character
-            replacement = _CHAR_MAP.get(token)
-            if replacement is None:
-                replacement = unicodedata.normalize("NFKC", token)
-            for char in replacement:
+            for char in _fold(token):
                 if char.isspace():
                     if pending < 0:
                         pending = start
@@ -143,6 +177,92 @@ def _normalize(text: str) -> str:
     return _normalize_with_map(text)[0]
 
 
+def _soft_spaces(norm: str) -> list[int]:
+    """Offsets in normalised text of the spaces that layout may have put in or left out: those inside and at the
+    edges of letter-spaced runs (`Supp l i e r ' s`, `R E C I T A L S`) and after a hyphen that broke a line.
+
+    A run starts at `LETTER_SPACED_MIN` single-character tokens in a row, at least two of them letters or digits,
+    and reaches on, either way, to every further single character at most `LETTER_SPACED_REACH` tokens away."""
+    tokens = [(m.start(), m.end()) for m in re.finditer(r"\S+", norm)]
+    single = [end - start == 1 for start, end in tokens]
+    in_run = [False] * len(tokens)
+    i = 0
+    while i < len(tokens):
+        j = i
+        while j < len(tokens) and single[j]:
+            j += 1
+        if j - i >= LETTER_SPACED_MIN and sum(norm[tokens[k][0]].isalnum() for k in range(i, j)) >= 2:
+            lo, hi = i, j - 1
+            while True:  # reach left and right to the next single characters
+                left = next((k for k in range(lo - 1, max(lo - 2 - LETTER_SPACED_REACH, -1), -1) if single[k]), None)
+                right = next((k for k in range(hi + 1, min(hi + 2 + LETTER_SPACED_REACH, len(tokens))) if single[k]),
+                             None)
+                if left is None and right is None:
+                    break
+                lo, hi = left if left is not None else lo, right if right is not None else hi
+            for k in range(lo, hi + 1):
+                in_run[k] = True
+            i = max(j, hi + 1)
+        else:
+            i = max(j, i + 1)
+    soft = {m.start() for m in _HYPHEN_BREAK.finditer(norm)}
+    for k in range(1, len(tokens)):
+        if in_run[k - 1] or in_run[k]:
+            soft.add(tokens[k][0] - 1)  # the one space before token k
+    return sorted(soft)
+
+
+@dataclass(frozen=True)
+class _View:
+    """Normalised text to search in, with its letters apart from the spaces for searching where spacing is soft."""
+
+    norm: str
+    chars: str = ""  # norm without its spaces
+    at: tuple[int, ...] = ()  # chars[i] is norm[at[i]]
+    spaced: frozenset[int] = frozenset()  # i: a space in norm before chars[i]
+    soft: tuple[int, ...] = ()  # i, sorted: that place may have a space or not (see `_soft_spaces`)
+    soft_set: frozenset[int] = frozenset()
+
+    @classmethod
+    def of(cls, norm: str) -> _View:
+        soft_spaces = _soft_spaces(norm)
+        if not soft_spaces:
+            return cls(norm)
+        at = tuple(i for i, c in enumerate(norm) if c != " ")
+        index = {p: i for i, p in enumerate(at)}
+        spaced = frozenset(index[p + 1] for p, c in enumerate(norm) if c == " ")
+        soft = tuple(sorted(index[p + 1] for p in soft_spaces))
+        return cls(norm, "".join(norm[p] for p in at), at, spaced, soft, frozenset(soft))
+
+    def find(self, needle: str, start: int = 0) -> tuple[int, int] | None:
+        """The first [start, end) in `norm`, at or after `start`, holding `needle` (normalised) verbatim, else
+        up to soft spaces; None when there is none."""
+        at = self.norm.find(needle, start)
+        if at >= 0:
+            return at, at + len(needle)
+        if not self.soft:
+            return None
+        compact = needle.replace(" ", "")
+        if not compact:
+            return None
+        gaps: set[int] = set()  # i: the needle has a space before compact[i]
+        length = 0
+        for word in needle.split(" ")[:-1]:
+            length += len(word)
+            gaps.add(length)
+        i = bisect.bisect_left(self.at, start)
+        while (i := self.chars.find(compact, i)) >= 0:
+            end = i + len(compact)
+            nearest = bisect.bisect_right(self.soft, i)
+            # a verbatim match was looked for first: only one that differs at a soft space can be new
+            if nearest < len(self.soft) and self.soft[nearest] < end and all(
+                ((k - i) in gaps) == (k in self.spaced) or k in self.soft_set for k in range(i + 1, end)
+            ):
+                return self.at[i], self.at[end - 1] + 1
+            i += 1
+        return None
+
+
 @dataclass(frozen=True)
 class _Contract:
     """A contract normalised once, with the map back to the original offsets."""
@@ -150,12 +270,13 @@ class _Contract:
     text: str
     norm: str
     pos: list[int]
-    _lower: list[str] = field(default_factory=list)
+    _views: dict[bool, _View] = field(default_factory=dict)
 
-    def lower(self) -> str:
-        if not self._lower:
-            self._lower.append(self.norm.lower())
-        return self._lower[0]
+    def view(self, lower: bool = False) -> _View:
+        """The normalised text to search, as it is or in lower case."""
+        if lower not in self._views:
+            self._views[lower] = _View.of(self.norm.lower() if lower else self.norm)
+        return self._views[lower]
 
     def to_original(self, start: int, end: int) -> tuple[int, int]:
         """Normalised [start, end) -> original [start, end)."""
@@ -179,11 +300,11 @@ def _variants(quote: str) -> list[str]:
     return out
 
 
-def _find_in(norm_quote: str, haystack: str) -> list[tuple[int, int]] | None:
-    """Normalised spans of the quote's parts in the haystack (leftmost, in order), or None."""
-    at = haystack.find(norm_quote)
-    if at >= 0:
-        return [(at, at + len(norm_quote))]
+def _find_in(norm_quote: str, view: _View) -> list[tuple[str, tuple[int, int]]] | None:
+    """The quote's parts with their normalised spans in the view (leftmost, in order), or None."""
+    whole = view.find(norm_quote)
+    if whole is not None:
+        return [(norm_quote, whole)]
     if not _ELLIPSIS.search(norm_quote):
         return None
     parts = [p.strip() for p in _ELLIPSIS.split(norm_quote)]
@@ -191,44 +312,46 @@ def _find_in(norm_quote: str, haystack: str) -> list[tuple[int, int]] | None:
     # each part must say something: "the ... the" or "... of ..." would be found in any contract
     if not parts or any(len(p.split()) < MIN_PART_WORDS for p in parts):
         return None
-    spans: list[tuple[int, int]] = []
+    found: list[tuple[str, tuple[int, int]]] = []
     cursor = 0
     for part in parts:
-        at = haystack.find(part, cursor)
-        if at < 0:
+        span = view.find(part, cursor)
+        if span is None:
             return None
-        spans.append((at, at + len(part)))
-        cursor = at + len(part)
-    return spans
+        found.append((part, span))
+        cursor = span[1]
+    return found
 
 
 def _locate(quote: str, contract: _Contract, gold: list[tuple[int, int]] | None = None) -> list[tuple[int, int]] | None:
     """Original-text spans of a grounded quote's parts, or None when it is not grounded.
 
-    With `gold`, a quote without ellipsis that occurs several times is placed where it overlaps gold most."""
+    With `gold`, a quote found whole or as one part that occurs several times is placed where it overlaps gold
+    most."""
+    view = contract.view()
     for variant in _variants(quote):
-        spans = _find_in(variant, contract.norm)
-        if spans is None:
+        found = _find_in(variant, view)
+        if found is None:
             continue
-        if gold and len(spans) == 1 and spans[0][1] - spans[0][0] == len(variant):
-            spans = [_best_occurrence(variant, contract, spans[0], gold)]
-        else:
-            spans = [contract.to_original(s, e) for s, e in spans]
-        return spans
+        if gold and len(found) == 1:
+            return [_best_occurrence(found[0][0], contract, found[0][1], gold)]
+        return [contract.to_original(*span) for _, span in found]
     return None
 
 
 def _best_occurrence(
-    variant: str, contract: _Contract, first: tuple[int, int], gold: list[tuple[int, int]]
+    needle: str, contract: _Contract, first: tuple[int, int], gold: list[tuple[int, int]]
 ) -> tuple[int, int]:
     best = contract.to_original(*first)
     best_inter = _intersection([best], gold)
+    view = contract.view()
     start = first[0]
     for _ in range(_MAX_OCCURRENCES):
-        start = contract.norm.find(variant, start + 1)
-        if start < 0:
+        found = view.find(needle, start + 1)
+        if found is None:
             break
-        span = contract.to_original(start, start + len(variant))
+        start = found[0]
+        span = contract.to_original(*found)
         inter = _intersection([span], gold)
         if inter > best_inter:
             best, best_inter = span, inter
@@ -236,13 +359,14 @@ def _best_occurrence(
 
 
 def _differs_only_in_case(quote: str, contract: _Contract) -> bool:
-    lower = contract.lower()
+    lower = contract.view(lower=True)
     return any(_find_in(v.lower(), lower) is not None for v in _variants(quote))
 
 
 def is_grounded(quote: str, text: str) -> bool:
     """Whether `quote` occurs in `text` once both are normalised (whitespace runs, curly quotes, dashes; case
-    kept), or, for a quote with an ellipsis, whether its parts occur there in order."""
+    kept; spacing that layout broke, see `_soft_spaces`), or, for a quote with an ellipsis, whether its parts
+    occur there in order."""
     if not isinstance(quote, str) or not quote.strip():
         return False
     return _locate(quote, _contract(text)) is not None
@@ -432,6 +556,10 @@ def _strings(value: Any) -> list[str]:
     return [str(value)]
 
 
+def _quotes(value: Any) -> list[str]:
+    return [q for q in _strings(value) if normalize_text(q) not in _PLACEHOLDERS]
+
+
 def _answer_text(value: Any) -> str | None:
     if value is None or isinstance(value, bool):
         return None
@@ -453,19 +581,19 @@ def _pred_from(value: Any) -> _Pred:
     if isinstance(value, dict):
         obj = {normalize_text(k): v for k, v in value.items()}
         has_present, present_raw = _pick(obj, _PRESENT_KEYS)
-        quotes = _strings(_pick(obj, _QUOTE_KEYS)[1])
+        quotes = _quotes(_pick(obj, _QUOTE_KEYS)[1])
         answer = _answer_text(_pick(obj, _ANSWER_KEYS)[1])
         present = _truth(present_raw) if has_present else None
         if present is None:  # no usable "present": a quote or a real answer says present
             present = bool(quotes) or (answer is not None and _truth(answer) is not False)
-        return _Pred(present, quotes if present else [], answer)
+        return _Pred(present, quotes, answer)
     if isinstance(value, list):
-        quotes = _strings(value)
+        quotes = _quotes(value)
         return _Pred(bool(quotes), quotes, None)
     truth = _truth(value)
     if truth is not None or value is None:
         return _Pred(bool(truth), [], None)
-    quotes = _strings(value)  # a bare string: the clause itself
+    quotes = _quotes(value)  # a bare string: the clause itself
     return _Pred(bool(quotes), quotes, _answer_text(value))
 
 
@@ -510,6 +638,12 @@ def _parse(text: str, categories: set[str]) -> tuple[dict[str, Any] | None, str 
     return items, None
 
 
+def _quote_key(quote: str) -> str:
+    """What makes two quotes the same quote: their normalised text, quotation marks around it left out."""
+    variants = _variants(quote)
+    return variants[-1] if variants else ""
+
+
 def _cut(text: str, limit: int = _TRUNCATE) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
@@ -538,7 +672,8 @@ class ClausesScorer:
         items, problem = _parse(completion.text or "", {normalize_text(c) for c in self.categories})
         scores: list[Score] = []
         all_right = True
-        n_quotes = n_grounded = 0
+        given: dict[str, bool] = {}  # every distinct quote of the answer (normalised): whether it is grounded
+        n_given = 0
         bad_quotes: list[str] = []
         bad_categories: list[str] = []
         case_only = 0
@@ -556,16 +691,19 @@ class ClausesScorer:
             for quote in pred.quotes:
                 # placed where it overlaps gold most, gold not yet covered by an earlier quote first
                 target = [g for g in gold.spans if not _intersection([g], grounded_spans)] or gold.spans
-                spans = _locate(quote, contract, target if gold.present else None)
+                spans = _locate(quote, contract, target if gold.present and pred.present else None)
                 flags.append(spans is not None)
+                key = _quote_key(quote)
                 if spans is None:
-                    bad_quotes.append(_cut(quote))
-                    bad_categories.append(category)
-                    case_only += _differs_only_in_case(quote, contract)
-                else:
+                    if key not in given:
+                        bad_quotes.append(_cut(quote))
+                        case_only += _differs_only_in_case(quote, contract)
+                    if category not in bad_categories:
+                        bad_categories.append(category)
+                elif pred.present:
                     grounded_spans.extend(spans)
-            n_quotes += len(flags)
-            n_grounded += sum(flags)
+                given.setdefault(key, spans is not None)
+            n_given += len(flags)
             overlap = coverage = None
             if gold.present and gold.spans and grounded_spans:
                 inter = _intersection(grounded_spans, gold.spans)
@@ -609,10 +747,11 @@ class ClausesScorer:
             if gold.missing:
                 detail["gold_missing"] = True
             scores.append(Score(f"clause.{category}", float(right), right, detail))
+        n_quotes, n_grounded = len(given), sum(given.values())
         hallucinated = n_quotes - n_grounded
         scores.append(Score("hallucinated_quotes", float(hallucinated), hallucinated == 0, {
-            "quotes": bad_quotes[:_MAX_LISTED], "categories": bad_categories[:_MAX_LISTED],
-            "n_quotes": n_quotes, "differs_only_in_case": case_only,
+            "quotes": bad_quotes[:_MAX_LISTED], "categories": bad_categories,
+            "n_quotes": n_quotes, "n_given": n_given, "differs_only_in_case": case_only,
         }))
         if n_quotes:
             scores.append(Score("quotes_grounded", n_grounded / n_quotes, None,

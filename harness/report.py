@@ -488,7 +488,8 @@ def _index(responses: pd.DataFrame, scores: pd.DataFrame) -> dict[tuple[str, str
             name = s.metric.removeprefix("field.")
             entry["fields"][name] = {"pred": detail.get("pred"), "ok": bool(s.passed), "outcome": detail.get("outcome")}
             if not s.passed and detail.get("outcome") != "invalid_output":
-                entry["kinds"].append(f"{detail.get('outcome')} value")
+                outcome = str(detail.get("outcome"))
+                entry["kinds"].append(outcome if outcome.endswith(" values") else f"{outcome} value")
                 entry["where"].append(name)
         elif s.metric.startswith("clause."):
             category = s.metric.removeprefix("clause.")
@@ -496,7 +497,9 @@ def _index(responses: pd.DataFrame, scores: pd.DataFrame) -> dict[tuple[str, str
             quote = detail.get("quote")
             ok = bool(s.passed) and not hallucinated
             entry["fields"]["clause: " + category] = {
-                "pred": (quote if quote else "present, no quote") if detail.get("pred_present") else "absent",
+                "pred": (quote if quote else "present, no quote") if detail.get("pred_present") else
+                        (f"absent, yet quoted: {quote if isinstance(quote, str) else ' | '.join(quote)}" if quote
+                         else "absent"),
                 "ok": ok, "outcome": "hallucinated quote" if hallucinated else detail.get("outcome"),
             }
             if not ok:

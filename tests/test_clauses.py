@@ -263,12 +263,69 @@ def test_presence_outcomes():
     assert scores["case_pass"].passed is False
 
 
-def test_quote_of_a_category_predicted_absent_is_ignored():
+def test_quote_of_a_category_predicted_absent_is_checked():
     out = {**_perfect(), "Non-Compete": {"present": False, "quote": "an invented clause"}}
     scores = _score(out)
+    assert scores["hallucinated_quotes"].value == 1.0
+    assert scores["hallucinated_quotes"].detail["quotes"] == ["an invented clause"]
+    assert scores["hallucinated_quotes"].detail["categories"] == ["Non-Compete"]
+    row = scores["clause.Non-Compete"]
+    assert row.passed is True and row.detail["outcome"] == "tn"  # presence is still right
+    assert row.detail["quote"] == "an invented clause" and row.detail["grounded"] is False
+    assert scores["case_pass"].passed is False
+    # a real quote under a category marked absent is grounded, but says nothing of where the clause is
+    out = {**_perfect(), "Governing Law": {"present": False, "quote": GOVERNING}}
+    scores = _score(out)
     assert scores["hallucinated_quotes"].value == 0.0
-    assert scores["clause.Non-Compete"].detail["quote"] is None
+    gov = scores["clause.Governing Law"].detail
+    assert gov["outcome"] == "fn" and gov["grounded"] is True and gov["overlap"] is None
+
+
+def test_placeholders_are_no_quote():
+    out = {**_perfect(), "Non-Compete": {"present": False, "quote": "N/A"},
+           "Exclusivity": {"present": True, "quote": ["Not found", EXCLUSIVE]}}
+    for placeholder in ("N/A", "None", "not applicable", "-", "null", "Not found"):
+        out["Non-Compete"]["quote"] = placeholder
+        scores = _score(out)
+        assert scores["hallucinated_quotes"].value == 0.0, placeholder
+        assert scores["clause.Non-Compete"].detail["quote"] is None
+    assert scores["clause.Exclusivity"].detail["quote"] == EXCLUSIVE
     assert scores["case_pass"].passed is True
+
+
+# issue 16: over 3 contracts a model invented 10 quote strings, `2019-8-31` under 8 clause types marked absent
+INVENTED_DATE = "2019-8-31"
+INVENTED_TIME = "2016-09-30T08:57:42Z"
+
+
+def test_an_invented_quote_counts_once_per_case_wherever_it_is_given():
+    absent = ["Non-Compete", "Exclusivity", "Anti-Assignment", "Governing Law", "Agreement Date", "Parties"]
+    out = {name: {"present": False, "quote": INVENTED_DATE, "answer": None} for name in absent}
+    out["Parties"]["quote"] = [INVENTED_DATE, " 2019-8-31 ", INVENTED_TIME]  # the same string, spaced, is the same
+    scores = _score(out)
+    hall = scores["hallucinated_quotes"]
+    assert hall.value == 2.0 and hall.passed is False
+    assert hall.detail["quotes"] == [INVENTED_DATE, INVENTED_TIME]
+    assert hall.detail["categories"] == CATS
+    assert hall.detail["n_quotes"] == 2 and hall.detail["n_given"] == 8
+    assert scores["quotes_grounded"].value == 0.0
+    assert scores["quotes_grounded"].detail == {"n_quotes": 2, "grounded": 0}
+    assert all(scores[f"clause.{c}"].detail["grounded"] is False for c in absent)
+    # a grounded quote repeated under two categories is one quote too
+    out = {**_perfect(), "Agreement Date": {"present": True, "quote": GOVERNING, "answer": "June 21, 1999"}}
+    assert _score(out)["quotes_grounded"].detail == {"n_quotes": 5, "grounded": 5}
+
+    # across cases, each case counts its own distinct invented quotes: 2 + 1 + 0
+    scorer = ClausesScorer(CATS)
+    outputs = [
+        {**{name: {"present": False, "quote": INVENTED_DATE} for name in absent}, "Parties": INVENTED_TIME},
+        {"Non-Compete": {"present": False, "quote": INVENTED_DATE}, "Exclusivity": [INVENTED_DATE]},
+        _perfect(),
+    ]
+    rows = [(f"c{i}", scorer(_case(f"c{i}"), answer(json.dumps(o)))) for i, o in enumerate(outputs)]
+    metrics = {m.name: m for m in scorer.aggregate(_frame(rows), [])}
+    assert metrics["quotes.hallucinated"].value == 3.0
+    assert metrics["quotes.hallucination_rate"].value == pytest.approx(3 / (2 + 1 + 6))
 
 
 @pytest.mark.parametrize("shape", ["wrapped", "list", "keys", "strings"])
@@ -345,7 +402,7 @@ def test_invalid_output_never_raises(text):
 
 def test_details_are_bounded_and_serialisable():
     long_quote = "ACME WIDGETS, INC. " * 200
-    out = {**_perfect(), "Exclusivity": {"present": True, "quote": [long_quote] * 20}}
+    out = {**_perfect(), "Exclusivity": {"present": True, "quote": [f"{i}. {long_quote}" for i in range(20)]}}
     scores = _score(out)
     detail = scores["clause.Exclusivity"].detail
     assert len(detail["quote"]) == 5 and all(len(q) <= 310 for q in detail["quote"])
@@ -569,3 +626,107 @@ def test_ellipsis_parts_too_short_to_mean_anything_are_not_grounded():
     assert not is_grounded("the ... the", text)
     assert not is_grounded("... of ...", text)
     assert not is_grounded("The Company shall ... Products", text)
+
+
+# ---------------------------------------------------------------- layout artefacts of real contracts (issue 16)
+
+# cuad-033 in suites/contracts (HealthcareIntegratedTechnologiesInc_20190812_8-K_EX-10.1_11776966_EX-10.1_Reseller
+# Agreement), verbatim: a U+2010 hyphen that broke a line, and letter-spaced words from the PDF's text layer.
+RESELLER = (
+    'Supplier hereby (i) appoints Reseller, and Reseller accepts the appointment, as a non\u2010 exclusive reseller of '
+    'the Products in the Territory. "Paid\u2010 For Products" means Products for which Reseller submitted an Order. '
+    '"End User  Agreement"  means  Supp l i e r \' s  s t andard  l i cense  ag reement s ,  wh ich  a re  ava i l ab '
+    'le  a t https://walabot.com/walabot-home, which governs each End User\'s right to use'
+)
+LETTER_SPACED = "Supp l i e r ' s  s t andard  l i cense  ag reement s"
+
+
+def _cuad(case_id: str) -> str:
+    with CUAD.open() as f:
+        return next(row for row in map(json.loads, f) if row["id"] == case_id)["text"]
+
+
+@pytest.mark.parametrize("dash", ["\u2010", "\u2011", "\u2012", "\u2013", "\u2014", "\u2015", "\u2212", "\u2e3a",
+                                  "\ufe31", "\ufe58", "\ufe63", "\uff0d", "\u058a", "\u207b"])
+def test_every_unicode_dash_or_minus_is_a_hyphen(dash):
+    text = f"The non{dash}exclusive licence runs for 5 years."
+    assert is_grounded("The non-exclusive licence", text)
+    assert quote_span("non-exclusive licence", text) == (4, 25)
+
+
+def test_soft_hyphen_and_zero_width_characters_go():
+    text = "a non\u00adexclusive, non\u200b-transferable licence"
+    assert is_grounded("a nonexclusive, non-transferable licence", text)
+    assert quote_span("non-transferable", text) == (17, 34)
+
+
+def test_hyphen_that_broke_a_line_grounds_the_joined_word():
+    assert is_grounded("as a non-exclusive reseller of the Products in the Territory", RESELLER)
+    assert is_grounded("as a non\u2010exclusive reseller", RESELLER)
+    assert is_grounded('"Paid-For Products" means Products for which Reseller submitted an Order', RESELLER)
+    assert is_grounded("as a non\u2010 exclusive reseller", RESELLER)  # verbatim, of course
+    start, end = quote_span("non-exclusive reseller", RESELLER)
+    assert RESELLER[start:end] == "non\u2010 exclusive reseller"
+    # the space is optional only after a hyphen between letters, not around a dash between words
+    assert not is_grounded("Supplier hereby(i) appoints", RESELLER)
+    assert not is_grounded("a non-exclusive re seller", RESELLER)
+    text = "The term is 5 - 10 years; pre- and post-closing."
+    assert not is_grounded("5 -10 years", text)
+    assert is_grounded("pre-and post-closing", text)
+
+
+def test_letter_spaced_contract_text_grounds_the_quote():
+    quote = ('"End User Agreement" means Supplier\'s standard license agreements, which are available at '
+             "https://walabot.com/walabot-home")
+    assert is_grounded(quote, RESELLER)
+    assert is_grounded("Supplier's", RESELLER)
+    assert is_grounded("Supp l i e r ' s", RESELLER)  # verbatim
+    assert is_grounded("Supplier's standard license ... which governs each End User's right to use", RESELLER)
+    start, end = quote_span("Supplier's standard license agreements", RESELLER)
+    assert RESELLER[start:end] == LETTER_SPACED
+    start, end = quote_span(quote, RESELLER)
+    assert RESELLER[start:end].startswith('"End User  Agreement"') and RESELLER[:end].endswith("a t https://walabot.com/walabot-home")
+    # the letters must still be the contract's, in order, and every word outside the spaced run kept apart
+    assert not is_grounded("Supplier's standard licence agreements", RESELLER)
+    assert not is_grounded("Suppliers standard", RESELLER)
+    assert not is_grounded("meansSupplier's", RESELLER)
+    assert not is_grounded("S upplier's", RESELLER)  # "Supp" was printed whole: no space inside it
+    assert not is_grounded("Supplierhereby", RESELLER)
+
+
+def test_letter_spacing_never_loosens_normal_text():
+    text = "Notice to the therapist shall be given in writing. The Supplier's standard terms apply."
+    assert not is_grounded("the rapist", text)
+    assert not is_grounded("Not ice to the therapist", text)
+    assert not is_grounded("S u p p l i e r ' s", text)  # a letter-spaced quote of normal text
+    assert not is_grounded("Thesupplier's", text)
+    # single letters here and there (a list, an article) are not letter-spaced text
+    text = "Schedules A, B and C apply to a party and a licensee."
+    assert not is_grounded("Schedules A, Band C", text)
+    assert not is_grounded("to aparty", text)
+
+
+def test_letter_spaced_text_of_real_contracts():
+    reseller = _cuad("cuad-033")
+    assert RESELLER[RESELLER.index('"End User'):] in reseller and RESELLER[:100] in reseller
+    start, end = quote_span("Supplier's standard license agreements", reseller)
+    assert reseller[start:end] == LETTER_SPACED
+    assert is_grounded("Reseller accepts the appointment, as a non-exclusive reseller", reseller)
+    # cuad-031 (HPILHOLDING_01_07_2015-EX-99.1-COOPERATION AGREEMENT): "R E C I T A L S:"
+    cooperation = _cuad("cuad-031")
+    start, end = quote_span("RECITALS: The following is a recital of facts", cooperation)
+    assert cooperation[start:end].startswith("R E C I T A L S:   The following")
+    # cuad-067 (SoupmanInc_20150814_8-K_EX-10.1_9230148_EX-10.1_Franchise Agreement2)
+    franchise = _cuad("cuad-067")
+    assert is_grounded('As an inducement to Kiosk Concepts, Inc. ("Franchisor") to enter into a Master Franchise '
+                       "Agreement", franchise)
+
+
+def test_real_contracts_every_gold_span_grounds_where_it_is():
+    with CUAD.open() as f:
+        rows = [json.loads(line) for line in f]
+    spans = [(row["text"], span) for row in rows for entry in row["gold"].values() for span in entry["spans"]]
+    assert len(spans) > 1000
+    for text, span in spans:
+        start, end = quote_span(span["text"], text)
+        assert text[start:end] == span["text"]

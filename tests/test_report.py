@@ -61,3 +61,29 @@ def test_a_provider_with_no_stored_answer_fails_every_case_in_summary_and_taxono
     assert low == 0.0 and round(high, 3) == 0.658  # 0 of 2: z²/(n + z²) = 3.84 / 5.84
     kinds = {row["name"]: row["cells"] for row in data["taxonomy"]["kinds"]}
     assert kinds["no answer"] == [2, 1]  # the incumbent has no answer at all, the candidate lacks one
+
+
+def test_a_hedged_value_and_a_quote_under_an_absent_clause_are_shown_as_such():
+    """A field naming several values is the failure kind `several values` (not "several values value"), and a
+    clause marked absent with an invented quote shows the quote, not just "absent"."""
+    import pandas as pd
+
+    from harness.report import _index
+
+    responses = pd.DataFrame([{"case_id": "c1", "provider": "p", "text": "{}", "error": None, "error_kind": None,
+                               "latency_ms": 1.0}])
+    scores = pd.DataFrame([
+        {"case_id": "c1", "provider": "p", "scorer": "fields", "metric": "field.total", "value": 0.0,
+         "passed": False, "detail": json.dumps({"gold": "9.00", "pred": "9.00 or 10.00", "outcome": "several values",
+                                                "values": ["9.00", "10.00"]})},
+        {"case_id": "c1", "provider": "p", "scorer": "clauses", "metric": "clause.Governing Law", "value": 1.0,
+         "passed": True, "detail": json.dumps({"outcome": "tn", "pred_present": False, "quote": "2019-8-31",
+                                                "grounded": False})},
+        {"case_id": "c1", "provider": "p", "scorer": "fields", "metric": "case_pass", "value": 0.0,
+         "passed": False, "detail": None},
+    ])
+    entry = _index(responses, scores)[("c1", "p")]
+    assert "several values" in entry["kinds"] and "several values value" not in entry["kinds"]
+    assert entry["fields"]["clause: Governing Law"]["pred"] == "absent, yet quoted: 2019-8-31"
+    assert entry["fields"]["clause: Governing Law"]["outcome"] == "hallucinated quote"
+    assert "hallucinated clause quote" in entry["kinds"]

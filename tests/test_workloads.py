@@ -13,6 +13,7 @@ from conftest import ROOT, copy_suite
 from openai_server import OpenAIServer, Reply
 
 from harness.cli import main
+from harness.store import Store
 
 
 def _rows(suite_dir: Path) -> list[dict]:
@@ -115,7 +116,15 @@ def test_score_refuses_another_suite_and_an_unknown_run(tickets, tmp_path, capsy
     db = str(tmp_path / "shadow.duckdb")
     before = _query(tmp_path, "SELECT count(*) FROM scores")
     capsys.readouterr()
-    assert main(["score", "--db", db, "--suite", str(copy_suite(tmp_path, "invoices", 2))]) == 2
+    invoices = str(copy_suite(tmp_path, "invoices", 2))
+    # without a run id, --suite takes that suite's latest run: there is none
+    assert main(["score", "--db", db, "--suite", invoices]) == 2
+    err = capsys.readouterr().err
+    assert "no runs of suite invoices yet" in err and err.count("\n") == 1
+    # a run of another suite, named
+    with Store(db, read_only=True) as store:
+        run_id = store.latest_run()
+    assert main(["score", run_id, "--db", db, "--suite", invoices]) == 2
     err = capsys.readouterr().err
     assert "this is suite 'invoices', but run" in err and err.count("\n") == 1
     assert main(["score", "nope", "--db", db]) == 2
