@@ -80,6 +80,7 @@ from harness.selfcheck import LoopMonitor
 from harness.server import ManagedServer
 from harness.store import BatchWriter, Store, new_run_id
 from harness.suite import ProviderSpec, Suite
+from harness.terminal import printable
 
 MAX_CONCURRENCY = 1024
 MAX_DURATION_S = 24 * 3600.0
@@ -121,7 +122,7 @@ async def load_test(
     plan = _plan(suite, provider, base_url)
     await asyncio.to_thread(resolve_served_models, [plan])
     if plan.status != "ready":
-        raise ProviderError(f"provider '{plan.name}' cannot run: {plan.reason}")
+        raise ProviderError(printable(f"provider '{plan.name}' cannot run: {plan.reason}", one_line=True))
     if run_id is None:
         run_id = store.latest_run(suite.name)
     host = await asyncio.to_thread(host_info)
@@ -186,7 +187,8 @@ def latest_load(store: Store, suite: str | Suite, provider: str) -> dict[str, An
 
 
 def load_summary_text(row: dict[str, Any]) -> str:
-    """A few lines for the terminal: what was driven, throughput, TTFT/TPOT/latency percentiles and errors."""
+    """A few lines for the terminal: what was driven, throughput, TTFT/TPOT/latency percentiles and errors; names
+    a server gave (its model, error kinds) are stripped of terminal control sequences (`terminal.printable`)."""
     status = "" if row.get("status") == "completed" else f" ({row.get('status')}: figures up to the stop)"
     limit = f", at most {row['max_requests']} requests" if row.get("max_requests") else ""
     requests, errors = row.get("requests") or 0, row.get("errors") or 0
@@ -203,7 +205,7 @@ def load_summary_text(row: dict[str, Any]) -> str:
     for metric, label in (("ttft", "TTFT"), ("tpot", "TPOT"), ("latency", "latency")):
         cells = "  ".join(f"p{p} {_ms(row.get(f'{metric}_p{p}_ms')):>9}" for p in PERCENTILES)
         lines.append(f"  {label:<10}  {cells}")
-    return "\n".join(lines)
+    return printable("\n".join(lines))
 
 
 def host_info() -> dict[str, Any]:
@@ -268,7 +270,7 @@ def _plan(suite: Suite, provider: str | ProviderSpec, base_url: str | None) -> P
     if plan.kind == "log":
         raise ProviderError(f"provider '{plan.name}' answers from a log file: there is no server to load test")
     if plan.status != "ready":
-        raise ProviderError(f"provider '{plan.name}' cannot run: {plan.reason}")
+        raise ProviderError(printable(f"provider '{plan.name}' cannot run: {plan.reason}", one_line=True))
     return plan
 
 
@@ -317,10 +319,10 @@ async def _warm_up(client: Provider, plan: ProviderPlan, requests: list[tuple[st
     picked = [requests[(len(requests) - 1 - i) % len(requests)][1] for i in range(n)]
     answers = await asyncio.gather(*(_call(client, request, plan.timeout) for request in picked))
     if all(answer.error for answer in answers):
-        raise ProviderError(
+        raise ProviderError(printable(
             f"provider '{plan.name}' at {plan.describe_endpoint()} failed all {n} warm-up requests "
-            f"({answers[0].error_kind}: {answers[0].error}); nothing was measured"
-        )
+            f"({answers[0].error_kind}: {answers[0].error}); nothing was measured", one_line=True,
+        ))
 
 
 def tpot_ms(ttft_ms: float | None, latency_ms: float | None, output_tokens: int | None) -> float | None:
@@ -428,8 +430,8 @@ class _LoadTest:
             "requests_per_s": ok / elapsed if rate else None,
             "output_tokens_per_s": self.output_tokens / elapsed if rate and self.tokens_known else None,
         }
-        if self.monitor is not None:
-            row.update(self.monitor.stop().columns())
+        if self.monitor is not None:  # judged only if some latency was measured: not when every request failed
+            row.update(self.monitor.stop(latencies=len(self.values["latency"])).columns())
         for metric in METRICS:
             values = np.frombuffer(self.values[metric], dtype=np.float64) if len(self.values[metric]) else None
             quantiles = np.percentile(values, PERCENTILES) if values is not None else [None] * len(PERCENTILES)

@@ -14,6 +14,7 @@ import json
 import os
 import re
 import secrets
+import struct
 import threading
 import time
 from collections import defaultdict
@@ -247,6 +248,44 @@ TABLES = (
 )
 
 
+HEADER_SIZE = 4096  # DuckDB's file: a main header, two database headers, then blocks (storage_info.hpp)
+DEFAULT_BLOCK_ALLOC_SIZE = 262_144
+
+
+def check_file(path: Path) -> None:
+    """Raise StoreError if the DuckDB file at `path` is cut short: its active database header counts more blocks
+    than the file holds (a copy or a download that stopped, a full disk). DuckDB itself opens such a file and
+    fails only when a query reaches a missing block; this check reads 12 KB and opens nothing, so the file is
+    left as it is. A file that is not there, is empty or does not start like a DuckDB file is left to DuckDB."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(3 * HEADER_SIZE)
+            size = os.fstat(f.fileno()).st_size
+    except (FileNotFoundError, IsADirectoryError):
+        return
+    except OSError as exc:
+        raise StoreError(f"{path}: cannot read the DuckDB file: {exc.strerror or exc}") from None
+    if head[8:12] != b"DUCK":
+        return
+    if len(head) < 3 * HEADER_SIZE:
+        raise StoreError(_truncated(path, size, 3 * HEADER_SIZE, "its headers alone take"))
+    # each database header: checksum, iteration, meta block, free list, block count, block alloc size (uint64s)
+    headers = [struct.unpack_from("<QQqqQQ", head, offset) for offset in (HEADER_SIZE, 2 * HEADER_SIZE)]
+    _, _, _, _, block_count, alloc_size = max(headers, key=lambda header: header[1])
+    alloc_size = alloc_size or DEFAULT_BLOCK_ALLOC_SIZE  # 0 in files older than the field
+    if alloc_size & (alloc_size - 1) or not 4096 <= alloc_size <= 1 << 30 or block_count > 1 << 40:
+        return  # not a header layout this check knows: DuckDB will say what is wrong, if anything
+    expected = 3 * HEADER_SIZE + block_count * alloc_size
+    if size < expected:
+        raise StoreError(_truncated(path, size, expected, "its header says at least"))
+
+
+def _truncated(path: Path, size: int, expected: int, says: str) -> str:
+    return (f"{path}: the DuckDB file is cut short ({size:,} bytes where {says} {expected:,}: "
+            "a copy, download or disk that stopped part-way); it was left as it is: restore it from a backup or "
+            "the original, or use another file (--db, make DB=...)")
+
+
 def new_run_id() -> str:
     """A sortable, unique run id: UTC time plus a random suffix, e.g. `20261122-173005-3fa9`."""
     return datetime.now(UTC).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)
@@ -262,6 +301,7 @@ class Store:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
             elif not self.path.exists():
                 raise StoreError(f"{self.path}: no such DuckDB file; run a suite first (make shadow SUITE=...)")
+            check_file(self.path)
             self.con = duckdb.connect(str(self.path), read_only=read_only, config=CONNECT_CONFIG)
             self.con.execute("SET TimeZone = 'UTC'")
         except duckdb.Error as exc:

@@ -6,12 +6,15 @@ called, with a one-line `SuiteError` that names the file and the line or key, an
 
 from __future__ import annotations
 
+import codecs
 import csv
+import difflib
 import hashlib
 import io
 import json
 import re
 import tomllib
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +30,8 @@ FieldType = Literal["text", "amount", "date", "exact"]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    # strict: a value of the wrong TOML type is refused, not converted (max_tokens = "200" is a string, not 200)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, strict=True)
 
 
 class CasesSpec(_Strict):
@@ -128,6 +132,9 @@ class ScorerSpec(_Strict):
             self.name = self.kind
         return self
 
+
+# the kinds a provider id `kind:model` may have (harness.providers builds each)
+PROVIDER_KINDS = ("local", "vllm", "openai-compatible", "openai", "anthropic", "azure", "log")
 
 # llama-cpp-python's server (`local`) computes logprobs by sorting the whole vocabulary in Python for every token,
 # about as long as a small model takes to generate it: on request only, or the candidate's latency would lie
@@ -340,10 +347,11 @@ def load_suite(path: str | Path) -> Suite:
         raise SuiteError(f"{config}: no such file; a suite is a folder with suite.toml, cases and prompt.j2")
     raw = config.read_bytes()
     try:
-        data = tomllib.loads(raw.decode("utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        data = tomllib.loads(_decode(config, raw))
+    except tomllib.TOMLDecodeError as exc:
         raise SuiteError(f"{config}: not valid TOML: {exc}") from None
     spec = _validate_spec(config, data)
+    _check_provider_kinds(config, spec)
 
     labels = _load_labels(path, spec)
     schema = _load_schema(path, spec)
@@ -354,9 +362,7 @@ def load_suite(path: str | Path) -> Suite:
             "required": [spec.output.label_key],
         }
     template_path = path / spec.prompt.template
-    if not template_path.is_file():
-        raise SuiteError(f"{config}: prompt.template: {template_path} does not exist")
-    template_text = template_path.read_text(encoding="utf-8")
+    template_text = read_suite_file(template_path, config, "prompt.template")
     env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=False, autoescape=False)
     try:
         template = env.from_string(template_text)
@@ -388,9 +394,7 @@ def _load_labels(path: Path, spec: SuiteSpec) -> list[str] | None:
     if out.labels_file:
         file = path / out.labels_file
         try:
-            labels = json.loads(file.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise SuiteError(f"{config}: output.labels_file: {file} does not exist") from None
+            labels = json.loads(read_suite_file(file, config, "output.labels_file"))
         except json.JSONDecodeError as exc:
             raise SuiteError(f"{file} line {exc.lineno}: not valid JSON: {exc.msg}") from None
         if isinstance(labels, dict) and isinstance(labels.get("labels"), list):
@@ -487,7 +491,61 @@ def validation_message(config: Path | str, exc: ValidationError, data: dict[str,
         return f"{config}: unknown key '{where}'; remove it or check its spelling"
     if err["type"] == "missing":
         return f"{config}: missing key '{where}'"
+    if err["type"] in _EXPECTED:
+        return f"{config}: {where}: {_type_problem(err['type'], err['loc'], err['input'])}"
     return f"{config}: {where}: {err['msg'].removeprefix('Value error, ')}"
+
+
+# pydantic's error type for a value of the wrong TOML type -> what the key takes
+_EXPECTED = {
+    "int_type": "a whole number", "float_type": "a number", "bool_type": "true or false",
+    "string_type": "a string in quotes", "list_type": "a list [...]", "dict_type": "a table",
+    "model_type": "a table", "model_attributes_type": "a table",
+}
+
+
+def _type_problem(kind: str, loc: tuple[Any, ...], value: Any) -> str:
+    """E.g. `expected a whole number, got the string "200"; write max_tokens = 200, without quotes`."""
+    key = next((str(part) for part in reversed(loc) if isinstance(part, str)), "it")
+    expected = _EXPECTED[kind]
+    problem = f"expected {expected}, got {_toml_value(value)}"
+    if isinstance(value, str) and _unquoted(kind, value.strip()) is not None:
+        return f"{problem}; write {key} = {value.strip()}, without quotes"
+    if kind == "int_type" and isinstance(value, float) and value.is_integer():
+        return f"{problem}; write {key} = {int(value)}"
+    if kind == "string_type" and isinstance(value, int | float) and not isinstance(value, bool):
+        return f'{problem}; write {key} = "{value}"'
+    return f"{problem}; give {key} {expected}"
+
+
+def _unquoted(kind: str, text: str) -> Any:
+    """What `text` reads as in TOML without its quotes, if that is of the type `kind` asks for; else None."""
+    if not text or any(ch.isspace() or ch == "#" for ch in text):
+        return None
+    try:
+        value = tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return None
+    wanted = {"int_type": int, "float_type": (int, float), "bool_type": bool}.get(kind)
+    if wanted is None or isinstance(value, bool) != (kind == "bool_type") or not isinstance(value, wanted):
+        return None
+    return value
+
+
+def _toml_value(value: Any) -> str:
+    """How a value read from TOML was written, for an error message."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        shown = json.dumps(value, ensure_ascii=False)
+        return f"the string {shown if len(shown) <= 60 else shown[:57] + '...'}"
+    if isinstance(value, int | float):
+        return f"the number {value!r}"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a table"
+    return type(value).__name__
 
 
 def _toml_path(loc: tuple[Any, ...], data: dict[str, Any]) -> str:
@@ -502,20 +560,89 @@ def _toml_path(loc: tuple[Any, ...], data: dict[str, Any]) -> str:
 
 
 def _load_schema(path: Path, spec: SuiteSpec) -> dict[str, Any] | None:
-    out = spec.output
+    out, config = spec.output, path / "suite.toml"
     if out.json_schema is not None and out.schema_file:
-        raise SuiteError(f"{path / 'suite.toml'}: output: give either 'schema' or 'schema_file', not both")
+        raise SuiteError(f"{config}: output: give either 'schema' or 'schema_file', not both")
     if out.schema_file:
         schema_path = path / out.schema_file
         try:
-            return json.loads(schema_path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise SuiteError(f"{path / 'suite.toml'}: output.schema_file: {schema_path} does not exist") from None
+            schema = json.loads(read_suite_file(schema_path, config, "output.schema_file"))
         except json.JSONDecodeError as exc:
             raise SuiteError(f"{schema_path} line {exc.lineno}: not valid JSON: {exc.msg}") from None
+        if not isinstance(schema, dict):
+            raise SuiteError(f"{schema_path}: a schema file must hold a JSON object, a JSON Schema such as "
+                             '{"type": "object", "properties": {...}}')
+        check_json_schema(schema, str(schema_path))
+        return schema
     if out.format == "text" and out.json_schema is not None:
-        raise SuiteError(f"{path / 'suite.toml'}: output.schema needs output.format = 'json'")
+        raise SuiteError(f"{config}: output.schema needs output.format = 'json'")
+    if out.json_schema is not None:
+        check_json_schema(out.json_schema, f"{config}: output.schema")
     return out.json_schema
+
+
+def check_json_schema(schema: dict[str, Any], where: str) -> None:
+    """Raise SuiteError (starting with `where`) unless `schema` is a valid JSON Schema of the draft its `$schema`
+    names (the latest draft when it names none), checked against that draft's meta-schema by `jsonschema`."""
+    import jsonschema
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        validator = jsonschema.validators.validator_for(schema)
+    if caught:  # a $schema jsonschema does not know
+        raise SuiteError(f"{where}: unknown $schema {str(schema.get('$schema'))[:100]!r}; name a JSON Schema draft, "
+                         'e.g. "https://json-schema.org/draft/2020-12/schema", or leave $schema out')
+    try:
+        validator.check_schema(schema)
+    except jsonschema.exceptions.SchemaError as exc:
+        at = ".".join(str(part) for part in exc.path) or "(top level)"
+        message = " ".join(exc.message.split())
+        message = message if len(message) <= 200 else message[:200] + "..."
+        raise SuiteError(f"{where}: not a valid JSON Schema: at {at}: {message}; fix it "
+                         "(see https://json-schema.org/understanding-json-schema)") from None
+
+
+def _check_provider_kinds(config: Path, spec: SuiteSpec) -> None:
+    """Every provider id must start with a kind the harness has (`PROVIDER_KINDS`)."""
+    for index, provider in enumerate(spec.providers, start=1):
+        kind, _, model = provider.id.partition(":")
+        if kind not in PROVIDER_KINDS:
+            close = difflib.get_close_matches(kind, PROVIDER_KINDS, n=1)
+            hint = f"did you mean '{close[0]}:{model}'? " if close else ""
+            raise SuiteError(f"{config}: providers[{index}].id: unknown provider kind '{kind}' in '{provider.id}'; "
+                             f"{hint}the id is 'kind:model' with kind one of {', '.join(PROVIDER_KINDS)}")
+
+
+def read_suite_file(file: Path, config: Path, key: str) -> str:
+    """The text of a file that key `key` of suite.toml `config` names: UTF-8, a leading byte order mark dropped.
+    Raises SuiteError naming the key when the file is missing or is a folder, and the line of a byte that is not
+    UTF-8."""
+    if file.is_dir():
+        raise SuiteError(f"{config}: {key}: {file} is a folder, not a file; name a file in it")
+    try:
+        content = file.read_bytes()
+    except FileNotFoundError:
+        raise SuiteError(f"{config}: {key}: {file} does not exist") from None
+    except OSError as exc:
+        raise SuiteError(f"{config}: {key}: cannot read {file}: {exc.strerror or exc}") from None
+    return _decode(file, content)
+
+
+def _decode(file: Path, content: bytes) -> str:
+    """`content` of `file` as UTF-8 text, a leading byte order mark (as some Windows editors write) dropped."""
+    try:
+        return content.decode("utf-8").removeprefix("\ufeff")
+    except UnicodeDecodeError as exc:
+        line = content.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (content.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise SuiteError(_not_utf8(file, line, column, content[exc.start], content)) from None
+
+
+def _not_utf8(file: Path, line: int, column: int, byte: int, content: bytes) -> str:
+    if content.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return f"{file}: UTF-16 text; save it as UTF-8 (e.g. iconv -f utf-16 -t utf-8)"
+    return (f"{file} line {line}: not UTF-8 text (byte 0x{byte:02x} at byte column {column}); save the file as "
+            "UTF-8 (e.g. iconv -f latin1 -t utf-8)")
 
 
 def _read_rows(path: Path, cases: CasesSpec) -> tuple[list[dict[str, Any]], str, list[int], str]:
@@ -533,17 +660,25 @@ def _read_rows(path: Path, cases: CasesSpec) -> tuple[list[dict[str, Any]], str,
         return rows, f"{cases.source} row", list(range(1, len(rows) + 1)), f"{name}@{dataset._fingerprint}"
 
     file = path / cases.source
+    if file.is_dir():
+        inside = sorted(p.name for p in file.iterdir() if p.suffix.lower() in CASE_SUFFIXES and p.is_file())
+        example = f"{cases.source.rstrip('/')}/{inside[0] if inside else 'cases.jsonl'}"
+        raise SuiteError(f"{path / 'suite.toml'}: cases.source: {file} is a folder, not a file; name the cases file "
+                         f'in it, e.g. source = "{example}"')
     if not file.is_file():
         raise SuiteError(f"{path / 'suite.toml'}: cases.source: {file} does not exist")
     suffix = file.suffix.lower()
-    content = file.read_bytes()
+    try:
+        content = file.read_bytes()
+    except OSError as exc:
+        raise SuiteError(f"{path / 'suite.toml'}: cases.source: cannot read {file}: {exc.strerror or exc}") from None
     digest = hashlib.sha256(content).hexdigest()
     if suffix == ".jsonl":
         rows, lines = _read_jsonl(file, content)
         return rows, f"{file} line", lines, digest
     if suffix == ".json":
         try:
-            rows = json.loads(content)
+            rows = json.loads(_decode(file, content))
         except json.JSONDecodeError as exc:
             raise SuiteError(f"{file} line {exc.lineno}: not valid JSON ({exc.msg})") from None
         if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
@@ -556,17 +691,25 @@ def _read_rows(path: Path, cases: CasesSpec) -> tuple[list[dict[str, Any]], str,
         dataset = _load_dataset("parquet", data_files=str(file), split="train", what=str(file))
         rows = dataset.to_list()
         return rows, f"{file} row", list(range(1, len(rows) + 1)), digest
-    raise SuiteError(f"{file}: unsupported cases file type '{suffix}'; use .jsonl, .json, .csv or .parquet")
+    raise SuiteError(f"{file}: unsupported cases file type '{suffix}'; use {', '.join(CASE_SUFFIXES)}")
+
+
+CASE_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 
 
 def _read_jsonl(file: Path, content: bytes) -> tuple[list[dict[str, Any]], list[int]]:
-    """Each non-blank line must be one JSON object; returns the rows and the 1-based line of each."""
+    """Each non-blank line must be one JSON object in UTF-8 (a byte order mark at the start of the file is
+    dropped); returns the rows and the 1-based line of each."""
     rows, lines = [], []
-    for number, line in enumerate(_split_lines(content), start=1):
+    for number, line in enumerate(_split_lines(content.removeprefix(codecs.BOM_UTF8)), start=1):
         if not line.strip():
             continue
         try:
-            value = json.loads(line)
+            text = line.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise SuiteError(_not_utf8(file, number, exc.start + 1, line[exc.start], content)) from None
+        try:
+            value = json.loads(text)
         except json.JSONDecodeError as exc:
             raise SuiteError(f"{file} line {number}: not valid JSON ({exc.msg} at column {exc.colno})") from None
         if not isinstance(value, dict):
@@ -589,10 +732,7 @@ def _split_lines(content: bytes) -> Iterator[bytes]:
 
 def _read_csv(file: Path, content: bytes) -> tuple[list[dict[str, Any]], list[int]]:
     """CSV with a header row; every value a string, an empty cell a missing value. Quoted cells may span lines."""
-    try:
-        text = content.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise SuiteError(f"{file}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    text = _decode(file, content)
     reader = csv.reader(io.StringIO(text, newline=""))
     try:
         header = next(reader)

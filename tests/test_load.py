@@ -22,6 +22,7 @@ from harness.errors import HarnessError, ProviderError
 from harness.load import latest_load, load_summary_text, load_test, parse_gpu_list, tpot_ms
 from harness.store import Store
 from harness.suite import ProviderSpec, load_suite
+from harness.terminal import printable
 
 CANDIDATE = "local:smollm2-135m"  # the mini suite's candidate; with a base URL it calls the test server
 
@@ -334,3 +335,61 @@ def test_an_answer_cut_short_without_a_finish_reason_is_an_error(mini_suite, tmp
     assert row["requests_per_s"] == 0 and row["output_tokens_per_s"] is None
     assert row["latency_p50_ms"] is None and row["ttft_p99_ms"] is None
     assert {r["error_kind"] for r in _rows(db)} == {"truncated"}
+
+
+# what a hostile or broken server can put in an error body: colour, a window title (OSC, ended by BEL and by ST),
+# clear-screen and cursor home, a full reset, a bell, NUL, a carriage return that would overwrite the line, an 8-bit
+# CSI and a C1 control
+HOSTILE = ("\x1b[31mred\x1b[0m \x1b]0;pwned\x07 \x1b]8;;http://x\x1b\\link\x1b]8;;\x1b\\ \x1b[2J\x1b[H \x1bc "
+           "bell\x07 nul\x00 over\rwrite \x9b31m \x85 boom")
+CONTROL = set(map(chr, [*range(0x00, 0x09), *range(0x0b, 0x20), *range(0x7f, 0xa0)]))
+
+
+def test_printable_removes_what_a_terminal_would_act_on():
+    assert printable(HOSTILE) == "red  link   bell nul overwrite   boom"
+    assert printable("line one\r\n\tline two\n") == "line one\n\tline two\n"
+    assert printable("line one\r\n\tline two\n", one_line=True) == "line one line two "
+    assert printable("caf\u00e9 \u2014 \u65e5\u672c \U0001f600") == "caf\u00e9 \u2014 \u65e5\u672c \U0001f600"
+    assert printable("\x1b]0;never ended") == "0;never ended"  # an unterminated title: shown, not obeyed
+
+
+def _terminal_output(capsys) -> str:
+    captured = capsys.readouterr()
+    return captured.out + captured.err
+
+
+@pytest.mark.parametrize("plain", [False, True])
+def test_a_servers_error_body_reaches_the_terminal_without_control_characters(mini_suite, tmp_path, capsys, plain):
+    """Every warm-up request fails with a body full of escape sequences (as JSON error.message, or as a plain
+    text body): the one-line error names the provider and keeps the readable text, and nothing a terminal would
+    act on gets through."""
+    reply = Reply(status=500, plain_body=HOSTILE) if plain else Reply(status=500, error_message=HOSTILE)
+    with OpenAIServer(lambda body: reply) as server:
+        code = main(["load", str(mini_suite), "--db", str(tmp_path / "s.duckdb"), "--base-url", server.base_url,
+                     "--concurrency", "1", "--max-requests", "2", "--no-progress"])
+    shown = _terminal_output(capsys)
+    assert code == 2
+    assert not CONTROL & set(shown), repr(shown)
+    assert shown.count("\n") == 1 and shown.startswith(f"error: provider '{CANDIDATE}' at {server.base_url} failed")
+    assert "red" in shown and "bell" in shown and "boom" in shown and "pwned" not in shown
+
+
+def test_a_load_test_where_every_measured_request_failed_is_not_judged_for_latency(mini_suite, tmp_path, capsys):
+    """The warm-up answers, then every measured request fails (with a hostile body): no latency was measured, so
+    the self-check has nothing to judge (latency_reliable NULL, no warning) and the summary is printable."""
+    calls = {"n": 0}
+
+    def responder(body: dict) -> Reply:
+        calls["n"] += 1
+        return Reply(text="{}") if calls["n"] == 1 else Reply(status=500, error_message=HOSTILE)
+
+    db = tmp_path / "s.duckdb"
+    with OpenAIServer(responder) as server:
+        code = main(["load", str(mini_suite), "--db", str(db), "--base-url", server.base_url, "--concurrency", "1",
+                     "--warmup", "1", "--max-requests", "5", "--no-progress"])
+    shown = _terminal_output(capsys)
+    assert code == 0
+    assert not CONTROL & set(shown), repr(shown)
+    assert "errors 5 (100.0%): http_500 5" in shown and "latency unreliable" not in shown
+    (row,) = _rows(db, "SELECT * FROM load_tests")
+    assert row["latency_reliable"] is None and row["loop_lag_p99_ms"] is not None

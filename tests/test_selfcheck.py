@@ -14,7 +14,16 @@ from conftest import copy_invoices
 from openai_server import OpenAIServer, Reply
 
 from harness.cli import main
-from harness.selfcheck import COLUMNS, LAG_LIMIT_MS, LagHistogram, LoopMonitor, merge
+from harness.selfcheck import (
+    COLUMNS,
+    LAG_LIMIT_MS,
+    LagHistogram,
+    LoopMonitor,
+    SelfCheck,
+    lag_reliable,
+    merge,
+    unreliable_reason,
+)
 from harness.store import Store
 
 
@@ -95,13 +104,75 @@ def test_a_resumed_run_keeps_the_worse_session():
     assert merge(None, None) == dict.fromkeys(COLUMNS)
 
 
+def _check(p99_ms: float | None, latencies: int | None = None, cpu_share: float = 0.12) -> SelfCheck:
+    """What a monitor would have seen over 10 s with the given lag p99 and client CPU."""
+    return SelfCheck(wall_s=10.0, client_cpu_s=10.0 * cpu_share, loop_cpu_s=8.0 * cpu_share, samples=1000,
+                     loop_lag_p50_ms=None if p99_ms is None else min(p99_ms, 0.4), loop_lag_p99_ms=p99_ms,
+                     loop_lag_max_ms=None if p99_ms is None else p99_ms * 1.5, latencies=latencies)
+
+
+def test_the_lag_limit_at_its_boundary():
+    """At the limit the figures are trusted, a hair over it they are not, and the reason says so."""
+    assert lag_reliable(LAG_LIMIT_MS) is True and lag_reliable(LAG_LIMIT_MS + 0.01) is False
+    assert _check(LAG_LIMIT_MS, latencies=100).latency_reliable is True
+    assert unreliable_reason(_check(LAG_LIMIT_MS, latencies=100).columns()) is None
+    over = _check(LAG_LIMIT_MS + 0.01, latencies=100)
+    assert over.latency_reliable is False
+    reason = unreliable_reason(over.columns())
+    assert reason is not None and f"event-loop lag p99 {LAG_LIMIT_MS + 0.01:.1f} ms" in reason
+    assert f"> {LAG_LIMIT_MS:g} ms" in reason and "client CPU 12% of a core" in reason
+
+
+def test_a_lightly_loaded_machine_is_not_called_unreliable():
+    """Runs on a lightly loaded 2-core machine (client CPU 8-16% of a core) measured lag p99 of 12.5 to 19.6 ms;
+    other work on it (bench/loop_lag.py, docs/benchmarks.md) stays near 10 ms. None of that is a client that could
+    not keep up; a saturated one (the dispatch benchmark at c=256: 234 ms) or a blocked loop (40 ms and more) is."""
+    for p99, share in ((12.5, 0.08), (19.6, 0.16), (10.0, 0.15)):
+        check = _check(p99, latencies=50, cpu_share=share)
+        assert check.latency_reliable is True and unreliable_reason(check.columns()) is None
+    for p99 in (40.0, 234.0):
+        assert _check(p99, latencies=50, cpu_share=1.0).latency_reliable is False
+
+
+def test_no_latency_measured_is_not_judged():
+    """Every call failed: however late the loop woke, there is no latency figure to vouch for or against, so the
+    check says nothing (None), no warning is given, and a resumed run keeps the other session's verdict."""
+    async def go():
+        monitor = LoopMonitor().start()
+        await asyncio.sleep(0)
+        time.sleep(0.1)  # a loop blocked long past the limit
+        return monitor.stop(latencies=0)
+
+    check = asyncio.run(go())
+    assert check.loop_lag_p99_ms > LAG_LIMIT_MS and check.latencies == 0
+    assert check.latency_reliable is None and check.columns()["latency_reliable"] is None
+    assert unreliable_reason(check.columns()) is None
+    assert _check(300.0, latencies=0).latency_reliable is None and lag_reliable(300.0, latencies=0) is None
+    assert _check(300.0).latency_reliable is False  # not counted (None): judged on the lag alone
+    before = {**_check(3.0, latencies=10).columns()}
+    assert merge(before, check)["latency_reliable"] is True
+
+
+def test_stopping_again_with_a_count_of_latencies_keeps_the_measurement():
+    async def go():
+        monitor = LoopMonitor().start()
+        await asyncio.sleep(0.03)
+        return monitor, monitor.stop()
+
+    monitor, first = asyncio.run(go())
+    again = monitor.stop(latencies=3)
+    assert again.latencies == 3 and first.latencies is None
+    assert (again.samples, again.loop_lag_p99_ms, again.wall_s) == (first.samples, first.loop_lag_p99_ms, first.wall_s)
+    assert monitor.stop() is again
+
+
 SLOW_SCORER = '''
 import time
 
 
 def slow_check(case, output):
-    """A custom scorer that blocks the event loop: 20 ms of work per answer."""
-    time.sleep(0.02)
+    """A custom scorer that blocks the event loop: 60 ms of work per answer."""
+    time.sleep(0.06)
     return True
 '''
 
@@ -152,7 +223,7 @@ def test_a_real_run_stores_its_self_check(tmp_path, monkeypatch, capsys):
 
 
 def test_a_run_that_blocks_its_loop_is_marked_unreliable_everywhere(tmp_path, monkeypatch, capsys):
-    """A custom scorer sleeping 20 ms per answer on the event loop: the run's latency figures are marked
+    """A custom scorer sleeping 60 ms per answer on the event loop: the run's latency figures are marked
     unreliable in DuckDB, the terminal warns, the report says so beside the figures, and the gate will not vouch
     for a latency ceiling the figures would otherwise pass."""
     suite = _suite(tmp_path, 16, slow=True, gate="max_latency_p95_ms = 600000\nmax_ttft_p95_ms = 600000\n")
@@ -160,7 +231,7 @@ def test_a_run_that_blocks_its_loop_is_marked_unreliable_everywhere(tmp_path, mo
     out = capsys.readouterr().out
     run = _stored(tmp_path)
     assert run["latency_reliable"] == False  # noqa: E712 (numpy bool)
-    assert run["loop_lag_p99_ms"] > LAG_LIMIT_MS and run["loop_lag_max_ms"] >= 15
+    assert run["loop_lag_p99_ms"] > LAG_LIMIT_MS and run["loop_lag_max_ms"] >= 50
     warning = [line for line in out.splitlines() if line.startswith("warning: latency unreliable")]
     assert len(warning) == 1, out
     assert "event-loop lag p99" in warning[0] and "lower the concurrency" in warning[0]

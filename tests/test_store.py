@@ -270,3 +270,52 @@ def test_rows_are_arrow_before_they_reach_the_writer_thread(tmp_path: Path):
         assert rows["error"][7] == "bad \ufffd"
         scores = store.query("SELECT value, detail FROM scores ORDER BY (detail->>'$.i')::INT")
         assert scores["value"].isna().sum() == ARROW_SLICE and scores["detail"][3] == '{"i": 3}'
+
+
+def _cut_in_half(tmp_path: Path) -> Path:
+    """A real DuckDB file with a finished run, truncated to half its size (a copy that stopped part-way)."""
+    db = tmp_path / "cut.duckdb"
+    with Store(db) as store:
+        run_id = store.start_run({"suite": "invoices"})
+        store.insert("responses", [_response(run_id, i) for i in range(200)])
+        store.finish_run(run_id, "completed")
+    data = db.read_bytes()
+    db.write_bytes(data[: len(data) // 2])
+    return db
+
+
+def test_a_truncated_file_is_refused_at_open_and_left_as_it_is(tmp_path: Path):
+    db = _cut_in_half(tmp_path)
+    before = db.read_bytes()
+    for read_only in (True, False):
+        with pytest.raises(StoreError) as info:
+            Store(db, read_only=read_only)
+        message = str(info.value)
+        assert message.startswith(f"{db}: the DuckDB file is cut short ({len(before):,} bytes where its header says")
+        assert "restore it from a backup" in message and "\n" not in message
+    assert db.read_bytes() == before and not db.with_name(db.name + ".wal").exists()
+    for size in (100, 5000, 12_288):  # cut inside the headers, or just after them
+        db.write_bytes(before[:size])
+        with pytest.raises(StoreError, match="the DuckDB file is cut short"):
+            Store(db)
+        assert db.stat().st_size == size
+
+
+def test_the_cli_says_one_line_about_a_truncated_file_and_leaves_it(tmp_path: Path, monkeypatch, capsys):
+    """`runs`, `report` and `run` on a truncated file: exit 2, one line naming the file and the fix, no traceback,
+    and the file not modified (a `run` would otherwise open it read-write)."""
+    from conftest import closed_port_url, copy_invoices
+
+    from harness.cli import main
+
+    db = _cut_in_half(tmp_path)
+    before, mtime = db.read_bytes(), db.stat().st_mtime_ns
+    suite = copy_invoices(tmp_path, 2)
+    monkeypatch.setenv("OPENAI_COMPATIBLE_BASE_URL", closed_port_url())
+    for argv in (["runs"], ["report"], ["run", str(suite), "--candidate", "openai-compatible:m", "--no-progress"]):
+        assert main([*argv, "--db", str(db)]) == 2, argv
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {db}: the DuckDB file is cut short") and err.count("\n") == 1, err
+        assert "restore it from a backup or the original, or use another file" in err
+    assert db.read_bytes() == before and db.stat().st_mtime_ns == mtime
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cut.duckdb", "invoices"]
