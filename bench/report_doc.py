@@ -370,6 +370,12 @@ def llama_build_section(result: dict[str, Any]) -> list[str]:
     return lines
 
 
+def written_section(result: dict[str, Any]) -> list[str]:
+    """A section measured by a script outside `make bench` and written up by hand (bench/loop_lag.py), kept as
+    it was recorded."""
+    return [*result["markdown"].splitlines(), ""]
+
+
 def markdown(data: dict[str, Any]) -> str:
     parts = data.get("parts", {})
     lines = header(data)
@@ -377,9 +383,10 @@ def markdown(data: dict[str, Any]) -> str:
     sections = {
         "dispatch": dispatch_section, "real": real_section, "storage": storage_section, "cache": cache_section,
         "report": report_section, "memory": memory_section, "latency": latency_section, "peers": peers_section,
-        "llama_build": llama_build_section,
+        "llama_build": llama_build_section, "loop_lag": written_section,
     }
-    for name in ("dispatch", "real", "storage", "cache", "report", "memory", "latency", "peers", "llama_build"):
+    for name in ("dispatch", "real", "storage", "cache", "report", "memory", "latency", "loop_lag", "peers",
+                 "llama_build"):
         result = parts.get(name)
         if result is None:
             continue

@@ -34,6 +34,7 @@ from harness.selfcheck import ADVICE, unreliable_reason
 from harness.server import ManagedServer
 from harness.store import Store
 from harness.suite import ProviderSpec, load_suite
+from harness.terminal import printable
 
 DEFAULT_DB = "runs/shadow.duckdb"
 SUITES_DIR = Path("suites")
@@ -52,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
             args.suite = suite_folder(args.suite, args.command)
         return args.func(args)
     except HarnessError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {printable(str(exc), one_line=True)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
@@ -344,7 +345,7 @@ def _run(args: argparse.Namespace, open_store: Callable[[], Store]) -> int:
         print(f"called again for {result.retried} answers that had failed for infrastructure reasons")
     for name, stats in result.stats.items():
         if stats.get("summary"):
-            print(f"  {name}: {stats['summary']}")
+            print(f"  {name}: {printable(stats['summary'], one_line=True)}")
     _print_summary(store, result.run_id, result.n_cases)
     _print_metrics(store, result.run_id)
     _print_scorer_errors(store, result.run_id)
@@ -352,7 +353,7 @@ def _run(args: argparse.Namespace, open_store: Callable[[], Store]) -> int:
     print(f"DuckDB:  {args.db}  (run_id = '{result.run_id}')")
     print(f"Report:  {path}")
     if result.status == "failed":
-        print(f"error: run {result.run_id} failed: {result.reason}", file=sys.stderr)
+        print(f"error: run {result.run_id} failed: {printable(result.reason or '', one_line=True)}", file=sys.stderr)
         print(f"resume it once the cause is fixed: harness run {suite.path} --resume {result.run_id} --db {args.db}"
               f"{_base_url_arg(args)}", file=sys.stderr)
         return 1
@@ -478,10 +479,11 @@ def _print_summary(store: Store, run_id: str, n_cases: int) -> None:
     summary = summarize(responses, scores, n_cases) if not responses.empty else None
     run = store.run(run_id)
     reason = run.get("status_reason")
-    print(f"run {run_id}: {run['status']}" + (f": {reason}" if isinstance(reason, str) and reason else ""))
+    print(f"run {run_id}: {run['status']}"
+          + (f": {printable(reason, one_line=True)}" if isinstance(reason, str) and reason else ""))
     for p in providers.itertuples():
         if p.status == "skipped":
-            print(f"  {p.provider:<28} skipped: {p.reason}")
+            print(f"  {p.provider:<28} skipped: {printable(p.reason or '', one_line=True)}")
             continue
         row = summary[summary["provider"] == p.provider] if summary is not None else None
         if row is None or row.empty:
@@ -582,12 +584,12 @@ def cmd_gate(args: argparse.Namespace) -> int:
             first = exc.errors()[0] if hasattr(exc, "errors") else {"loc": ("?",), "msg": str(exc)}
             raise HarnessError(f"--{str(first['loc'][0]).replace('_', '-')}: {first['msg']}") from None
         result = gate_run(store, run_id, policy, baseline=args.baseline, candidate=args.candidate)
-    print(verdict_text(result))
+    print(printable(verdict_text(result)))
     out = Path(args.out) if args.out else Path(args.reports) / str(run["suite"]) / run_id / "gate"
     paths = write_outputs(result, out)
     print(f"gate.json: {paths['json']}\njunit.xml: {paths['junit']}")
     if result.verdict == "invalid":
-        print(f"error: {result.reason}", file=sys.stderr)
+        print(f"error: {printable(result.reason, one_line=True)}", file=sys.stderr)
     return result.exit_status
 
 
@@ -679,7 +681,8 @@ def _print_scorer_errors(store: Store, run_id: str) -> None:
         "WHERE run_id = ? AND detail->>'$.scorer_error' IS NOT NULL GROUP BY scorer", [run_id]
     )
     for row in rows.itertuples():
-        print(f"  scorer '{row.scorer}' raised on {row.n} answer(s), which fail: {row.example}")
+        example = printable(row.example, one_line=True)
+        print(f"  scorer '{row.scorer}' raised on {row.n} answer(s), which fail: {example}")
 
 
 def _print_metrics(store: Store, run_id: str) -> None:
@@ -774,7 +777,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
         print("no runs yet")
     for row in df.itertuples():
         status, why = shown_status(row.status, row.status_reason if isinstance(row.status_reason, str) else None)
-        reason = f"  {status}: {why}" if why else ""
+        reason = f"  {status}: {printable(why, one_line=True)}" if why else ""
         if status == "interrupted":
             reason += f"; resume with `harness run --resume {row.run_id}`"
         print(f"{row.run_id}  {row.suite:<12} {status:<11} {row.n_cases:>5} cases  "

@@ -70,6 +70,7 @@ class RunResult:
     recovered: int = 0  # answers recovered from a killed run's journal
     retried: int = 0  # stored answers that had failed for infrastructure reasons, called for again by a resume
     todo: int = 0  # case x provider pairs this invocation had to fill
+    latencies: int = 0  # answers whose latency this invocation measured (called for, not failed)
     # the client's own CPU and event-loop lag while calls were in flight (None: no call was made)
     selfcheck: SelfCheck | None = None
     reason: str | None = None  # why the status is failed or degraded
@@ -289,7 +290,7 @@ async def shadow_run(
             raise
         finally:
             if monitor is not None:
-                result.selfcheck = monitor.stop()
+                result.selfcheck = monitor.stop(latencies=result.latencies)
             try:
                 if writer is not None:
                     writer.close()
@@ -428,6 +429,8 @@ class _Recorder:
             result.errors[plan.name] = result.errors.get(plan.name, 0) + 1
         if c.cached:
             result.cached[plan.name] = result.cached.get(plan.name, 0) + 1
+        if c.error is None and c.source == "call" and not c.cached:
+            result.latencies += 1
         if self.progress:
             self.progress(1)
 

@@ -161,3 +161,27 @@ def test_make_help_documents_every_variable_each_target_takes():
     for target, variables in takes:
         for variable in set(variables.split()) - {"DB", "PYTHON"}:
             assert variable in sections[target.strip()], (target, variable)
+
+
+def test_text_from_a_server_reaches_the_terminal_without_control_characters(workdir, monkeypatch, capsys):
+    """A model answer full of terminal escapes (window title, clear screen, colour, bell, NUL, carriage return),
+    quoted by a scorer's error and by a failed run's reason: the lines on stdout and stderr carry its words, never
+    the escapes; what is stored keeps the text as sent."""
+    nasty = "\x1b]0;pwned\x07\x1b[2J\x1b[31mdown\x1b[0m\r\x00\x9b31m for maintenance\x1bc"
+    suite = workdir / "suites" / "invoices"
+    (suite / "loud.py").write_text("def check(case, output):\n    raise ValueError(output)\n")
+    with (suite / "suite.toml").open("a") as f:
+        f.write('\n[[scorers]]\nkind = "python"\nname = "loud"\nfunction = "loud:check"\n')
+    with OpenAIServer(lambda body: Reply(text=nasty)) as server:
+        monkeypatch.setenv("OPENAI_API_KEY", "test-key")
+        monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
+        assert main(["run", "invoices", "--db", "s.duckdb", "--reports", "r", "--base-url", server.base_url,
+                     "--no-progress", "--cache", "off"]) == 0
+    captured = capsys.readouterr()
+    shown = captured.out + captured.err
+    assert "scorer 'loud' raised on" in shown and "down for maintenance" in shown
+    for byte in ("\x1b", "\x07", "\x00", "\r", "\x9b"):
+        assert byte not in shown, repr(byte)
+    with Store("s.duckdb", read_only=True) as store:
+        texts = store.query("SELECT text FROM responses")["text"]
+    assert all(text == nasty for text in texts)

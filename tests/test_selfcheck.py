@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from conftest import copy_invoices
 from openai_server import OpenAIServer, Reply
@@ -271,3 +272,24 @@ def test_the_gate_vouches_for_latency_from_a_reliable_load_test(tmp_path, monkey
         assert latency.lstrip().startswith("PASS") and "load test" in latency
     else:  # this machine was too busy even for one request at a time: refused, as it should be
         assert latency.lstrip().startswith("FAIL") and "cannot be vouched for" in latency
+
+
+def test_a_run_where_every_call_failed_is_not_judged(tmp_path, monkeypatch, capsys):
+    """With a limit of 0 ms any lag is over it: a run whose calls all failed measured no latency and is not
+    called unreliable, while the same run with answers is (the warning fired on runs with nothing measured)."""
+    import harness.runner as runner
+    from harness.selfcheck import LoopMonitor
+
+    monkeypatch.setattr(runner, "LoopMonitor", lambda: LoopMonitor(threshold_ms=0.0))
+    suite = _suite(tmp_path, 4, slow=False)
+    with OpenAIServer(lambda body: Reply(status=400, error_message="no")) as server:
+        monkeypatch.setenv("OPENAI_API_KEY", "test-key")
+        monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
+        main(["run", str(suite), "--db", str(tmp_path / "s.duckdb"), "--reports", str(tmp_path / "r"),
+              "--base-url", server.base_url, "--no-progress", "--cache", "off"])
+    run = _stored(tmp_path)
+    assert run["latency_reliable"] is None or pd.isna(run["latency_reliable"])
+    assert "latency unreliable" not in capsys.readouterr().out
+    assert _run(tmp_path, suite, monkeypatch) == 0
+    assert _stored(tmp_path)["latency_reliable"] == False  # noqa: E712 (numpy bool)
+    assert "warning: latency unreliable" in capsys.readouterr().out
