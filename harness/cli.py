@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import pandas as pd
 
 from harness.cache import MODES, explain
@@ -32,7 +33,7 @@ from harness.runner import resumable_cases, shadow_run
 from harness.scorers import build_scorers, summarize
 from harness.selfcheck import ADVICE, unreliable_reason
 from harness.server import ManagedServer
-from harness.store import Store
+from harness.store import Store, damaged
 from harness.suite import ProviderSpec, load_suite
 from harness.terminal import printable
 
@@ -52,6 +53,10 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, "suite", None):
             args.suite = suite_folder(args.suite, args.command)
         return args.func(args)
+    except duckdb.IOException as exc:  # a block of the file past its end: a copy or a disk that stopped part-way
+        print(f"error: {printable(str(damaged(getattr(args, 'db', DEFAULT_DB), exc)), one_line=True)}",
+              file=sys.stderr)
+        return 2
     except HarnessError as exc:
         print(f"error: {printable(str(exc), one_line=True)}", file=sys.stderr)
         return 2

@@ -14,7 +14,6 @@ import json
 import os
 import re
 import secrets
-import struct
 import threading
 import time
 from collections import defaultdict
@@ -249,14 +248,14 @@ TABLES = (
 
 
 HEADER_SIZE = 4096  # DuckDB's file: a main header, two database headers, then blocks (storage_info.hpp)
-DEFAULT_BLOCK_ALLOC_SIZE = 262_144
 
 
 def check_file(path: Path) -> None:
-    """Raise StoreError if the DuckDB file at `path` is cut short: its active database header counts more blocks
-    than the file holds (a copy or a download that stopped, a full disk). DuckDB itself opens such a file and
-    fails only when a query reaches a missing block; this check reads 12 KB and opens nothing, so the file is
-    left as it is. A file that is not there, is empty or does not start like a DuckDB file is left to DuckDB."""
+    """Raise StoreError if the DuckDB file at `path` is cut short inside its headers (a copy or a download that
+    stopped, a full disk); reads 12 KB and opens nothing, so the file is left as it is. A file cut further on is
+    found when a query reaches the missing part (`damaged`). The header's block count is no bound on the file's
+    size: DuckDB drops free blocks at the end of a file, so a sound file may be shorter than it says. A file that
+    is not there, is empty or does not start like a DuckDB file is left to DuckDB."""
     try:
         with path.open("rb") as f:
             head = f.read(3 * HEADER_SIZE)
@@ -265,19 +264,15 @@ def check_file(path: Path) -> None:
         return
     except OSError as exc:
         raise StoreError(f"{path}: cannot read the DuckDB file: {exc.strerror or exc}") from None
-    if head[8:12] != b"DUCK":
-        return
-    if len(head) < 3 * HEADER_SIZE:
+    if head[8:12] == b"DUCK" and len(head) < 3 * HEADER_SIZE:
         raise StoreError(_truncated(path, size, 3 * HEADER_SIZE, "its headers alone take"))
-    # each database header: checksum, iteration, meta block, free list, block count, block alloc size (uint64s)
-    headers = [struct.unpack_from("<QQqqQQ", head, offset) for offset in (HEADER_SIZE, 2 * HEADER_SIZE)]
-    _, _, _, _, block_count, alloc_size = max(headers, key=lambda header: header[1])
-    alloc_size = alloc_size or DEFAULT_BLOCK_ALLOC_SIZE  # 0 in files older than the field
-    if alloc_size & (alloc_size - 1) or not 4096 <= alloc_size <= 1 << 30 or block_count > 1 << 40:
-        return  # not a header layout this check knows: DuckDB will say what is wrong, if anything
-    expected = 3 * HEADER_SIZE + block_count * alloc_size
-    if size < expected:
-        raise StoreError(_truncated(path, size, expected, "its header says at least"))
+
+
+def damaged(path: Path | str, exc: BaseException) -> StoreError:
+    """The StoreError for a DuckDB file a query could not read (DuckDB's IOException: a block past its end)."""
+    return StoreError(f"{path}: the DuckDB file is damaged or cut short ({str(exc).splitlines()[0][:200]}); it was "
+                      "left as it is: restore it from a backup or the original, or use another file "
+                      "(--db, make DB=...)")
 
 
 def _truncated(path: Path, size: int, expected: int, says: str) -> str:

@@ -284,21 +284,32 @@ def _cut_in_half(tmp_path: Path) -> Path:
     return db
 
 
-def test_a_truncated_file_is_refused_at_open_and_left_as_it_is(tmp_path: Path):
+def test_a_file_cut_inside_its_headers_is_refused_at_open_and_left_as_it_is(tmp_path: Path):
     db = _cut_in_half(tmp_path)
     before = db.read_bytes()
-    for read_only in (True, False):
-        with pytest.raises(StoreError) as info:
-            Store(db, read_only=read_only)
-        message = str(info.value)
-        assert message.startswith(f"{db}: the DuckDB file is cut short ({len(before):,} bytes where its header says")
-        assert "restore it from a backup" in message and "\n" not in message
-    assert db.read_bytes() == before and not db.with_name(db.name + ".wal").exists()
-    for size in (100, 5000, 12_288):  # cut inside the headers, or just after them
+    for size in (100, 5000, 12_000):  # cut inside the headers
         db.write_bytes(before[:size])
-        with pytest.raises(StoreError, match="the DuckDB file is cut short"):
-            Store(db)
+        for read_only in (True, False):
+            with pytest.raises(StoreError) as info:
+                Store(db, read_only=read_only)
+            message = str(info.value)
+            assert message.startswith(f"{db}: the DuckDB file is cut short ({size:,} bytes where its headers")
+            assert "restore it from a backup" in message and "\n" not in message
         assert db.stat().st_size == size
+
+
+def test_a_sound_file_shorter_than_its_header_counts_opens(tmp_path: Path):
+    """DuckDB drops free blocks at the end of a file, so its header's block count can exceed the file: such a
+    file is sound and must open (a check on that count refused real runs)."""
+    db = tmp_path / "s.duckdb"
+    with Store(db) as store:
+        run_id = store.start_run({"suite": "invoices"})
+        store.insert("responses", [_response(run_id, i) for i in range(2000)])
+        store.con.execute("DELETE FROM responses")
+        store.con.execute("CHECKPOINT")
+        store.finish_run(run_id, "completed")
+    with Store(db, read_only=True) as store:
+        assert store.run(run_id)["status"] == "completed"
 
 
 def test_the_cli_says_one_line_about_a_truncated_file_and_leaves_it(tmp_path: Path, monkeypatch, capsys):
@@ -315,7 +326,7 @@ def test_the_cli_says_one_line_about_a_truncated_file_and_leaves_it(tmp_path: Pa
     for argv in (["runs"], ["report"], ["run", str(suite), "--candidate", "openai-compatible:m", "--no-progress"]):
         assert main([*argv, "--db", str(db)]) == 2, argv
         err = capsys.readouterr().err
-        assert err.startswith(f"error: {db}: the DuckDB file is cut short") and err.count("\n") == 1, err
+        assert err.startswith(f"error: {db}: the DuckDB file is damaged or cut short") and err.count("\n") == 1, err
         assert "restore it from a backup or the original, or use another file" in err
     assert db.read_bytes() == before and db.stat().st_mtime_ns == mtime
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cut.duckdb", "invoices"]
