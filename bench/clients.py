@@ -236,8 +236,9 @@ class HarnessProvider:
     builds it (`harness.runner.request_for`). No retries, cache, scoring or storing: the transport and parsing."""
 
     def __init__(self, suite: Any, spec: Any) -> None:
-        from harness.providers import build_provider, plan_provider, resolve_served_models
-        from harness.runner import request_for
+        from harness.providers.plan import plan_provider, resolve_served_models
+        from harness.providers.registry import build_provider
+        from harness.run.runner import request_for
 
         self.plan = plan_provider(spec)
         resolve_served_models([self.plan])

@@ -35,7 +35,7 @@ def main() -> None:
     import llama_cpp
 
     if args.model is None:
-        from harness.server import bundled_model_path
+        from harness.providers.server import bundled_model_path
 
         args.model = str(bundled_model_path())
     llm = llama_cpp.Llama(model_path=args.model, n_ctx=2048, n_threads=os.cpu_count() or 1,

@@ -21,8 +21,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(1, str(Path(__file__).resolve().parent))
 
-from harness.report import render_report  # noqa: E402
-from harness.store import Store  # noqa: E402
+from harness.report.html import render_report  # noqa: E402
+from harness.store.db import Store  # noqa: E402
 
 PROVIDERS = [("openai:gpt-4o-mini", "incumbent"), ("anthropic:claude-haiku-4-5", "candidate"),
              ("local:smollm2-135m", "candidate")]

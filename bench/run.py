@@ -175,7 +175,7 @@ def machine() -> dict[str, Any]:
     for package in PACKAGES:
         with contextlib.suppress(importlib.metadata.PackageNotFoundError):
             versions[package] = importlib.metadata.version(package)
-    from harness.runner import git_revision
+    from harness.run.runner import git_revision
 
     return {
         "cpu": cpu, "cores": os.cpu_count(), "memory_gb": memory_gb, "platform": f"{platform.system()} "
@@ -221,7 +221,7 @@ def request_params(settings: Settings) -> tuple[dict[str, Any], dict[str, Any]]:
 async def part_dispatch(settings: Settings, tmp: Path) -> dict[str, Any]:
     """1. Dispatch ceiling: N requests at each concurrency through the raw client, the SDK, the harness's provider
     alone and the harness end to end (`shadow_run`), against the zero-latency server (or `--base-url`)."""
-    from harness.suite import load_suite
+    from harness.suite.load import load_suite
 
     params, extra = request_params(settings)
     n_max = max(n for _, n in settings.levels)
@@ -353,7 +353,7 @@ def _dispatch_targets(result: dict[str, Any]) -> dict[str, Any]:
 async def part_latency(settings: Settings, tmp: Path) -> dict[str, Any]:
     """7. Latency accuracy: the paced server (first token after 20 ms, then a chunk every 1 ms) driven open loop at
     a fixed rate by the raw client, the harness's provider and the SDK; what each measured against the truth."""
-    from harness.suite import load_suite
+    from harness.suite.load import load_suite
 
     params, extra = request_params(settings)
     options = {} if settings.base_url else {"ttft_ms": settings.ttft_ms, "itl_ms": settings.itl_ms}
@@ -437,8 +437,8 @@ async def part_latency(settings: Settings, tmp: Path) -> dict[str, Any]:
 async def part_real(settings: Settings, tmp: Path) -> dict[str, Any]:
     """2. The same few receipts through the harness and through the raw client, one at a time, against the bundled
     model under llama.cpp's server (started once); the ratio of wall times, pair by pair."""
-    from harness.providers import ServerPlan
-    from harness.suite import load_suite
+    from harness.providers.plan import ServerPlan
+    from harness.suite.load import load_suite
 
     suite_dir = workload.write_real_suite(tmp / "real", ROOT / "suites" / "invoices", settings.real_cases,
                                           settings.real_max_tokens)
@@ -501,7 +501,7 @@ def llama_server(plan: Any, tmp: Path, threads: int) -> Iterator[str]:
     """The bundled model under llama.cpp's server as the harness starts it (`harness.server.server_command` and
     `server_env`), with `threads` threads: one leaves the other core to the client, and a server whose threads
     wait for each other at every token suffers far less from the machine's other work with one."""
-    from harness.server import free_port, server_command, server_env
+    from harness.providers.server import free_port, server_command, server_env
 
     port = free_port()
     with open(tmp / "llama.log", "wb") as out:
@@ -533,7 +533,7 @@ def llama_server(plan: Any, tmp: Path, threads: int) -> Iterator[str]:
 def part_storage(settings: Settings, tmp: Path) -> dict[str, Any]:
     """3. Result rows into DuckDB through the harness's write path (`Store.writer()`, `put_record`, journaled as a run
     does), with rows shaped like the runner's: a response of a few KB of text and its scores."""
-    from harness.store import Store
+    from harness.store.db import Store
 
     n = settings.storage_records
     records = list(workload.result_records(n))
@@ -704,8 +704,8 @@ def memory_targets(out: dict[str, Any]) -> list[dict[str, Any]]:
 def child_memory(args: argparse.Namespace) -> int:
     """The memory run itself, in its own process: RSS before loading, after loading the suite, at the end, and the
     peak (ru_maxrss); the run's wall time and throughput. Prints one `RESULT {json}` line."""
-    import harness.runner  # noqa: F401  (everything a run imports, before the first measurement)
-    from harness.suite import load_suite
+    import harness.run.runner  # noqa: F401  (everything a run imports, before the first measurement)
+    from harness.suite.load import load_suite
 
     marks: dict[str, float | None] = {"rss_before_mb": rss_mb()}
     samples: list[tuple[float, float]] = []  # (seconds from the start, RSS MB) every 100 ms

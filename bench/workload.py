@@ -80,10 +80,10 @@ async def harness_run(
 
     from clients import measured
 
-    from harness.providers import plan_provider
-    from harness.runner import shadow_run
-    from harness.store import Store
-    from harness.suite import load_suite
+    from harness.providers.plan import plan_provider
+    from harness.run.runner import shadow_run
+    from harness.store.db import Store
+    from harness.suite.load import load_suite
 
     with Store(db) as store:
         start = time.perf_counter()

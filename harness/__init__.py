@@ -3,19 +3,23 @@
 Library first; the `harness` command is a thin layer over these names.
 """
 
-from harness.anthropic_client import AnthropicMessages
+from harness.analysis.summary import field_metrics, summarize
 from harness.errors import HarnessError, ProviderError, ServerError, StoreError, SuiteError
-from harness.logs import LogError
-from harness.openai_client import OpenAICompatible
 from harness.pricing import PricingError, PricingTable, load_pricing
-from harness.providers import Completion, Provider, ProviderPlan, Request, plan_provider
-from harness.report import render_report
-from harness.resilience import AdaptiveLimiter, Resilient, RetryPolicy
-from harness.runner import RunResult, shadow_run
-from harness.scorers import Score, Scorer, build_scorers, field_metrics, summarize
-from harness.server import ManagedServer
-from harness.store import Store
-from harness.suite import Case, Suite, SuiteSpec, load_suite
+from harness.providers.anthropic_client import AnthropicMessages
+from harness.providers.base import Completion, Provider, Request
+from harness.providers.logs import LogError
+from harness.providers.openai_client import OpenAICompatible
+from harness.providers.plan import ProviderPlan, plan_provider
+from harness.providers.resilience import AdaptiveLimiter, Resilient, RetryPolicy
+from harness.providers.server import ManagedServer
+from harness.report.html import render_report
+from harness.run.runner import RunResult, shadow_run
+from harness.scoring.base import Score, Scorer
+from harness.scoring.registry import build_scorers
+from harness.store.db import Store
+from harness.suite.load import Case, Suite, load_suite
+from harness.suite.spec import SuiteSpec
 
 __all__ = [
     "AdaptiveLimiter",

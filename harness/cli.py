@@ -22,19 +22,22 @@ from typing import Any
 import duckdb
 import pandas as pd
 
-from harness.cache import MODES, explain
+from harness.analysis.outcomes import shown_status
+from harness.analysis.summary import summarize
 from harness.errors import HarnessError, ProviderError, StoreError
-from harness.outcomes import shown_status
 from harness.pricing import load_pricing
-from harness.providers import plan_provider, public_url, resolve_served_models
-from harness.report import render_report, run_counts
-from harness.rescore import rescore
-from harness.runner import resumable_cases, shadow_run
-from harness.scorers import build_scorers, summarize
+from harness.providers.base import public_url
+from harness.providers.plan import plan_provider, resolve_served_models
+from harness.providers.server import ManagedServer
+from harness.report.html import render_report, run_counts
+from harness.run.cache import MODES, explain
+from harness.run.rescore import rescore
+from harness.run.runner import resumable_cases, shadow_run
+from harness.scoring.registry import build_scorers
 from harness.selfcheck import ADVICE, unreliable_reason
-from harness.server import ManagedServer
-from harness.store import Store, damaged
-from harness.suite import ProviderSpec, load_suite
+from harness.store.db import Store, damaged
+from harness.suite.load import load_suite
+from harness.suite.spec import ProviderSpec
 from harness.terminal import printable
 
 DEFAULT_DB = "runs/shadow.duckdb"
@@ -572,8 +575,8 @@ def cmd_score(args: argparse.Namespace) -> int:
 def cmd_gate(args: argparse.Namespace) -> int:
     """`harness gate [RUN_ID]`: the verdict, gate.json and junit.xml; exit 0 pass, 1 fail, 2 invalid run or error,
     3 inconclusive."""
-    from harness.suite import GateSpec
-    from harness.verdict import gate_run, verdict_text, write_outputs
+    from harness.analysis.verdict import gate_run, verdict_text, write_outputs
+    from harness.suite.spec import GateSpec
 
     if not Path(args.db).exists():
         raise HarnessError(f"{args.db}: no such DuckDB file; run a suite first (make shadow SUITE=...)")
@@ -600,7 +603,7 @@ def cmd_gate(args: argparse.Namespace) -> int:
 
 def cmd_load(args: argparse.Namespace) -> int:
     """`harness load SUITE`: drive one provider at a fixed concurrency, print and store the figures."""
-    from harness.load import load_summary_text, load_test
+    from harness.run.loadtest import load_summary_text, load_test
 
     suite = load_suite(args.suite)
     wanted = args.provider or next((p.id for p in suite.spec.providers if p.role == "candidate"), None)
@@ -635,7 +638,7 @@ def cmd_load(args: argparse.Namespace) -> int:
 
 def cmd_cost(args: argparse.Namespace) -> int:
     """`harness cost SUITE`: monthly cost of each option and the break-even volume, from a stored run."""
-    from harness.decide import cost_text
+    from harness.analysis.decide import cost_text
 
     analysis = _analysis(args)
     print(cost_text(analysis))
@@ -644,7 +647,7 @@ def cmd_cost(args: argparse.Namespace) -> int:
 
 def cmd_decide(args: argparse.Namespace) -> int:
     """`harness decide SUITE`: cost, cascade curve, decision matrix and the recommendation for a stored run."""
-    from harness.decide import decision_text
+    from harness.analysis.decide import decision_text
 
     analysis = _analysis(args)
     print(decision_text(analysis))
@@ -653,8 +656,8 @@ def cmd_decide(args: argparse.Namespace) -> int:
 
 def _analysis(args: argparse.Namespace) -> Any:
     """The cost/decision analysis of `args.suite`'s run under its profile (shared by cost and decide)."""
-    from harness.decide import analyse
-    from harness.profile import ProfileError, find_profile
+    from harness.analysis.decide import analyse
+    from harness.suite.profile import ProfileError, find_profile
 
     suite = load_suite(args.suite)
     profile = find_profile(args.suite, args.profile)
@@ -718,7 +721,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     """`harness compare RUN_A RUN_B`: what changed from run A to run B (informational: exit 0 whatever changed)."""
-    from harness.compare import compare_runs, format_delta, render_comparison
+    from harness.report.compare import compare_runs, format_delta, render_comparison
 
     with Store(args.db, read_only=True) as store:
         for run_id in (args.run_a, args.run_b):
@@ -793,7 +796,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
 def cmd_smoke(args: argparse.Namespace) -> int:
     """`harness smoke`: the start-up check of every managed server, alone: the llama.cpp library, the bundled model
     and one real completion of a multi-token prompt. A crash raises ServerError (one line, exit 2)."""
-    from harness.providers import ServerPlan
+    from harness.providers.plan import ServerPlan
 
     async def smoke() -> str:
         plan = ServerPlan(engine="llama_cpp", model=args.model, served_name=Path(args.model).stem)
@@ -808,7 +811,7 @@ def cmd_smoke(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """`harness serve`: start the bundled model's server and keep it up until Ctrl-C."""
-    from harness.providers import ServerPlan
+    from harness.providers.plan import ServerPlan
 
     async def serve() -> None:
         plan = ServerPlan(engine="llama_cpp", model=args.model, served_name=Path(args.model).stem)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.providers import Completion
+from harness.providers.base import Completion
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).parent))

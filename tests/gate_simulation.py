@@ -21,7 +21,7 @@ from scipy.special import gammaln, xlogy
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness import paired
+from harness.analysis import paired
 
 SIZES = (10, 20, 50, 100, 300, 1000)
 DISAGREEMENT = (0.005, 0.02, 0.05, 0.15, 0.40)

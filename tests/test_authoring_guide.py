@@ -21,7 +21,8 @@ from openai_server import OpenAIServer, Reply
 from pydantic import BaseModel
 
 from harness.cli import main
-from harness.suite import SCORER_KEYS, SuiteSpec, load_suite
+from harness.suite.load import load_suite
+from harness.suite.spec import SCORER_KEYS, SuiteSpec
 
 GUIDE = ROOT / "suites" / "README.md"
 # `<!-- file: suites/NAME/PATH -->` directly above a fenced block: that block is the file's whole content
@@ -207,7 +208,7 @@ def test_the_guide_names_every_scorer_kind_and_its_keys() -> None:
 
 
 def test_the_guide_names_every_key_of_profile_toml() -> None:
-    from harness.profile import profile_keys
+    from harness.suite.profile import profile_keys
 
     text = guide_text()
     missing = [f"[{table}] {key}" if table else key for table, keys in profile_keys().items() for key in keys

@@ -27,8 +27,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from harness import cascade, paired
-from harness.cascade import (
+from harness.analysis import cascade, paired
+from harness.analysis.cascade import (
     SIGNALS,
     assign_folds,
     cascade_frame,
@@ -40,11 +40,11 @@ from harness.cascade import (
     route,
     sweep,
 )
+from harness.analysis.outcomes import wilson_interval
+from harness.analysis.verdict import gate_run
 from harness.errors import HarnessError
-from harness.outcomes import wilson_interval
-from harness.store import Store
-from harness.suite import GateSpec
-from harness.verdict import gate_run
+from harness.store.db import Store
+from harness.suite.spec import GateSpec
 
 CAND, INC = "local:m", "openai:gpt-4o-mini"
 Z95 = 1.6448536269514722

@@ -1,4 +1,4 @@
-"""Tests of harness/charts.py: inline SVG charts for the HTML report."""
+"""Tests of harness/report/charts.py: inline SVG charts for the HTML report."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import xml.etree.ElementTree as ET
 import numpy as np
 import pytest
 
-from harness import charts
+from harness.report import charts
 
 SVG_NS = "{http://www.w3.org/2000/svg}"
 

@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 from conftest import answer
 
-from harness import clauses
-from harness.clauses import DEFAULT_CATEGORIES, ClausesScorer, answer_match, is_grounded, quote_span
-from harness.suite import Case
+from harness.scoring import clauses
+from harness.scoring.clauses import DEFAULT_CATEGORIES, ClausesScorer, answer_match, is_grounded, quote_span
+from harness.suite.load import Case
 
 CUAD = Path(__file__).resolve().parent.parent / "suites" / "contracts" / "cases.jsonl"  # CUAD, as the suite holds it
 

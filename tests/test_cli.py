@@ -14,7 +14,7 @@ from conftest import ROOT, copy_invoices, copy_suite
 from openai_server import OpenAIServer, Reply
 
 from harness.cli import main
-from harness.store import Store
+from harness.store.db import Store
 
 
 @pytest.fixture

@@ -11,9 +11,9 @@ from conftest import copy_suite
 from openai_server import OpenAIServer, Reply
 
 from harness.cli import main
-from harness.compare import compare_runs, render_comparison
 from harness.errors import HarnessError, StoreError
-from harness.store import Store
+from harness.report.compare import compare_runs, render_comparison
+from harness.store.db import Store
 
 PAYLOAD = '<script>alert(1)</script><img src=x onerror="alert(2)">'
 PROVIDER = "local:smollm2-135m"
@@ -135,7 +135,7 @@ def test_cli_prints_a_summary_and_writes_a_safe_page_with_new_failures_first(two
 
 def test_listed_cases_are_capped_per_section_with_a_count(two_runs, tmp_path, monkeypatch):
     _, run_a, run_b, ids = two_runs
-    monkeypatch.setattr("harness.compare.MAX_LISTED_CASES", 1)
+    monkeypatch.setattr("harness.report.compare.MAX_LISTED_CASES", 1)
     with Store(_db(tmp_path), read_only=True) as store:
         html = render_comparison(store, compare_runs(store, run_a, run_b), tmp_path / "capped").read_text()
     assert f"{PROVIDER}: 2 cases (the first 1 shown)" in html
@@ -243,7 +243,7 @@ def test_a_hallucinated_clause_quote_counts_as_wrong_in_the_per_clause_accuracy(
     """A clause row passes on presence alone; its quote being made up must still make it wrong here."""
     import pandas as pd
 
-    from harness.compare import _RunData
+    from harness.report.compare import _RunData
 
     data = _RunData.__new__(_RunData)
     data.scores = pd.DataFrame({

@@ -16,12 +16,12 @@ import pytest
 from conftest import copy_invoices
 from openai_server import OpenAIServer, Reply
 
-from harness.cache import explain
 from harness.cli import main
-from harness.openai_client import OpenAICompatible
-from harness.providers import Request
-from harness.store import Store
-from harness.suite import load_suite
+from harness.providers.base import Request
+from harness.providers.openai_client import OpenAICompatible
+from harness.run.cache import explain
+from harness.store.db import Store
+from harness.suite.load import load_suite
 
 # Per token: [its logprob, the logprobs of its alternatives...]. The server sends the two likeliest as top_logprobs.
 TOKENS = [
@@ -272,7 +272,7 @@ def test_an_answer_stored_without_the_signals_is_not_replayed_for_a_run_that_wan
 
 
 def test_malformed_logprob_entries_cost_the_signal_not_the_answer():
-    from harness.openai_client import LogprobTally
+    from harness.providers.openai_client import LogprobTally
 
     tally = LogprobTally()
     tally.add([

@@ -8,8 +8,8 @@ import re
 import numpy as np
 import pytest
 
-from harness.cost import CostModel, curve, estimate
-from harness.profile import ProfileError, load_profile, profile_keys
+from harness.analysis.cost import CostModel, curve, estimate
+from harness.suite.profile import ProfileError, load_profile, profile_keys
 
 # One L4-class GPU at $1/hour, on 24/7 (730 h/month): R = $730/month. A replica serves 2 cases/s and is sized to
 # run half busy: C = 2 x 0.5 x 3600 x 730 = 2,628,000 cases/month. 0.1 FTE at $120,000/year: F = $1,000/month.

@@ -20,9 +20,9 @@ import pytest
 from conftest import copy_invoices
 from openai_server import OpenAIServer, Reply
 
-from harness import paired
+from harness.analysis import paired
+from harness.analysis.outcomes import wilson_interval
 from harness.cli import main
-from harness.outcomes import wilson_interval
 
 N_CASES = 50
 MARGIN = 0.1

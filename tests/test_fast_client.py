@@ -13,9 +13,11 @@ import pytest
 from aiohttp import web
 from openai_server import OpenAIServer, Reply
 
-from harness.openai_client import OpenAICompatible, OpenAISDK, _environment_proxy
-from harness.providers import Request, build_provider, plan_provider
-from harness.suite import ProviderSpec
+from harness.providers.base import Request
+from harness.providers.openai_client import OpenAICompatible, OpenAISDK, _environment_proxy
+from harness.providers.plan import plan_provider
+from harness.providers.registry import build_provider
+from harness.suite.spec import ProviderSpec
 
 SCHEMA = {"type": "object", "properties": {"total": {"type": "string"}}, "required": ["total"]}
 KEY = "sk-fast-secret-0123"

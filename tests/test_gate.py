@@ -16,8 +16,8 @@ import pytest
 from conftest import ROOT, closed_port_url, copy_invoices, copy_suite
 from openai_server import OpenAIServer, Reply
 
+from harness.analysis.gate import mcnemar_exact
 from harness.cli import main
-from harness.gate import mcnemar_exact
 
 N_CASES = 40
 
@@ -106,7 +106,7 @@ def test_no_disagreement_on_20_cases_is_inconclusive_with_the_cases_needed(tmp_p
     assert verdict["stats"]["cases_needed"] == needed
     assert "cannot vouch" in verdict["reason"]
     # the number is the least that works: that many cases with no disagreement pass, one fewer does not
-    from harness.paired import verdicts
+    from harness.analysis.paired import verdicts
 
     def no_disagreement(n: int) -> str:
         return str(verdicts(np.array([-1.0, 0.0, 1.0]), np.array([[0.0, n, 0.0]]), 0.02, 0.95)[0])

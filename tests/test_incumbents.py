@@ -9,9 +9,11 @@ import random
 from anthropic_server import AnthropicReply, AnthropicServer
 from openai_server import OpenAIServer, Reply
 
-from harness.providers import Request, build_provider, plan_provider
-from harness.resilience import AdaptiveLimiter, Resilient, RetryPolicy
-from harness.suite import ProviderSpec
+from harness.providers.base import Request
+from harness.providers.plan import plan_provider
+from harness.providers.registry import build_provider
+from harness.providers.resilience import AdaptiveLimiter, Resilient, RetryPolicy
+from harness.suite.spec import ProviderSpec
 
 SCHEMA = {"type": "object", "properties": {"total": {"type": "string"}}, "required": ["total"],
           "additionalProperties": False}

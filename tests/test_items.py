@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from conftest import answer
 
-from harness.items import (
+from harness.scoring.items import (
     DETAIL_LIMIT,
     MAX_ITEMS,
     PRICE_RESCUE_FLOOR,
@@ -16,8 +16,8 @@ from harness.items import (
     name_similarity,
     prices_agree,
 )
-from harness.scorers import score_completion
-from harness.suite import Case
+from harness.scoring.registry import score_completion
+from harness.suite.load import Case
 
 WILDRECEIPT = Path(__file__).resolve().parent.parent / "suites" / "receipts" / "cases.jsonl"  # WildReceipt
 

@@ -19,9 +19,11 @@ from openai_server import OpenAIServer, Reply
 
 from harness.cli import main
 from harness.errors import HarnessError, ProviderError
-from harness.load import latest_load, load_summary_text, load_test, parse_gpu_list, tpot_ms
-from harness.store import Store
-from harness.suite import ProviderSpec, load_suite
+from harness.run.loadtest import load_summary_text, load_test, parse_gpu_list, tpot_ms
+from harness.store.db import Store
+from harness.store.queries import latest_load
+from harness.suite.load import load_suite
+from harness.suite.spec import ProviderSpec
 from harness.terminal import printable
 
 CANDIDATE = "local:smollm2-135m"  # the mini suite's candidate; with a base URL it calls the test server

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from harness.errors import HarnessError
-from harness.logs import LogEntry, LogError, LogMatch, match_log, messages_hash, normalize_messages, read_log
-from harness.suite import Case, load_suite
+from harness.providers.logs import LogEntry, LogError, LogMatch, match_log, messages_hash, normalize_messages, read_log
+from harness.suite.load import Case, load_suite
 
 ANSWER = '{"company": "ACME SDN BHD", "date": "11/01/2019", "address": "1 JALAN", "total": "327.00"}'
 

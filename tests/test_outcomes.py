@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from harness.outcomes import agreement, paired_category, paired_counts, wilson_interval
+from harness.analysis.outcomes import agreement, paired_category, paired_counts, wilson_interval
 
 
 def test_wilson_interval_matches_the_textbook_values():

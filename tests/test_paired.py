@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from harness import paired
+from harness.analysis import paired
 
 
 def _pairs(wins: int, regressions: int, n: int) -> np.ndarray:

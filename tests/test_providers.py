@@ -8,9 +8,10 @@ import pytest
 from openai_server import OpenAIServer, Reply
 
 from harness.errors import ProviderError
-from harness.openai_client import OpenAICompatible, OpenAISDK
-from harness.providers import Request, plan_provider, split_id
-from harness.suite import ProviderSpec
+from harness.providers.base import Request
+from harness.providers.openai_client import OpenAICompatible, OpenAISDK
+from harness.providers.plan import plan_provider, split_id
+from harness.suite.spec import ProviderSpec
 
 SCHEMA = {"type": "object", "properties": {"total": {"type": "string"}}, "required": ["total"]}
 
@@ -181,7 +182,7 @@ def test_error_messages_never_carry_the_key():
 
 
 def test_redact_masks_key_shapes():
-    from harness.providers import redact
+    from harness.providers.base import redact
 
     assert redact("key sk-proj-***abcd and Bearer abc123 and api_key=xyz") == "key *** and Bearer *** and api_key=***"
     assert redact("http://bob:hunter2@host:8000/v1") == "http://***@host:8000/v1"
@@ -189,7 +190,7 @@ def test_redact_masks_key_shapes():
 
 
 def test_given_server_is_asked_which_model_it_serves():
-    from harness.providers import match_served_model, served_models
+    from harness.providers.plan import match_served_model, served_models
 
     with OpenAIServer(model="Qwen/Qwen2.5-0.5B-Instruct") as server:
         served = served_models(server.base_url)
@@ -249,7 +250,7 @@ def test_concurrent_rejections_move_to_the_next_form_once():
 
 
 def test_public_url_and_redact_keep_hosts_and_drop_credentials():
-    from harness.providers import public_url, redact
+    from harness.providers.base import public_url, redact
 
     assert public_url("https://user:pw@pk-llm.internal:8443/v1?api-key=abc&x=1") == "https://pk-llm.internal:8443/v1?x=1"
     assert public_url("http://127.0.0.1:8000/v1") == "http://127.0.0.1:8000/v1"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from harness.report import render_report, report_data
-from harness.store import Store
+from harness.report.html import render_report, report_data
+from harness.store.db import Store
 
 
 def _interrupted_run(store: Store) -> str:
@@ -68,7 +68,7 @@ def test_a_hedged_value_and_a_quote_under_an_absent_clause_are_shown_as_such():
     clause marked absent with an invented quote shows the quote, not just "absent"."""
     import pandas as pd
 
-    from harness.report import _index
+    from harness.report.html import case_index
 
     responses = pd.DataFrame([{"case_id": "c1", "provider": "p", "text": "{}", "error": None, "error_kind": None,
                                "latency_ms": 1.0}])
@@ -82,7 +82,7 @@ def test_a_hedged_value_and_a_quote_under_an_absent_clause_are_shown_as_such():
         {"case_id": "c1", "provider": "p", "scorer": "fields", "metric": "case_pass", "value": 0.0,
          "passed": False, "detail": None},
     ])
-    entry = _index(responses, scores)[("c1", "p")]
+    entry = case_index(responses, scores)[("c1", "p")]
     assert "several values" in entry["kinds"] and "several values value" not in entry["kinds"]
     assert entry["fields"]["clause: Governing Law"]["pred"] == "absent, yet quoted: 2019-8-31"
     assert entry["fields"]["clause: Governing Law"]["outcome"] == "hallucinated quote"

@@ -11,9 +11,9 @@ from email.utils import format_datetime
 
 from openai_server import OpenAIServer, Reply
 
-from harness.openai_client import OpenAICompatible
-from harness.providers import Request, parse_retry_after
-from harness.resilience import AdaptiveLimiter, Resilient, RetryPolicy, is_retryable
+from harness.providers.base import Request, parse_retry_after
+from harness.providers.openai_client import OpenAICompatible
+from harness.providers.resilience import AdaptiveLimiter, Resilient, RetryPolicy, is_retryable
 
 FAST = RetryPolicy(max_attempts=4, base_delay_s=0.01, max_delay_s=0.05, timeout_s=5)
 

@@ -8,20 +8,19 @@ import pandas as pd
 import pytest
 from conftest import answer
 
-from harness.scorers import (
-    ExactScorer,
-    FieldsScorer,
+from harness.analysis.summary import field_metrics
+from harness.scoring.builtin import ExactScorer, FieldsScorer
+from harness.scoring.parse import (
     amount_values,
     compare,
     date_values,
-    field_metrics,
     parse_amount,
     parse_date,
     parse_json_output,
-    score_completion,
     several_values,
 )
-from harness.suite import Case
+from harness.scoring.registry import score_completion
+from harness.suite.load import Case
 
 FIELDS = {"company": "text", "date": "date", "address": "text", "total": "amount"}
 GOLD = {"company": "SOON HUAT MACHINERY ENTERPRISE", "date": "11/01/2019",
@@ -307,7 +306,7 @@ def test_a_failing_scorer_fails_the_case_not_the_run():
 
 
 def test_labels_fold_case_spaces_and_punctuation_to_the_set():
-    from harness.labels import LabelScorer
+    from harness.scoring.labels import LabelScorer
 
     scorer = LabelScorer(["reverted_card_payment?", "card_arrival", "card-linking", "card_linking"])
     assert scorer.read_label('{"label": "Reverted card payment"}')[0] == "reverted_card_payment?"

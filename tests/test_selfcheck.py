@@ -25,7 +25,7 @@ from harness.selfcheck import (
     merge,
     unreliable_reason,
 )
-from harness.store import Store
+from harness.store.db import Store
 
 
 def test_a_blocked_loop_is_seen():
@@ -277,7 +277,7 @@ def test_the_gate_vouches_for_latency_from_a_reliable_load_test(tmp_path, monkey
 def test_a_run_where_every_call_failed_is_not_judged(tmp_path, monkeypatch, capsys):
     """With a limit of 0 ms any lag is over it: a run whose calls all failed measured no latency and is not
     called unreliable, while the same run with answers is (the warning fired on runs with nothing measured)."""
-    import harness.runner as runner
+    import harness.run.runner as runner
     from harness.selfcheck import LoopMonitor
 
     monkeypatch.setattr(runner, "LoopMonitor", lambda: LoopMonitor(threshold_ms=0.0))

@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 
 from harness.errors import ServerError
-from harness.openai_client import OpenAICompatible
-from harness.providers import Request, ServerPlan
-from harness.server import ManagedServer, bundled_model_path, server_command, server_env
+from harness.providers.base import Request
+from harness.providers.openai_client import OpenAICompatible
+from harness.providers.plan import ServerPlan
+from harness.providers.server import ManagedServer, bundled_model_path, server_command, server_env
 
 
 def test_vllm_command_line(fake_vllm: Path):
@@ -100,7 +101,7 @@ def test_the_smoke_test_gives_up_on_a_server_that_never_answers(fake_vllm: Path,
 def test_describe_exit_names_the_signal():
     import signal
 
-    from harness.server import describe_exit
+    from harness.providers.server import describe_exit
 
     assert describe_exit(-signal.SIGSEGV) == "exited with SIGSEGV"
     assert describe_exit(1) == "exited with status 1"

@@ -314,7 +314,7 @@ def _anthropic_log_line(messages: list[dict], text: str) -> dict:
 
 
 def test_production_logs_replace_the_incumbent_without_any_key(mini_suite, tmp_path, monkeypatch, capsys):
-    from harness.suite import load_suite
+    from harness.suite.load import load_suite
 
     for key in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "AZURE_OPENAI_API_KEY"):
         monkeypatch.delenv(key, raising=False)
@@ -477,7 +477,7 @@ def test_resume_refuses_another_endpoint_and_fills_in_only_the_missing(mini_suit
 
 def test_a_failed_final_write_marks_the_run_failed(mini_suite, tmp_path, monkeypatch, capsys):
     from harness.errors import StoreError
-    from harness.store import BatchWriter
+    from harness.store.db import BatchWriter
 
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     original = BatchWriter.close
@@ -499,9 +499,9 @@ def test_a_run_stopped_while_storing_its_cases_is_not_resumed_with_some(mini_sui
     """A large run's cases are stored a batch at a time (harness.store.Store.insert_large): a run killed before
     the last batch has only some, and resuming it would quietly drop the rest."""
     from harness.errors import StoreError
-    from harness.runner import _case_row, provenance, resumable_cases
-    from harness.store import Store
-    from harness.suite import load_suite
+    from harness.run.runner import _case_row, provenance, resumable_cases
+    from harness.store.db import Store
+    from harness.suite.load import load_suite
 
     suite = load_suite(mini_suite)
     with Store(tmp_path / "s.duckdb") as store:

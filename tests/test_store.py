@@ -12,7 +12,7 @@ import duckdb
 import pytest
 
 from harness.errors import StoreError
-from harness.store import MIGRATIONS, Store
+from harness.store.db import MIGRATIONS, Store
 
 
 def _response(run_id: str, i: int, **extra) -> dict:
@@ -85,7 +85,7 @@ def test_kill_9_keeps_every_flushed_row(tmp_path: Path):
     marker = tmp_path / "flushed"
     script = textwrap.dedent(f"""
         import time
-        from harness.store import Store
+        from harness.store.db import Store
         store = Store({str(db)!r})
         run_id = store.start_run({{"suite": "t"}})
         writer = store.writer(flush_interval=0.1)
@@ -146,7 +146,7 @@ def test_the_journal_recovers_what_a_killed_run_had_not_written(tmp_path: Path):
     db = tmp_path / "s.duckdb"
     script = textwrap.dedent(f"""
         import os, signal
-        from harness.store import Store
+        from harness.store.db import Store
         store = Store({str(db)!r})
         run_id = store.start_run({{"suite": "t"}})
         store.insert("responses", [{{"run_id": run_id, "case_id": "c0", "provider": "p", "text": "stored"}}])
@@ -180,7 +180,7 @@ def test_the_journal_recovers_what_a_killed_run_had_not_written(tmp_path: Path):
 
 def test_a_batch_never_holds_half_a_record(tmp_path: Path):
     """A response and its scores are written in the same transaction, however small the batches."""
-    from harness.store import BatchWriter
+    from harness.store.db import BatchWriter
 
     batches = []
 
@@ -249,7 +249,7 @@ def test_rows_are_arrow_before_they_reach_the_writer_thread(tmp_path: Path):
     """The thread that puts rows turns them into Arrow every ARROW_SLICE rows (and once the oldest has waited a
     flush interval), so that the writer thread only appends Arrow data; a batch keeps records whole, NULL-only
     slices and ints beside floats are unified, and a lone surrogate becomes U+FFFD."""
-    from harness.store import ARROW_SLICE
+    from harness.store.db import ARROW_SLICE
 
     with Store(tmp_path / "s.duckdb") as store:
         run_id = store.start_run({"suite": "t"})

@@ -9,7 +9,7 @@ import pytest
 from conftest import ROOT
 
 from harness.errors import SuiteError
-from harness.suite import load_suite
+from harness.suite.load import load_suite
 
 
 def test_invoices_suite_loads_every_case_with_a_rendered_prompt():
@@ -343,7 +343,7 @@ def test_an_unknown_provider_kind_names_the_file_and_key(mini_suite: Path):
 
 
 def test_the_suites_provider_kinds_are_the_ones_the_harness_builds():
-    from harness.providers import KINDS
-    from harness.suite import PROVIDER_KINDS
+    from harness.providers.plan import KINDS
+    from harness.suite.spec import PROVIDER_KINDS
 
     assert set(PROVIDER_KINDS) == set(KINDS)

@@ -13,7 +13,7 @@ from conftest import ROOT, copy_suite
 from openai_server import OpenAIServer, Reply
 
 from harness.cli import main
-from harness.store import Store
+from harness.store.db import Store
 
 
 def _rows(suite_dir: Path) -> list[dict]:
@@ -361,9 +361,9 @@ def test_a_scorer_that_raises_fails_its_cases_visibly_and_the_run_goes_on(tmp_pa
 
 
 def test_metrics_of_an_interrupted_run_count_cases_never_answered(tmp_path):
-    from harness.labels import LabelScorer
-    from harness.scorers import aggregate_metrics
-    from harness.suite import Case
+    from harness.scoring.labels import LabelScorer
+    from harness.scoring.registry import aggregate_metrics
+    from harness.suite.load import Case
 
     cases = {f"c{i}": Case(id=f"c{i}", input={}, gold="a", line=i) for i in range(4)}
     responses = pd.DataFrame({"provider": ["p", "p"], "case_id": ["c0", "c1"], "error": [None, "boom"]})

@@ -1,0 +1,358 @@
+"""`harness gate` around the pure gate: read a stored run (and a baseline), decide, write the verdict.
+
+Inputs: the candidate's and the reference's per-case metric from DuckDB (the reference is the run's incumbent,
+or with a baseline run the same provider in that run), the candidate's rates from the run summary, and per
+field/label/clause accuracy for the slice checks. Outputs: a plain-text verdict, `gate.json`, JUnit XML (one
+test case per check) and, when `GITHUB_STEP_SUMMARY` is set, a Markdown table appended to it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Any
+from xml.etree import ElementTree
+
+import pandas as pd
+
+from harness.analysis.gate import FAIL, INCONCLUSIVE, NOT_APPLICABLE, PASS, Check, GateResult, evaluate
+from harness.analysis.summary import case_passes, summarize
+from harness.errors import HarnessError
+from harness.providers.failures import NO_ANSWER, failure_kind, is_infrastructure_error
+from harness.selfcheck import ADVICE, unreliable_reason
+from harness.store.db import Store
+from harness.store.queries import latest_load
+from harness.suite.spec import GateSpec
+
+
+def gate_run(
+    store: Store, run_id: str, policy: GateSpec, *, baseline: str | None = None, candidate: str | None = None
+) -> GateResult:
+    """Decide whether the candidate of `run_id` may ship. Raises HarnessError when there is nothing to compare."""
+    run = store.run(run_id)
+    providers = store.table("run_providers", run_id)
+    ready = providers[providers["status"] == "ready"]
+    candidates = list(ready[ready["role"] == "candidate"]["provider"])
+    if candidate is None:
+        if not candidates:
+            skipped = providers[providers["role"] == "candidate"]
+            why = "; ".join(f"{r.provider} was skipped ({r.reason})" for r in skipped.itertuples())
+            raise HarnessError(f"run {run_id} is invalid: no candidate ran{': ' + why if why else ''}")
+        candidate = candidates[0]
+    elif candidate not in set(ready["provider"]):
+        raise HarnessError(f"run {run_id} has no answers of '{candidate}' (ran: {', '.join(ready['provider'])})")
+    if baseline is not None:
+        base = store.run(baseline)
+        if base["suite"] != run["suite"]:
+            raise HarnessError(f"baseline {baseline} is of suite '{base['suite']}', run {run_id} of '{run['suite']}'")
+        reference_run, reference = baseline, candidate
+        base_providers = store.table("run_providers", baseline)
+        if reference not in set(base_providers[base_providers["status"] == "ready"]["provider"]):
+            raise HarnessError(f"baseline {baseline} has no answers of '{reference}'")
+    else:
+        incumbents = list(ready[ready["role"] == "incumbent"]["provider"])
+        if not incumbents:
+            reason = providers[providers["role"] == "incumbent"]["reason"]
+            why = f" (skipped: {reason.iloc[0]})" if len(reason) and isinstance(reason.iloc[0], str) else ""
+            raise HarnessError(f"run {run_id} has no incumbent answers to compare with{why}; "
+                               "gate against an earlier run with --baseline RUN_ID")
+        reference_run, reference = run_id, incumbents[0]
+        if candidate == reference:
+            raise HarnessError(f"--candidate {candidate} is the run's incumbent: a provider gated against itself "
+                               "always passes; name one of the run's candidates")
+        same = _same_log(providers, candidate, reference)
+        if same:
+            raise HarnessError(f"{candidate} and the incumbent {reference} both replay the log file {same}: a log "
+                               "gated against itself always passes; name a candidate that answers on its own")
+    cases = list(store.table("cases", run_id)["case_id"])
+    reference_cases = list(store.table("cases", reference_run)["case_id"])
+    mine = per_case_metric(store, run_id, candidate, policy.metric, cases)
+    theirs = per_case_metric(store, reference_run, reference, policy.metric, reference_cases)
+    my_failures = infrastructure_failures(store, run_id, candidate, cases)
+    shared = set(cases)
+    # the reference's every failed call is left out: a request it refused (a 400 for a parameter the API no longer
+    # takes) says nothing of the candidate, and scoring it 0 would hand the candidate a win
+    their_failures = {c: kind for c, kind in infrastructure_failures(store, reference_run, reference,
+                                                                     reference_cases, every_error=True).items()
+                      if c in shared}
+    not_logged = _not_in_log(store, reference_run, reference)
+    theirs = {c: v for c, v in theirs.items() if c not in their_failures and c not in not_logged}
+    excluded = {}
+    if their_failures:
+        excluded["incumbent gave no answer"] = len(their_failures)
+    if not_logged:
+        excluded["not in the incumbent's log"] = len(not_logged & shared)
+    if baseline is not None:
+        excluded["not in the baseline run"] = len(shared - set(reference_cases))
+    excluded = {k: v for k, v in excluded.items() if v}
+    rates = _rates(store, run_id, candidate, len(cases), mine)
+    slices = _slices(store, run_id, candidate, reference_run, reference)
+    names = (candidate, f"{reference} in {baseline}" if baseline else reference)
+    failures = {"candidate": Counter(my_failures.values()), "incumbent": Counter(their_failures.values())}
+    result = evaluate(policy, mine, theirs, n_cases=len(cases), rates=rates, slices=slices, names=names,
+                      failures=failures, excluded=excluded)
+    result.stats.update(run_id=run_id, baseline=baseline, suite=run["suite"])
+    _refuse_unreliable_latency(result, rates)
+    return result
+
+
+def _same_log(providers: pd.DataFrame, a: str, b: str) -> str | None:
+    """The log file both providers replay (the same file however its path was spelled), or None."""
+    files = []
+    for name in (a, b):
+        endpoint = providers[providers["provider"] == name]["endpoint"]
+        where = endpoint.iloc[0] if len(endpoint) and isinstance(endpoint.iloc[0], str) else ""
+        if not where.startswith("log file "):
+            return None
+        files.append(Path(where.removeprefix("log file ")).resolve())
+    return str(files[0]) if files[0] == files[1] else None
+
+
+def infrastructure_failures(store: Store, run_id: str, provider: str, cases: list[str], *,
+                            every_error: bool = False) -> dict[str, str]:
+    """Case id -> error kind for each of `cases` that `provider` failed for infrastructure reasons in `run_id`
+    (`outcomes.is_infrastructure_error`; with `every_error`, any failed call), `no answer` where no response is
+    stored."""
+    responses = store.table("responses", run_id)
+    mine = responses[responses["provider"] == provider].set_index("case_id") if len(responses) else None
+    out = {}
+    for case in cases:
+        if mine is None or case not in mine.index:
+            out[case] = NO_ANSWER
+            continue
+        row = mine.loc[case]
+        kind = failure_kind(row["error_kind"])
+        if isinstance(row["error"], str) and (every_error or is_infrastructure_error(kind)):
+            out[case] = kind
+    return out
+
+
+def _not_in_log(store: Store, run_id: str, provider: str) -> set[str]:
+    responses = store.table("responses", run_id)
+    if not len(responses):
+        return set()
+    rows = responses[(responses["provider"] == provider) & (responses["error_kind"] == "not_in_log")]
+    return set(rows["case_id"])
+
+
+LATENCY_CHECKS = {"max latency p95 (ms)": "latency_p95_ms", "max TTFT p95 (ms)": "ttft_p95_ms"}
+
+
+def _refuse_unreliable_latency(result: GateResult, rates: dict[str, Any]) -> None:
+    """Fail the latency ceilings, saying why, when the figures they read were measured by a saturated client
+    (harness.selfcheck): a number the harness could not measure cannot pass a ceiling."""
+    reason = rates.get("latency_unreliable")
+    result.stats["latency_reliable"] = reason is None
+    if reason is None:
+        return
+    refused = False
+    for check in result.checks:
+        key = LATENCY_CHECKS.get(check.name)
+        if key is None:
+            continue
+        value = rates.get(key)
+        shown = f"{key} = {value:.4g}" if value is not None else f"{key} is unknown"
+        check.passed = False
+        check.detail = f"{shown} ({rates.get('latency_source')}) cannot be vouched for: {reason}"
+        refused = True
+    if refused:
+        result.warnings.append(f"latency was measured by a client that could not keep up: {ADVICE}")
+    result.settle()
+
+
+def per_case_metric(store: Store, run_id: str, provider: str, metric: str, cases: list[str]) -> dict[str, float]:
+    """Case id -> the gate's per-case value of `metric` (`pass_rate`: 1/0, else the mean of the stored score
+    metric) for every case in `cases`, 0 where the provider failed or has no answer. Raises HarnessError when
+    the run has no score named `metric`."""
+    scores = store.table("scores", run_id)
+    scores = scores[scores["provider"] == provider] if len(scores) else scores
+    if metric == "pass_rate":
+        passes = case_passes(scores) if len(scores) else pd.Series(dtype=bool)
+        return {c: float(bool(passes.get(c, False))) for c in cases}
+    rows = scores[scores["metric"] == metric] if len(scores) else scores
+    if metric not in set(store.table("scores", run_id)["metric"]):
+        raise HarnessError(f"gate.metric '{metric}': run {run_id} has no such score (e.g. pass_rate, field.total)")
+    values = rows.groupby("case_id")["value"].mean().to_dict()
+    out = {c: float(values.get(c, 0.0)) for c in cases}
+    outside = [v for v in out.values() if not 0.0 <= v <= 1.0]
+    if outside:
+        raise HarnessError(f"gate.metric '{metric}': per-case values must be scores between 0 and 1 (run {run_id} "
+                           f"has {outside[0]:g}); gate on a score such as pass_rate, field.total or items.f1")
+    return out
+
+
+def _rates(store: Store, run_id: str, provider: str, n_cases: int, per_case: dict[str, float]) -> dict[str, Any]:
+    responses = store.table("responses", run_id)
+    summary = summarize(responses, store.table("scores", run_id), n_cases) if len(responses) else pd.DataFrame()
+    row = summary[summary["provider"] == provider].iloc[0].to_dict() if len(summary) else {}
+    mine = responses[(responses["provider"] == provider) & responses["error"].isna()] if len(responses) else None
+    priced = mine[~mine["cached"].fillna(False).astype(bool)]["cost_usd"] if mine is not None else pd.Series()
+    unpriced = priced.isna().any() or priced.empty
+    rates = {
+        "score": sum(per_case.values()) / n_cases if n_cases else None,
+        "invalid_rate": _num(row.get("invalid_rate")),
+        "error_rate": (row.get("errors", 0) / n_cases) if n_cases else None,
+        "latency_p95_ms": _num(row.get("latency_p95_ms")),
+        "ttft_p95_ms": _num(row.get("ttft_p95_ms")),
+        "cost_per_1k": None if unpriced else float(priced.mean()) * 1000,
+        "latency_source": f"run {run_id}",
+    }
+    # latency under load is what a deployment sees: a load test of the same suite version takes precedence
+    run = store.run(run_id)
+    # why the figures cannot be trusted (the client was saturated while measuring them), or None
+    rates["latency_unreliable"] = unreliable_reason(run)
+    load = latest_load(store, str(run["suite"]), provider)
+    if load is not None and load.get("suite_hash") == run.get("suite_hash") and load.get("latency_p95_ms") is not None:
+        rates.update(latency_p95_ms=_num(load["latency_p95_ms"]), ttft_p95_ms=_num(load.get("ttft_p95_ms")),
+                     latency_source=f"load test {load['load_id']} at concurrency {load['concurrency']}",
+                     latency_unreliable=unreliable_reason(load))
+    return rates
+
+
+def slice_values(scores: pd.DataFrame, provider: str) -> pd.DataFrame:
+    """Per case and slice, the provider's accuracy on that slice (columns case_id, slice, value): `field: NAME`
+    (a field scorer's field right), `label: GOLD` (the case's gold label predicted), `clause: TYPE` (the clause
+    type's presence right with no invented quote) and `line items: FIELD` (the share of matched items whose
+    field is right). A suite whose scorers have none of these has no slices."""
+    if not len(scores):
+        return pd.DataFrame(columns=["case_id", "slice", "value"])
+    mine = scores[scores["provider"] == provider]
+    parts = []
+    fields = mine[mine["metric"].str.startswith("field.")]
+    parts.append(pd.DataFrame({"case_id": fields["case_id"], "slice": "field: " + fields["metric"].str[6:],
+                               "value": fields["passed"].fillna(False).astype(float)}))
+    clauses = mine[mine["metric"].str.startswith("clause.")]
+    if len(clauses):
+        invented = clauses["detail"].map(lambda d: json.loads(d).get("grounded") is False if isinstance(d, str)
+                                         else False)
+        ok = clauses["passed"].fillna(False).astype(bool) & ~invented.astype(bool)
+        parts.append(pd.DataFrame({"case_id": clauses["case_id"], "slice": "clause: " + clauses["metric"].str[7:],
+                                   "value": ok.astype(float)}))
+    items = mine[mine["metric"].str.startswith("item_field.") & mine["value"].notna()]
+    parts.append(pd.DataFrame({"case_id": items["case_id"], "slice": "line items: " + items["metric"].str[11:],
+                               "value": items["value"].astype(float)}))
+    passes = mine[(mine["metric"] == "case_pass") & mine["detail"].notna()]
+    if len(passes):
+        details = passes["detail"].map(json.loads)
+        is_label = details.map(lambda d: isinstance(d, dict) and "pred" in d and isinstance(d.get("gold"), (str, int)))
+        labels = passes[is_label]
+        parts.append(pd.DataFrame({"case_id": labels["case_id"],
+                                   "slice": "label: " + details[is_label].map(lambda d: str(d["gold"])),
+                                   "value": labels["passed"].fillna(False).astype(float)}))
+    return pd.concat(parts, ignore_index=True)
+
+
+def _slices(store: Store, run_id: str, provider: str, ref_run: str, ref: str) -> dict[str, tuple] | None:
+    """Per slice (`slice_values`): (reference accuracy, candidate accuracy, cases) over the cases both sides
+    answered; None when the suite's scorers have no slices."""
+    def answered(run: str, who: str) -> pd.DataFrame:
+        responses = store.table("responses", run)
+        ok = set(responses[(responses["provider"] == who) & responses["error"].isna()]["case_id"]) \
+            if len(responses) else set()
+        values = slice_values(store.table("scores", run), who)
+        return values[values["case_id"].isin(ok)]
+
+    before, after = answered(ref_run, ref), answered(run_id, provider)
+    if not len(before) and not len(after):
+        return None
+    paired_rows = before.merge(after, on=["case_id", "slice"], suffixes=("_before", "_after"))
+    out: dict[str, tuple] = {name: (None, None, 0) for name in set(before["slice"]) | set(after["slice"])}
+    for name, group in paired_rows.groupby("slice"):
+        out[str(name)] = (float(group["value_before"].mean()), float(group["value_after"].mean()), len(group))
+    return dict(sorted(out.items()))
+
+
+def _num(value: Any) -> float | None:
+    return None if value is None or pd.isna(value) else float(value)
+
+
+VERDICT_WORDS = {"pass": "PASSED", "fail": "FAILED", "inconclusive": "INCONCLUSIVE", "invalid": "INVALID"}
+
+
+def verdict_text(result: GateResult) -> str:
+    """The plain-text verdict: the verdict with its exit status, a line per check with its number and threshold,
+    then the statistics and warnings."""
+    s = result.stats
+    lines = [f"gate {VERDICT_WORDS[result.verdict]}: {s.get('candidate')} against {s.get('incumbent')} "
+             f"({s.get('metric')}, margin {s.get('margin')}, confidence {s.get('confidence')}; "
+             f"exit {result.exit_status})"]
+    if result.verdict == "invalid":
+        lines.append(f"  {result.reason}")
+    for check in result.checks:
+        lines.append(f"  {_word(result, check).upper()}  {check.name}: {check.detail}")
+    if s.get("excluded"):
+        lines.append("  info  left out of the pairing: "
+                     + ", ".join(f"{n} case(s): {why}" for why, n in s["excluded"].items()))
+    if s.get("mcnemar_p") is not None:
+        lines.append(f"  info  McNemar exact: {s['regressions']} regressions, {s['wins']} wins, "
+                     f"p = {s['mcnemar_p']:.3g}")
+    if s.get("method") and result.verdict != "invalid":
+        lines.append(f"  info  {s['method']}")
+    lines.extend(f"  warning: {w}" for w in result.warnings)
+    return "\n".join(lines)
+
+
+def _word(result: GateResult, check: Check) -> str:
+    return "invalid" if result.verdict == "invalid" and check.outcome in (FAIL, INCONCLUSIVE) else check.outcome
+
+
+def junit_xml(result: GateResult) -> str:
+    """JUnit XML: one test case per check; a failed check is a <failure>, an inconclusive one too (it must not pass
+    CI) with type="inconclusive", an invalid run is an <error> of its `valid run` case, and a check that does not
+    apply to the suite is <skipped> with its reason."""
+    failing = [c for c in result.checks if c.outcome in (FAIL, INCONCLUSIVE)]
+    errors = sum(1 for c in failing if result.verdict == "invalid")
+    skipped = sum(1 for c in result.checks if c.outcome == NOT_APPLICABLE)
+    suite = ElementTree.Element("testsuite", name="shadow gate", tests=str(len(result.checks)),
+                                failures=str(len(failing) - errors), errors=str(errors), skipped=str(skipped))
+    properties = ElementTree.SubElement(suite, "properties")
+    for name, value in (("verdict", result.verdict), ("exit_status", str(result.exit_status)),
+                        ("reason", result.reason)):
+        ElementTree.SubElement(properties, "property", name=name, value=value)
+    for check in result.checks:
+        case = ElementTree.SubElement(suite, "testcase", classname=f"gate.{result.stats.get('suite')}", name=check.name)
+        if check.outcome == PASS:
+            continue
+        if check.outcome == NOT_APPLICABLE:
+            ElementTree.SubElement(case, "skipped", message=check.detail)
+            continue
+        tag = "error" if result.verdict == "invalid" else "failure"
+        ElementTree.SubElement(case, tag, message=check.detail, type=check.outcome if tag == "failure" else "invalid"
+                               ).text = check.detail
+    return '<?xml version="1.0" encoding="utf-8"?>\n' + ElementTree.tostring(suite, encoding="unicode") + "\n"
+
+
+MARKS = {"pass": "✅ pass", "fail": "❌ fail", "inconclusive": "⚠️ inconclusive", "invalid": "⛔ invalid run",
+         NOT_APPLICABLE: "➖ not applicable"}
+
+
+def markdown(result: GateResult) -> str:
+    """A Markdown summary for `$GITHUB_STEP_SUMMARY`."""
+    s = result.stats
+    out = [f"### Shadow gate: {MARKS[result.verdict]} — `{s.get('candidate')}` vs "
+           f"`{s.get('incumbent')}` ({s.get('suite')}), exit {result.exit_status}", ""]
+    if result.reason:
+        out += [result.reason.replace("|", "\\|"), ""]
+    out += ["| check | result | detail |", "|---|---|---|"]
+    for check in result.checks:
+        detail = check.detail.replace("|", "\\|")
+        shown = check.outcome if check.outcome in (PASS, NOT_APPLICABLE) else f"**{_word(result, check)}**"
+        out.append(f"| {check.name} | {shown} | {detail} |")
+    out.extend(["", *(f"> warning: {w}" for w in result.warnings)])
+    return "\n".join(out) + "\n"
+
+
+def write_outputs(result: GateResult, out_dir: Path) -> dict[str, Path]:
+    """Write gate.json and junit.xml under `out_dir`, and append to $GITHUB_STEP_SUMMARY when it is set."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out_dir / "gate.json", "junit": out_dir / "junit.xml"}
+    paths["json"].write_text(json.dumps(result.to_dict(), indent=1, default=str) + "\n", encoding="utf-8")
+    paths["junit"].write_text(junit_xml(result), encoding="utf-8")
+    summary = os.environ.get("GITHUB_STEP_SUMMARY")
+    if summary:
+        with open(summary, "a", encoding="utf-8") as f:
+            f.write(markdown(result))
+        paths["step_summary"] = Path(summary)
+    return paths
