@@ -33,8 +33,9 @@ from harness.report.html import render_report, run_counts
 from harness.run.cache import MODES, explain
 from harness.run.rescore import rescore
 from harness.run.runner import resumable_cases, shadow_run
-from harness.scoring.registry import build_scorers
+from harness.scoring.registry import build_scorers, metric_info
 from harness.selfcheck import ADVICE, unreliable_reason
+from harness.store import queries
 from harness.store.db import Store, damaged
 from harness.suite.load import load_suite
 from harness.suite.spec import ProviderSpec
@@ -337,7 +338,7 @@ def _run(args: argparse.Namespace, open_store: Callable[[], Store]) -> int:
             bar.close()
         run_id = started.get("run_id")
         if run_id:
-            kept = store.query("SELECT count(*) AS n FROM responses WHERE run_id = ?", [run_id])["n"][0]
+            kept = queries.count_responses(store, run_id)
             print(f"\ninterrupted: run {run_id} kept {kept} responses in {args.db}", file=sys.stderr)
             print(f"resume it with: harness run {suite.path} --resume {run_id} --db {args.db}{_base_url_arg(args)}",
                   file=sys.stderr)
@@ -389,8 +390,7 @@ def _specs(args: argparse.Namespace, suite: Any) -> list[ProviderSpec]:
 
 def _stored_specs(store: Store, run_id: str) -> list[ProviderSpec]:
     """The provider entries a stored run was started with."""
-    rows = store.query("SELECT spec FROM run_providers WHERE run_id = ? AND spec IS NOT NULL", [run_id])["spec"]
-    return [ProviderSpec.model_validate(json.loads(spec)) for spec in rows]
+    return [ProviderSpec.model_validate(spec) for spec in queries.provider_specs(store, run_id)]
 
 
 def _resume_target(store: Store, wanted: str, suite_path: str | None) -> str:
@@ -398,29 +398,10 @@ def _resume_target(store: Store, wanted: str, suite_path: str | None) -> str:
     if wanted != "last":
         return wanted
     suite = load_suite(suite_path).name if suite_path else None
-    found = _stopped_runs(store, suite)
+    found = queries.stopped_runs(store, suite)
     if not found:
         raise HarnessError(f"{store.path}: no stopped run to resume" + (f" for suite '{suite}'" if suite else ""))
     return found[0]["run_id"]
-
-
-def _stopped_runs(store: Store, suite: str | None, suite_hash: str | None = None) -> list[dict[str, Any]]:
-    """Runs that did not complete, newest first, with how many answers they hold. A run still marked
-    'running' died without saying so: this process holds the database's lock, so no one else is running it."""
-    sql = (
-        "SELECT r.run_id, r.status, r.n_cases, r.case_limit, r.started_at, "
-        "(SELECT count(*) FROM responses s WHERE s.run_id = r.run_id) AS answers, "
-        "(SELECT count(*) FROM run_providers p WHERE p.run_id = r.run_id AND p.status = 'ready') AS providers "
-        "FROM runs r WHERE r.status IN ('running', 'interrupted', 'failed')"
-    )
-    params: list[Any] = []
-    if suite:
-        sql += " AND r.suite = ?"
-        params.append(suite)
-    if suite_hash:
-        sql += " AND r.suite_hash = ?"
-        params.append(suite_hash)
-    return store.query(sql + " ORDER BY r.started_at DESC", params).to_dict("records")
 
 
 def _base_url_arg(args: argparse.Namespace) -> str:
@@ -435,7 +416,7 @@ def _same_limit(stored: Any, wanted: int | None) -> bool:
 def _offer_resume(store: Store, suite: Any, args: argparse.Namespace) -> str | None:
     """If a run of this suite (same contents) stopped half-way, say how to resume it; at a terminal, ask."""
     stopped = [
-        r for r in _stopped_runs(store, suite.name, suite.hash)
+        r for r in queries.stopped_runs(store, suite.name, suite.hash)
         if r["answers"] < r["n_cases"] * r["providers"] and _same_limit(r["case_limit"], args.limit)
     ]
     if not stopped:
@@ -684,13 +665,9 @@ def _analysis(args: argparse.Namespace) -> Any:
 
 def _print_scorer_errors(store: Store, run_id: str) -> None:
     """Say when a scorer raised (its cases fail; the report shows the error on each)."""
-    rows = store.query(
-        "SELECT scorer, count(*) AS n, any_value(detail->>'$.scorer_error') AS example FROM scores "
-        "WHERE run_id = ? AND detail->>'$.scorer_error' IS NOT NULL GROUP BY scorer", [run_id]
-    )
-    for row in rows.itertuples():
-        example = printable(row.example, one_line=True)
-        print(f"  scorer '{row.scorer}' raised on {row.n} answer(s), which fail: {example}")
+    for row in queries.scorer_errors(store, run_id):
+        example = printable(row["example"], one_line=True)
+        print(f"  scorer '{row['scorer']}' raised on {row['n']} answer(s), which fail: {example}")
 
 
 def _print_metrics(store: Store, run_id: str) -> None:
@@ -700,15 +677,9 @@ def _print_metrics(store: Store, run_id: str) -> None:
         return
     for provider, group in metrics.groupby("provider", sort=False):
         shown = [f"{m.metric} {m.value:.3g}" for m in group.itertuples()
-                 if m.value is not None and not pd.isna(m.value) and m.metric in HEADLINE_METRICS]
+                 if m.value is not None and not pd.isna(m.value) and metric_info(m.metric).headline]
         if shown:
             print(f"  {provider:<28} " + "  ".join(shown))
-
-
-HEADLINE_METRICS = (
-    "accuracy", "macro_f1", "weighted_f1", "invalid_label_rate", "items.micro_f1", "presence.micro_f1",
-    "quotes.hallucinated",
-)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -774,22 +745,17 @@ def cmd_cache_explain(args: argparse.Namespace) -> int:
 def cmd_runs(args: argparse.Namespace) -> int:
     """`harness runs`: one line per stored run, newest first."""
     with Store(args.db, read_only=True) as store:
-        # a file written before migration 6 has no status_reason, and a read-only store does not migrate
-        reason = "r.status_reason" if "status_reason" in store.query("SELECT * FROM runs LIMIT 0").columns \
-            else "NULL AS status_reason"
-        df = store.query(
-            f"SELECT r.run_id, r.suite, r.status, {reason}, r.n_cases, count(s.case_id) AS responses, "
-            "r.started_at FROM runs r LEFT JOIN responses s USING (run_id) GROUP BY ALL ORDER BY r.started_at DESC"
-        )
-    if df.empty:
+        rows = queries.run_list(store)
+    if not rows:
         print("no runs yet")
-    for row in df.itertuples():
-        status, why = shown_status(row.status, row.status_reason if isinstance(row.status_reason, str) else None)
+    for row in rows:
+        why = row["status_reason"] if isinstance(row["status_reason"], str) else None
+        status, why = shown_status(row["status"], why)
         reason = f"  {status}: {printable(why, one_line=True)}" if why else ""
         if status == "interrupted":
-            reason += f"; resume with `harness run --resume {row.run_id}`"
-        print(f"{row.run_id}  {row.suite:<12} {status:<11} {row.n_cases:>5} cases  "
-              f"{row.responses:>6} responses  {row.started_at:%Y-%m-%d %H:%M}{reason}")
+            reason += f"; resume with `harness run --resume {row['run_id']}`"
+        print(f"{row['run_id']}  {row['suite']:<12} {status:<11} {row['n_cases']:>5} cases  "
+              f"{row['responses']:>6} responses  {row['started_at']:%Y-%m-%d %H:%M}{reason}")
     return 0
 
 

@@ -121,3 +121,36 @@ def test_no_private_name_is_imported_from_another_module():
                for target, names in _imports(path, name, modules) for taken in names
                if taken.startswith("_") and not taken.startswith("__")]
     assert private == []
+
+
+def test_sql_stays_in_the_store_package():
+    """Nothing outside harness/store touches the DuckDB connection or runs SQL of its own: reads are the Store's
+    methods and the named queries of harness.store.queries."""
+    outside = []
+    for name, path in _modules().items():
+        if _part(name) == "store":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            con = isinstance(node, ast.Attribute) and node.attr == "con"
+            query = isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "query"
+            if con or query:
+                outside.append(f"{name}:{node.lineno}")
+    assert outside == []
+
+
+def test_each_scorer_declares_the_facts_of_the_metrics_it_computes():
+    """Direction, count and headline live beside the scorer (`METRICS`), and name metrics it really computes."""
+    from harness.scoring.clauses import ClausesScorer
+    from harness.scoring.items import LineItemsScorer
+    from harness.scoring.labels import LabelScorer
+    from harness.scoring.registry import metric_info
+
+    for kind in (LabelScorer, LineItemsScorer, ClausesScorer):
+        text = (ROOT / (kind.__module__.replace(".", "/") + ".py")).read_text(encoding="utf-8")
+        for metric in kind.METRICS:
+            assert f'Metric("{metric}"' in text, (kind.__name__, metric)
+    hallucinated = metric_info("quotes.hallucinated")
+    assert (hallucinated.better, hallucinated.count, hallucinated.headline) == ("lower", True, True)
+    assert metric_info("items.n_gold").better == "neither" and metric_info("accuracy").headline
+    assert metric_info("some.custom_metric") == metric_info("another")  # undeclared: a rate, higher is better
+    assert metric_info("some.custom_metric").better == "higher" and not metric_info("x").count

@@ -37,18 +37,14 @@ import pandas as pd
 
 from harness.analysis.summary import case_passes
 from harness.errors import HarnessError
-from harness.report.html import COUNT_METRICS, case_index, environment, gold_cell, line_items_key
+from harness.report.html import case_index, environment, gold_cell, line_items_key
 from harness.scoring.base import parse_detail
+from harness.scoring.registry import metric_info
 from harness.store.db import Store
 
 MAX_LISTED_CASES = 500
 TEXT_LIMIT = 8000  # characters of a prompt or an output shown per case (a page of 2 x 500 cases stays light)
 NEW_FAILURE, FIXED, STILL_FAILING, STILL_PASSING = "new_failure", "fixed", "still_failing", "still_passing"
-LOWER_IS_BETTER = frozenset({
-    "invalid_label_rate", "quotes.hallucinated", "quotes.hallucination_rate", "items.invalid_outputs",
-    "items.unanswered",
-})
-NEUTRAL_METRICS = frozenset({"items.n_gold", "items.n_pred", "confused_pairs"})  # counts with no better direction
 
 
 @dataclass
@@ -240,7 +236,7 @@ def format_delta(d: MetricDelta) -> tuple[str, str, str]:
     metric = d.name.split(" · ", 1)[-1]
     if d.kind == "field":
         return _pct(d.a), _pct(d.b), "–" if d.delta is None else f"{100 * d.delta:+.1f} pts"
-    if metric in COUNT_METRICS:
+    if metric_info(metric).count:
         return _count(d.a), _count(d.b), "–" if d.delta is None else f"{d.delta:+,.0f}"
     return _dec(d.a), _dec(d.b), "–" if d.delta is None else f"{d.delta:+.3f}"
 
@@ -356,7 +352,7 @@ def _delta(name: str, a: float | None, b: float | None, kind: str) -> MetricDelt
     metric = name.split(" · ", 1)[-1]
     return MetricDelta(
         name=name, a=a, b=b, delta=None if a is None or b is None else b - a, kind=kind,
-        lower_is_better=metric in LOWER_IS_BETTER, neutral=metric in NEUTRAL_METRICS,
+        lower_is_better=metric_info(metric).better == "lower", neutral=metric_info(metric).better == "neither",
     )
 
 

@@ -13,7 +13,6 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import jinja2
 import markupsafe
 import pandas as pd
@@ -27,8 +26,10 @@ from harness.analysis.outcomes import (
     wilson_interval,
 )
 from harness.analysis.summary import field_metrics, summarize
+from harness.scoring.registry import metric_info
 from harness.selfcheck import ADVICE, LAG_LIMIT_MS, unreliable_reason
 from harness.selfcheck import COLUMNS as SELFCHECK_COLUMNS
+from harness.store import queries
 from harness.store.db import Store
 
 FIRST_PAGE = 50  # failed cases rendered into the page itself; the script pages through the rest
@@ -36,10 +37,6 @@ TEXT_LIMIT = 4000  # characters of an output (or gold) kept for a failed case
 PASSING_TEXT_LIMIT = 300  # for a case every provider passed
 PASSING_INPUT_LIMIT = 1500
 INPUT_LIMIT = 6000  # characters of the prompt kept for a failed case (the page shows it collapsed)
-COUNT_METRICS = frozenset({
-    "quotes.hallucinated", "confused_pairs", "items.n_gold", "items.n_pred", "items.matched", "items.invalid_outputs",
-    "items.unanswered",
-})
 
 
 def environment() -> jinja2.Environment:
@@ -280,15 +277,7 @@ def _threshold(row: pd.Series) -> str:
 
 def _load_tests(store: Store, run: dict[str, Any]) -> list[dict[str, Any]]:
     """The latest completed `harness load` of each provider on this run's suite."""
-    try:
-        rows = store.query(
-            "SELECT * FROM load_tests WHERE suite = ? AND status = 'completed' "
-            "QUALIFY row_number() OVER (PARTITION BY provider ORDER BY ended_at DESC) = 1 ORDER BY provider",
-            [run["suite"]],
-        )
-    except duckdb.CatalogException:  # a file written before load tests existed, opened read-only
-        return []
-    return [{**row, "unreliable": unreliable_reason(row)} for row in rows.to_dict("records")]
+    return [{**row, "unreliable": unreliable_reason(row)} for row in queries.latest_loads(store, run["suite"])]
 
 
 def _status(outcome: dict[str, Any] | None) -> str:
@@ -558,7 +547,7 @@ def _metric_sections(metrics: pd.DataFrame, order: list[str]) -> dict[str, Any]:
         values = [cell.get((p, scorer, metric)) for p in order]
         if all(v is None or _missing(v.value) for v in values):
             continue
-        out["metric_table"].append({"name": f"{scorer} · {metric}", "count": metric in COUNT_METRICS, "cells": [
+        out["metric_table"].append({"name": f"{scorer} · {metric}", "count": metric_info(metric).count, "cells": [
             None if v is None or _missing(v.value) else v.value for v in values
         ]})
     categories = [m.removeprefix("presence.") for m in dict.fromkeys(metrics["metric"])

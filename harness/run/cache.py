@@ -21,6 +21,7 @@ from typing import Any
 from harness.errors import StoreError
 from harness.providers.base import Request, public_url
 from harness.providers.plan import ProviderPlan
+from harness.store import queries
 from harness.store.db import Store
 
 MODES = ("replay", "fresh", "off")
@@ -107,26 +108,12 @@ def explain(store: Store, run_id: str, case_id: str | None = None, provider: str
     """For each response of `run_id` (narrowed to a case and/or provider), whether it came from the cache
     and, if not, why: no earlier answer, an earlier one that failed, or which part of the request changed."""
     run = store.run(run_id)
-    sql = "SELECT case_id, provider, source, cached_from, cache_key, cache_parts, error FROM responses WHERE run_id = ?"
-    params: list[Any] = [run_id]
-    if case_id is not None:
-        sql += " AND case_id = ?"
-        params.append(case_id)
-    if provider is not None:
-        sql += " AND provider = ?"
-        params.append(provider)
-    rows = store.query(sql + " ORDER BY provider, case_id", params).to_dict("records")
+    rows = queries.cache_sources(store, run_id, case_id, provider)
     if not rows:
         narrowed = [f"case '{case_id}'"] if case_id else []
         narrowed += [f"provider '{provider}'"] if provider else []
         raise StoreError(f"run {run_id} has no responses" + (" for " + " and ".join(narrowed) if narrowed else ""))
-    earlier = store.query(
-        "SELECT case_id, provider, run_id, cache_key, cache_parts, error, source, started_at FROM responses "
-        "WHERE run_id <> ? AND cache_key IS NOT NULL AND coalesce(source, 'call') = 'call' "
-        "AND started_at <= (SELECT started_at FROM runs WHERE run_id = ?) "
-        "ORDER BY started_at DESC",
-        [run_id, run_id],
-    )
+    earlier = queries.earlier_calls(store, run_id)
     by_pair: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for row in earlier.to_dict("records"):
         by_pair.setdefault((row["case_id"], row["provider"]), []).append(row)

@@ -40,6 +40,7 @@ from harness.scoring.base import Scorer
 from harness.scoring.registry import aggregate_metrics, build_scorers, score_completion
 from harness.selfcheck import COLUMNS as SELFCHECK_COLUMNS
 from harness.selfcheck import LoopMonitor, SelfCheck, merge
+from harness.store import queries
 from harness.store.db import BatchWriter, Store
 from harness.suite.load import Case, Suite
 
@@ -155,7 +156,7 @@ def resumable_cases(store: Store, run_id: str, suite: Suite) -> list[Case]:
             "(config, cases or template changed), so its answers would not be comparable: start a new run"
         )
     by_id = {case.id: case for case in suite.cases}
-    ids = store.query("SELECT case_id FROM cases WHERE run_id = ? ORDER BY position", [run_id])["case_id"]
+    ids = queries.case_ids(store, run_id)
     expected = run.get("n_cases")
     if expected is not None and not pd.isna(expected) and len(ids) != int(expected):
         # a large run's cases are stored a batch at a time: one killed before the last batch has only some
@@ -343,14 +344,8 @@ def _stored_samples(store: Store, job: _Job) -> dict[tuple[str, str], list[dict[
     if job.plan.spec.samples < 2 or not job.hits:
         return {}
     runs = sorted({row["run_id"] for *_, row in job.hits})
-    cursor = store.con.execute(
-        "SELECT * EXCLUDE (provider) FROM samples WHERE provider = ? AND list_contains(?, run_id) ORDER BY sample",
-        [job.plan.name, runs],
-    )
-    columns = [d[0] for d in cursor.description]
     found: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    for values in cursor.fetchall():
-        row = dict(zip(columns, values, strict=True))
+    for row in queries.samples_of(store, job.plan.name, runs):
         found.setdefault((row.pop("run_id"), row.pop("case_id")), []).append(row)
     return found
 
@@ -497,9 +492,7 @@ async def _draw_samples(
 def _forget_infrastructure_failures(store: Store, run_id: str, plans: list[ProviderPlan]) -> int:
     """A resume calls again for the answers of `plans`' providers that failed for infrastructure reasons (a server
     that was down, an outage): their stored rows are deleted first. Returns how many."""
-    failed = store.query(
-        "SELECT case_id, provider, error_kind FROM responses WHERE run_id = ? AND error IS NOT NULL", [run_id]
-    )
+    failed = queries.failed_answers(store, run_id)
     names = {plan.name for plan in plans}
     pairs = [(row.case_id, row.provider) for row in failed.itertuples()
              if row.provider in names and is_infrastructure_error(failure_kind(row.error_kind))]
@@ -517,8 +510,7 @@ def _keep_forgotten_counts(store: Store, run_id: str, pairs: list[tuple[str, str
     if not pairs:
         return
     wanted = set(pairs)
-    rows = store.query("SELECT case_id, provider, attempts, retry_wait_ms, rate_limit_wait_ms, cached "
-                       "FROM responses WHERE run_id = ? AND error IS NOT NULL", [run_id])
+    rows = queries.failed_answers(store, run_id)
     chosen = pd.Series([(c, p) in wanted for c, p in zip(rows["case_id"], rows["provider"], strict=True)],
                        index=rows.index, dtype=bool)
     rows = rows[chosen & ~rows["cached"].fillna(False).astype(bool)]
@@ -536,8 +528,7 @@ def _keep_forgotten_counts(store: Store, run_id: str, pairs: list[tuple[str, str
 def _stored_stats(store: Store, run_id: str, provider: str) -> dict[str, Any]:
     """A provider's stored `run_providers.stats` ({} when none), in the flat form (older runs nested the earlier
     invocation's figures under `before`)."""
-    rows = store.query("SELECT stats FROM run_providers WHERE run_id = ? AND provider = ?", [run_id, provider])
-    raw = rows["stats"].iloc[0] if len(rows) else None
+    raw = queries.provider_stats(store, run_id, provider)
     stats = json.loads(raw) if isinstance(raw, str) else {}
     return _flat(stats) if isinstance(stats, dict) else {}
 
@@ -588,10 +579,7 @@ def run_status(store: Store, run_id: str, jobs: list[_Job]) -> tuple[str, str | 
         if job.breaker is not None and job.breaker.failure is not None:
             failed.append(f"{job.plan.name}: {job.breaker.failure}; they stay for --resume")
             stopped.add(job.plan.name)
-    rows = store.query(
-        "SELECT provider, error_kind, error IS NOT NULL AS failed, count(*) AS n FROM responses WHERE run_id = ? "
-        "GROUP BY ALL", [run_id],
-    )
+    rows = queries.answer_counts(store, run_id)
     for job in jobs:
         mine = rows[rows["provider"] == job.plan.name]
         total = int(mine["n"].sum())
@@ -655,10 +643,8 @@ def _store_metrics(store: Store, run_id: str, scorers: list[Scorer], cases: list
     aggregating = [scorer.name for scorer in scorers if hasattr(scorer, "aggregate")]
     rows: list[dict[str, Any]] = []
     if aggregating:
-        responses = store.query("SELECT case_id, provider, error FROM responses WHERE run_id = ?", [run_id])
-        scores = store.query(
-            "SELECT * FROM scores WHERE run_id = ? AND list_contains(?, scorer)", [run_id, aggregating]
-        )
+        responses = queries.answer_errors(store, run_id)
+        scores = queries.scores_of(store, run_id, aggregating)
         rows = aggregate_metrics(scorers, scores, responses, {case.id: case for case in cases})
     store.put_metrics(run_id, rows)
 
@@ -680,9 +666,7 @@ def _store_selfcheck(store: Store, run_id: str, result: RunResult) -> None:
 def check_resumable_providers(store: Store, run_id: str, plans: list[ProviderPlan]) -> None:
     """Raise ProviderError if resuming `run_id` with `plans` would mix answers from somewhere else: a provider
     the run was started with cannot run now, or would be called at another endpoint."""
-    stored = store.query(
-        "SELECT provider, endpoint FROM run_providers WHERE run_id = ? AND status = 'ready'", [run_id]
-    ).to_dict("records")
+    stored = queries.ready_endpoints(store, run_id)
     by_name = {plan.name: plan for plan in plans}
     for row in stored:
         plan = by_name.get(row["provider"])
@@ -702,7 +686,7 @@ def _refresh_providers(
     store: Store, run_id: str, suite: Suite, plans: list[ProviderPlan], pricing: PricingTable
 ) -> None:
     """On resume: a provider skipped before (no key then) that can run now is marked ready."""
-    stored = set(store.query("SELECT provider FROM run_providers WHERE run_id = ?", [run_id])["provider"])
+    stored = queries.provider_names(store, run_id)
     for plan in plans:
         row = _provider_row(run_id, suite, plan, pricing)
         if plan.name not in stored:

@@ -33,6 +33,20 @@ class Metric:
     detail: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class MetricInfo:
+    """What a run-level metric means, declared by the scorer that computes it (its `METRICS`): which way is
+    better (`higher`, `lower` or `neither`), whether it is a count shown as a whole number rather than a rate, and
+    whether it is a headline figure (printed after a run). An undeclared metric is a rate where higher is better."""
+
+    better: str = "higher"
+    count: bool = False
+    headline: bool = False
+
+
+RATE = MetricInfo()
+
+
 class Scorer(Protocol):
     """Scores a completed, error-free response to a case."""
 

@@ -66,12 +66,12 @@ import re
 import unicodedata
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any
+from typing import Any, ClassVar
 
 import pandas as pd
 
 from harness.providers.base import Completion
-from harness.scoring.base import Metric, Score, parse_detail
+from harness.scoring.base import Metric, MetricInfo, Score, parse_detail
 from harness.scoring.parse import normalize_text, parse_date, parse_json_output
 from harness.suite.load import DEFAULT_CLAUSE_CATEGORIES, Case
 
@@ -654,6 +654,12 @@ def _cut(text: str, limit: int = _TRUNCATE) -> str:
 
 class ClausesScorer:
     """CUAD contract review: clause presence, quote grounding, overlap with gold spans, and answers."""
+
+    METRICS: ClassVar[dict[str, MetricInfo]] = {
+        "presence.micro_f1": MetricInfo(headline=True),
+        "quotes.hallucinated": MetricInfo(better="lower", count=True, headline=True),
+        "quotes.hallucination_rate": MetricInfo(better="lower"),
+    }
 
     def __init__(self, categories: list[str] | None = None, text_field: str = "text", name: str = "clauses") -> None:
         self.name = name

@@ -39,14 +39,14 @@ import json
 import math
 from decimal import Decimal
 from difflib import SequenceMatcher
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
 from scipy.optimize import linear_sum_assignment
 
 from harness.providers.base import Completion
-from harness.scoring.base import Metric, Score, parse_detail
+from harness.scoring.base import Metric, MetricInfo, Score, parse_detail
 from harness.scoring.parse import compare, normalize_text, parse_amount, parse_json_output
 from harness.suite.load import Case
 
@@ -138,6 +138,14 @@ def match_items(
 
 class LineItemsScorer:
     """Set-wise scorer for a list of line items (name, quantity, price) against the gold list."""
+
+    METRICS: ClassVar[dict[str, MetricInfo]] = {
+        "items.micro_f1": MetricInfo(headline=True), "items.matched": MetricInfo(count=True),
+        "items.n_gold": MetricInfo(better="neither", count=True),
+        "items.n_pred": MetricInfo(better="neither", count=True),
+        "items.invalid_outputs": MetricInfo(better="lower", count=True),
+        "items.unanswered": MetricInfo(better="lower", count=True),
+    }
 
     def __init__(
         self,

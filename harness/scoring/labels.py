@@ -15,12 +15,12 @@ pairs). Invalid labels and failed calls count as a wrong prediction of the pseud
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, ClassVar
 
 import pandas as pd
 
 from harness.providers.base import Completion
-from harness.scoring.base import Metric, Score
+from harness.scoring.base import Metric, MetricInfo, Score
 from harness.scoring.parse import parse_json_output
 from harness.suite.load import Case
 
@@ -34,6 +34,12 @@ def _fold(label: str) -> str:
 
 class LabelScorer:
     """One label per case from a fixed set; see the module docstring for the rules."""
+
+    METRICS: ClassVar[dict[str, MetricInfo]] = {
+        "accuracy": MetricInfo(headline=True), "macro_f1": MetricInfo(headline=True),
+        "weighted_f1": MetricInfo(headline=True), "invalid_label_rate": MetricInfo(better="lower", headline=True),
+        "confused_pairs": MetricInfo(better="neither", count=True),
+    }
 
     def __init__(self, labels: list[str], label_key: str = "label", name: str = "label") -> None:
         self.name = name

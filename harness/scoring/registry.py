@@ -10,8 +10,11 @@ from typing import Any
 import pandas as pd
 
 from harness.providers.base import Completion
-from harness.scoring.base import Metric, Score, Scorer, parse_detail
+from harness.scoring.base import RATE, Metric, MetricInfo, Score, Scorer, parse_detail
 from harness.scoring.builtin import ExactScorer, FieldsScorer, PythonScorer, load_function
+from harness.scoring.clauses import ClausesScorer
+from harness.scoring.items import LineItemsScorer
+from harness.scoring.labels import LabelScorer
 from harness.suite.load import Case, Suite, clause_categories
 
 
@@ -93,3 +96,12 @@ def score_completion(scorers: list[Scorer], case: Case, completion: Completion) 
             detail = {"scorer_error": f"{type(exc).__name__}: {exc}"[:300]}
             out.append((scorer.name, Score("case_pass", 0.0, False, detail)))
     return out
+
+
+def metric_info(metric: str) -> MetricInfo:
+    """The facts of a run-level metric, as the scorer that computes it declares them (`METRICS`); a rate where
+    higher is better when no scorer declares it."""
+    for kind in (LabelScorer, LineItemsScorer, ClausesScorer):
+        if metric in kind.METRICS:
+            return kind.METRICS[metric]
+    return RATE

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pandas as pd
+
 from harness.store.db import Store
 
 
@@ -31,3 +33,151 @@ def latest_load(store: Store, suite: Any, provider: str) -> dict[str, Any] | Non
     ).fetchall()
     row["error_kinds"] = {kind or "unknown": n for kind, n in kinds}
     return row
+
+
+def count_responses(store: Store, run_id: str) -> int:
+    """How many answers `run_id` has stored."""
+    return int(store.con.execute("SELECT count(*) FROM responses WHERE run_id = ?", [run_id]).fetchone()[0])
+
+
+def provider_specs(store: Store, run_id: str) -> list[dict[str, Any]]:
+    """The provider entries (suite.toml `[[providers]]`, as JSON objects) a stored run was started with."""
+    rows = store.con.execute(
+        "SELECT spec FROM run_providers WHERE run_id = ? AND spec IS NOT NULL", [run_id]).fetchall()
+    return [json.loads(spec) for (spec,) in rows]
+
+
+def stopped_runs(store: Store, suite: str | None = None, suite_hash: str | None = None) -> list[dict[str, Any]]:
+    """Runs that did not complete (running, interrupted or failed), newest first, with how many answers they hold
+    (`answers`) and how many providers were ready (`providers`); of `suite` and `suite_hash` when given."""
+    sql = (
+        "SELECT r.run_id, r.status, r.n_cases, r.case_limit, r.started_at, "
+        "(SELECT count(*) FROM responses s WHERE s.run_id = r.run_id) AS answers, "
+        "(SELECT count(*) FROM run_providers p WHERE p.run_id = r.run_id AND p.status = 'ready') AS providers "
+        "FROM runs r WHERE r.status IN ('running', 'interrupted', 'failed')"
+    )
+    params: list[Any] = []
+    if suite:
+        sql += " AND r.suite = ?"
+        params.append(suite)
+    if suite_hash:
+        sql += " AND r.suite_hash = ?"
+        params.append(suite_hash)
+    return store.query(sql + " ORDER BY r.started_at DESC", params).to_dict("records")
+
+
+def scorer_errors(store: Store, run_id: str) -> list[dict[str, Any]]:
+    """Per scorer that raised on some answers of `run_id`: `scorer`, `n` (answers) and one `example` error."""
+    return store.query(
+        "SELECT scorer, count(*) AS n, any_value(detail->>'$.scorer_error') AS example FROM scores "
+        "WHERE run_id = ? AND detail->>'$.scorer_error' IS NOT NULL GROUP BY scorer", [run_id]
+    ).to_dict("records")
+
+
+def run_list(store: Store) -> list[dict[str, Any]]:
+    """Every stored run, newest first: run_id, suite, status, status_reason, n_cases, responses, started_at."""
+    # a file written before migration 6 has no status_reason, and a read-only store does not migrate
+    reason = "r.status_reason" if "status_reason" in store.query("SELECT * FROM runs LIMIT 0").columns \
+        else "NULL AS status_reason"
+    return store.query(
+        f"SELECT r.run_id, r.suite, r.status, {reason}, r.n_cases, count(s.case_id) AS responses, "
+        "r.started_at FROM runs r LEFT JOIN responses s USING (run_id) GROUP BY ALL ORDER BY r.started_at DESC"
+    ).to_dict("records")
+
+
+def case_ids(store: Store, run_id: str) -> list[str]:
+    """The case ids stored with `run_id`, in suite order."""
+    rows = store.con.execute("SELECT case_id FROM cases WHERE run_id = ? ORDER BY position", [run_id]).fetchall()
+    return [case_id for (case_id,) in rows]
+
+
+def samples_of(store: Store, provider: str, run_ids: list[str]) -> list[dict[str, Any]]:
+    """The extra samples `provider` drew in the runs `run_ids` (every `samples` column but the provider), in
+    sample order."""
+    cursor = store.con.execute(
+        "SELECT * EXCLUDE (provider) FROM samples WHERE provider = ? AND list_contains(?, run_id) ORDER BY sample",
+        [provider, run_ids],
+    )
+    columns = [d[0] for d in cursor.description]
+    return [dict(zip(columns, values, strict=True)) for values in cursor.fetchall()]
+
+
+def failed_answers(store: Store, run_id: str) -> pd.DataFrame:
+    """The failed answers of `run_id`: case_id, provider, error_kind, attempts, retry_wait_ms, rate_limit_wait_ms,
+    cached."""
+    return store.query("SELECT case_id, provider, error_kind, attempts, retry_wait_ms, rate_limit_wait_ms, cached "
+                       "FROM responses WHERE run_id = ? AND error IS NOT NULL", [run_id])
+
+
+def provider_stats(store: Store, run_id: str, provider: str) -> str | None:
+    """The stored `run_providers.stats` JSON of one provider of `run_id`, or None."""
+    row = store.con.execute("SELECT stats FROM run_providers WHERE run_id = ? AND provider = ?",
+                            [run_id, provider]).fetchone()
+    return row[0] if row else None
+
+
+def answer_counts(store: Store, run_id: str) -> pd.DataFrame:
+    """Per provider and error kind of `run_id`: whether the answers failed (`failed`) and how many (`n`)."""
+    return store.query(
+        "SELECT provider, error_kind, error IS NOT NULL AS failed, count(*) AS n FROM responses WHERE run_id = ? "
+        "GROUP BY ALL", [run_id],
+    )
+
+
+def answer_errors(store: Store, run_id: str) -> pd.DataFrame:
+    """Every answer of `run_id`: case_id, provider, error."""
+    return store.query("SELECT case_id, provider, error FROM responses WHERE run_id = ?", [run_id])
+
+
+def scores_of(store: Store, run_id: str, scorers: list[str]) -> pd.DataFrame:
+    """The score rows of `run_id` written by the scorers named `scorers`."""
+    return store.query("SELECT * FROM scores WHERE run_id = ? AND list_contains(?, scorer)", [run_id, scorers])
+
+
+def ready_endpoints(store: Store, run_id: str) -> list[dict[str, Any]]:
+    """The providers of `run_id` that ran (`provider`, `endpoint`)."""
+    return store.query("SELECT provider, endpoint FROM run_providers WHERE run_id = ? AND status = 'ready'",
+                       [run_id]).to_dict("records")
+
+
+def provider_names(store: Store, run_id: str) -> set[str]:
+    """Every provider of `run_id`, skipped ones included."""
+    rows = store.con.execute("SELECT provider FROM run_providers WHERE run_id = ?", [run_id]).fetchall()
+    return {provider for (provider,) in rows}
+
+
+def cache_sources(store: Store, run_id: str, case_id: str | None = None,
+                  provider: str | None = None) -> list[dict[str, Any]]:
+    """Where each answer of `run_id` came from (source, cached_from, cache key and parts, error), by provider and
+    case; only `case_id` and `provider` when given."""
+    sql = "SELECT case_id, provider, source, cached_from, cache_key, cache_parts, error FROM responses WHERE run_id = ?"
+    params: list[Any] = [run_id]
+    if case_id is not None:
+        sql += " AND case_id = ?"
+        params.append(case_id)
+    if provider is not None:
+        sql += " AND provider = ?"
+        params.append(provider)
+    return store.query(sql + " ORDER BY provider, case_id", params).to_dict("records")
+
+
+def earlier_calls(store: Store, run_id: str) -> pd.DataFrame:
+    """The answers called for (not reused) in runs started before `run_id`, newest first, with their cache keys."""
+    return store.query(
+        "SELECT case_id, provider, run_id, cache_key, cache_parts, error, source, started_at FROM responses "
+        "WHERE run_id <> ? AND cache_key IS NOT NULL AND coalesce(source, 'call') = 'call' "
+        "AND started_at <= (SELECT started_at FROM runs WHERE run_id = ?) "
+        "ORDER BY started_at DESC",
+        [run_id, run_id],
+    )
+
+
+def latest_loads(store: Store, suite: str) -> list[dict[str, Any]]:
+    """The latest completed load test of each provider on `suite`; [] for a file from before load tests."""
+    if "load_tests" not in store.tables():
+        return []
+    return store.query(
+        "SELECT * FROM load_tests WHERE suite = ? AND status = 'completed' "
+        "QUALIFY row_number() OVER (PARTITION BY provider ORDER BY ended_at DESC) = 1 ORDER BY provider",
+        [suite],
+    ).to_dict("records")
