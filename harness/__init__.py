@@ -3,6 +3,7 @@
 Library first; the `harness` command is a thin layer over these names.
 """
 
+from harness.analysis.outcomes import Outcome, OutcomeTable, RunProviders, outcome_table, run_providers
 from harness.analysis.summary import field_metrics, summarize
 from harness.errors import HarnessError, ProviderError, ServerError, StoreError, SuiteError
 from harness.pricing import PricingError, PricingTable, load_pricing
@@ -30,6 +31,8 @@ __all__ = [
     "LogError",
     "ManagedServer",
     "OpenAICompatible",
+    "Outcome",
+    "OutcomeTable",
     "PricingError",
     "PricingTable",
     "Provider",
@@ -38,6 +41,7 @@ __all__ = [
     "Request",
     "Resilient",
     "RetryPolicy",
+    "RunProviders",
     "RunResult",
     "Score",
     "Scorer",
@@ -51,8 +55,10 @@ __all__ = [
     "field_metrics",
     "load_pricing",
     "load_suite",
+    "outcome_table",
     "plan_provider",
     "render_report",
+    "run_providers",
     "shadow_run",
     "summarize",
 ]

@@ -22,7 +22,7 @@ from typing import Any
 import duckdb
 import pandas as pd
 
-from harness.analysis.outcomes import shown_status
+from harness.analysis.outcomes import outcome_table, shown_status
 from harness.analysis.summary import summarize
 from harness.errors import HarnessError, ProviderError, StoreError
 from harness.pricing import load_pricing
@@ -462,10 +462,9 @@ def _progress_bar(total: int, disable: bool) -> Any:
 
 
 def _print_summary(store: Store, run_id: str, n_cases: int) -> None:
-    responses = store.table("responses", run_id)
-    scores = store.table("scores", run_id)
     providers = store.table("run_providers", run_id)
-    summary = summarize(responses, scores, n_cases) if not responses.empty else None
+    outcomes = outcome_table(store, run_id).frame
+    summary = summarize(outcomes, n_cases)
     run = store.run(run_id)
     reason = run.get("status_reason")
     print(f"run {run_id}: {run['status']}"
@@ -474,13 +473,13 @@ def _print_summary(store: Store, run_id: str, n_cases: int) -> None:
         if p.status == "skipped":
             print(f"  {p.provider:<28} skipped: {printable(p.reason or '', one_line=True)}")
             continue
-        row = summary[summary["provider"] == p.provider] if summary is not None else None
-        if row is None or row.empty:
+        row = summary[summary["provider"] == p.provider]
+        if row.empty:
             print(f"  {p.provider:<28} no responses")
             continue
         s = row.iloc[0]
         stats = json.loads(p.stats) if isinstance(p.stats, str) else {}
-        counts = run_counts(responses[responses["provider"] == p.provider], stats)  # over every invocation
+        counts = run_counts(outcomes[outcomes["provider"] == p.provider], stats)  # over every invocation
         p50 = "–" if pd.isna(s.latency_p50_ms) else f"{s.latency_p50_ms / 1000:.2f}s"
         print(
             f"  {p.provider:<28} passed {s.passed}/{n_cases} ({100 * s.pass_rate:.0f}%)  errors {s.errors}  "

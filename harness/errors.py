@@ -19,3 +19,8 @@ class ServerError(HarnessError):
 
 class StoreError(HarnessError):
     """The DuckDB store cannot be opened, migrated or queried as asked (e.g. an unknown run id)."""
+
+
+class RunError(HarnessError):
+    """A stored run cannot answer what was asked of it: no candidate or incumbent ran, a provider it does not
+    have, a score it never computed."""

@@ -40,7 +40,7 @@ from harness.analysis.cascade import (
     route,
     sweep,
 )
-from harness.analysis.outcomes import wilson_interval
+from harness.analysis.intervals import wilson_interval
 from harness.analysis.verdict import gate_run
 from harness.errors import HarnessError
 from harness.store.db import Store
@@ -324,7 +324,7 @@ def test_the_providers_must_have_run(tmp_path):
     with Store(tmp_path / "s.duckdb") as store:
         run_id = _store_run(store, MAIN, incumbent="skipped")
         with pytest.raises(HarnessError, match=r"has no incumbent answers to compare with "
-                                               r"\(skipped: OPENAI_API_KEY is not set\)"):
+                                               r"\(\S+ was skipped: OPENAI_API_KEY is not set\)"):
             cascade_frame(store, run_id)
         with pytest.raises(HarnessError, match=r"has no answers of 'local:other' \(ran: local:m\)"):
             cascade_frame(store, run_id, candidate="local:other")

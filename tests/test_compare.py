@@ -239,15 +239,20 @@ def test_run_level_metrics_are_compared(tmp_path, capsys, monkeypatch):
     assert "label · accuracy" in html and "+0.500" in html
 
 
-def test_a_hallucinated_clause_quote_counts_as_wrong_in_the_per_clause_accuracy():
+def test_a_hallucinated_clause_quote_counts_as_wrong_in_the_per_clause_accuracy(tmp_path):
     """A clause row passes on presence alone; its quote being made up must still make it wrong here."""
-    import pandas as pd
-
     from harness.report.compare import _RunData
 
-    data = _RunData.__new__(_RunData)
-    data.scores = pd.DataFrame({
-        "provider": ["p", "p"], "case_id": ["c1", "c2"], "metric": ["clause.Governing Law"] * 2,
-        "passed": [True, True], "detail": ['{"grounded": true}', '{"grounded": false}'],
-    })
+    with Store(tmp_path / "s.duckdb") as store:
+        run_id = store.start_run({"suite": "s", "n_cases": 2})
+        store.insert("run_providers", [{"run_id": run_id, "provider": "p", "role": "candidate", "status": "ready"}])
+        store.insert("cases", [{"run_id": run_id, "case_id": c, "position": i, "gold": {}, "messages": []}
+                               for i, c in enumerate(["c1", "c2"])])
+        store.insert("responses", [{"run_id": run_id, "case_id": c, "provider": "p", "text": "{}"}
+                                   for c in ["c1", "c2"]])
+        store.insert("scores", [
+            {"run_id": run_id, "case_id": c, "provider": "p", "scorer": "clauses", "metric": "clause.Governing Law",
+             "value": 1.0, "passed": True, "detail": {"grounded": grounded, "outcome": "tp", "pred_present": True}}
+            for c, grounded in [("c1", True), ("c2", False)]])
+        data = _RunData(store, run_id)
     assert data.field_accuracy("p", ["c1", "c2"]) == {"clause.Governing Law": 0.5}

@@ -21,7 +21,7 @@ from conftest import copy_invoices
 from openai_server import OpenAIServer, Reply
 
 from harness.analysis import paired
-from harness.analysis.outcomes import wilson_interval
+from harness.analysis.intervals import wilson_interval
 from harness.cli import main
 
 N_CASES = 50

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from harness.analysis.outcomes import agreement, paired_category, paired_counts, wilson_interval
+from harness.analysis.intervals import wilson_interval
+from harness.analysis.outcomes import agreement, paired_category, paired_counts
 
 
 def test_wilson_interval_matches_the_textbook_values():

@@ -63,27 +63,31 @@ def test_a_provider_with_no_stored_answer_fails_every_case_in_summary_and_taxono
     assert kinds["no answer"] == [2, 1]  # the incumbent has no answer at all, the candidate lacks one
 
 
-def test_a_hedged_value_and_a_quote_under_an_absent_clause_are_shown_as_such():
+def test_a_hedged_value_and_a_quote_under_an_absent_clause_are_shown_as_such(tmp_path: Path):
     """A field naming several values is the failure kind `several values` (not "several values value"), and a
     clause marked absent with an invented quote shows the quote, not just "absent"."""
-    import pandas as pd
+    from harness.analysis.outcomes import outcome_table
+    from harness.store.cases import case_fields
 
-    from harness.report.html import case_index
-
-    responses = pd.DataFrame([{"case_id": "c1", "provider": "p", "text": "{}", "error": None, "error_kind": None,
-                               "latency_ms": 1.0}])
-    scores = pd.DataFrame([
-        {"case_id": "c1", "provider": "p", "scorer": "fields", "metric": "field.total", "value": 0.0,
-         "passed": False, "detail": json.dumps({"gold": "9.00", "pred": "9.00 or 10.00", "outcome": "several values",
-                                                "values": ["9.00", "10.00"]})},
-        {"case_id": "c1", "provider": "p", "scorer": "clauses", "metric": "clause.Governing Law", "value": 1.0,
-         "passed": True, "detail": json.dumps({"outcome": "tn", "pred_present": False, "quote": "2019-8-31",
-                                                "grounded": False})},
-        {"case_id": "c1", "provider": "p", "scorer": "fields", "metric": "case_pass", "value": 0.0,
-         "passed": False, "detail": None},
-    ])
-    entry = case_index(responses, scores)[("c1", "p")]
-    assert "several values" in entry["kinds"] and "several values value" not in entry["kinds"]
-    assert entry["fields"]["clause: Governing Law"]["pred"] == "absent, yet quoted: 2019-8-31"
-    assert entry["fields"]["clause: Governing Law"]["outcome"] == "hallucinated quote"
-    assert "hallucinated clause quote" in entry["kinds"]
+    with Store(tmp_path / "s.duckdb") as store:
+        run_id = store.start_run({"suite": "s", "n_cases": 1})
+        store.insert("run_providers", [{"run_id": run_id, "provider": "p", "role": "candidate", "status": "ready"}])
+        store.insert("cases", [{"run_id": run_id, "case_id": "c1", "position": 0, "gold": {}, "messages": []}])
+        store.insert("responses", [{"run_id": run_id, "case_id": "c1", "provider": "p", "text": "{}",
+                                    "latency_ms": 1.0}])
+        store.insert("scores", [{"run_id": run_id, "case_id": "c1", "provider": "p", **row} for row in [
+            {"scorer": "fields", "metric": "field.total", "value": 0.0, "passed": False,
+             "detail": {"gold": "9.00", "pred": "9.00 or 10.00", "outcome": "several values",
+                        "values": ["9.00", "10.00"]}},
+            {"scorer": "clauses", "metric": "clause.Governing Law", "value": 1.0, "passed": True,
+             "detail": {"outcome": "tn", "pred_present": False, "quote": "2019-8-31", "grounded": False}},
+            {"scorer": "fields", "metric": "case_pass", "value": 0.0, "passed": False, "detail": None},
+        ]])
+        entry = next(outcome_table(store, run_id).rows())
+        cells = case_fields(store, run_id).set_index("name")
+    assert entry.status == "fail"
+    assert "several values" in entry.kinds and "several values value" not in entry.kinds
+    assert json.loads(cells.loc["clause: Governing Law", "pred"]) == "absent, yet quoted: 2019-8-31"
+    assert cells.loc["clause: Governing Law", "outcome"] == "hallucinated quote"
+    assert "hallucinated clause quote" in entry.kinds
+    assert set(entry.places) == {"total", "Governing Law"}

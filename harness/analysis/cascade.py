@@ -11,7 +11,7 @@ share of extra samples agreeing with the answer (providers with `samples`), and 
 valid answer: the cascade that routes only invalid answers). A valid answer with no value of the signal counts
 as the least confident: it is routed at every threshold except the lowest.
 
-Quality is the gate's per-case metric (`verdict.per_case_metric`: pass/fail for `pass_rate`, else the stored
+Quality is the gate's per-case metric (`outcomes.per_case_metric`: pass/fail for `pass_rate`, else the stored
 score such as `field.total`; a missing answer scores 0), and each threshold is judged by the gate's own rule:
 the paired score test of `harness.paired` (Tango 1998, continuity-corrected, bounded differences) on the per-case
 differences hybrid - incumbent, at the policy's margin and confidence. A threshold is within the margin when that
@@ -38,8 +38,8 @@ import pandas as pd
 from scipy import stats
 
 from harness.analysis import paired
-from harness.analysis.outcomes import wilson_interval
-from harness.analysis.summary import VALIDITY_METRICS
+from harness.analysis.intervals import wilson_interval
+from harness.analysis.outcomes import FAIL, PASS, outcome_table, per_case_metric, run_providers
 from harness.errors import HarnessError
 from harness.store.db import Store
 from harness.suite.spec import GateSpec
@@ -66,17 +66,13 @@ def cascade_frame(
     captured), the per-case metric of the `candidate` and of the `incumbent` (the gate's rules), and
     `api_cost_usd`, the incumbent's stored cost of that case (NaN when unknown or the call failed). The providers
     default to the run's first ready candidate and incumbent; `attrs` records run, providers and metric."""
-    # imported here: verdict imports the report module, which may show the cascade
-    from harness.analysis.verdict import per_case_metric
-
-    store.run(run_id)
-    providers = store.table("run_providers", run_id)
-    ready = providers[providers["status"] == "ready"]
-    candidate = _provider(run_id, ready, providers, "candidate", candidate)
-    incumbent = _provider(run_id, ready, providers, "incumbent", incumbent)
-    every_case = sorted(store.table("cases", run_id)["case_id"])
+    providers = run_providers(store, run_id)
+    candidate = providers.candidate(candidate)
+    incumbent = providers.incumbent(incumbent, instead="a cascade routes cases to the incumbent, so its answers "
+                                                       "must be in the same run")
+    table = outcome_table(store, run_id)
+    every_case = sorted(table.cases)
     responses = store.table("responses", run_id)
-    scores = store.table("scores", run_id)
     mine = responses[responses["provider"] == candidate].set_index("case_id")
     theirs = responses[responses["provider"] == incumbent].set_index("case_id")
     # as in the gate: a case the incumbent did not answer (an outage, a refused request) has nothing to route to
@@ -84,16 +80,16 @@ def cascade_frame(
     answered_by_api = set(theirs.index[theirs["error"].isna()])
     cases = [c for c in every_case if c in answered_by_api]
     frame = pd.DataFrame({"case_id": cases})
-    answered = mine["error"].isna().reindex(cases, fill_value=False).astype(bool)
-    checks = scores[(scores["provider"] == candidate) & scores["metric"].isin(VALIDITY_METRICS)]
-    checks_pass = checks["passed"].fillna(False).astype(bool).groupby(checks["case_id"]).all()
+    outcomes = table.of(candidate).reindex(cases)
+    answered = outcomes["status"].isin([PASS, FAIL])
     frame["answered"] = answered.to_numpy()
-    frame["valid"] = (answered & checks_pass.reindex(cases, fill_value=True).astype(bool)).to_numpy()
+    # a validity check that did not run (no such scorer) does not make an answer invalid
+    frame["valid"] = (answered & outcomes["valid"].fillna(True).astype(bool)).to_numpy()
     for column in ("logprob_mean", "margin_mean", "logprob_min", "logprob_tokens", "agreement"):
         values = mine[column] if column in mine.columns else pd.Series(dtype=float)
         frame[column] = pd.to_numeric(values.reindex(cases), errors="coerce").astype(float).to_numpy()
-    mine_metric = per_case_metric(store, run_id, candidate, metric, cases)
-    theirs_metric = per_case_metric(store, run_id, incumbent, metric, cases)
+    mine_metric = per_case_metric(store, table, candidate, metric)
+    theirs_metric = per_case_metric(store, table, incumbent, metric)
     frame["candidate"] = [mine_metric[c] for c in cases]
     frame["incumbent"] = [theirs_metric[c] for c in cases]
     cost = theirs["cost_usd"].where(theirs["error"].isna())
@@ -101,23 +97,6 @@ def cascade_frame(
     frame.attrs = {"run_id": run_id, "candidate": candidate, "incumbent": incumbent, "metric": metric,
                    "excluded": len(every_case) - len(cases)}
     return frame
-
-
-def _provider(run_id: str, ready: pd.DataFrame, providers: pd.DataFrame, role: str, name: str | None) -> str:
-    """The provider of `role` to use: `name` if it ran, else the first ready one of that role."""
-    if name is not None:
-        if name not in set(ready["provider"]):
-            raise HarnessError(f"run {run_id} has no answers of '{name}' (ran: {', '.join(ready['provider'])})")
-        return name
-    names = list(ready[ready["role"] == role]["provider"])
-    if names:
-        return names[0]
-    if role == "candidate":
-        raise HarnessError(f"run {run_id} has no candidate that ran")
-    reason = providers[providers["role"] == "incumbent"]["reason"]
-    why = f" (skipped: {reason.iloc[0]})" if len(reason) and isinstance(reason.iloc[0], str) else ""
-    raise HarnessError(f"run {run_id} has no incumbent answers to compare with{why}; a cascade routes cases to "
-                       "the incumbent, so its answers must be in the same run")
 
 
 def signal_coverage(frame: pd.DataFrame) -> dict[str, float]:

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from harness.analysis.outcomes import run_providers
 from harness.errors import HarnessError
 from harness.pricing import PricingTable, load_pricing
 from harness.store.db import Store
@@ -105,16 +106,10 @@ def measure(
     store: Store, run_id: str, profile: Profile, *, candidate: str | None = None, pricing: PricingTable | None = None
 ) -> Measured:
     """Collect the run's measurements the cost model needs. Raises CostError when a needed figure is missing."""
+    who = run_providers(store, run_id)
+    candidate = who.candidate(candidate)
     providers = store.table("run_providers", run_id)
-    ready = providers[providers["status"] == "ready"]
-    roles = dict(zip(ready["provider"], ready["role"], strict=True))
-    if candidate is None:
-        candidates = [p for p, role in roles.items() if role == "candidate"]
-        if not candidates:
-            raise CostError(f"run {run_id} has no candidate that ran")
-        candidate = candidates[0]
-    elif candidate not in roles:
-        raise CostError(f"run {run_id} has no answers of '{candidate}' (ran: {', '.join(roles)})")
+    roles = {p: who.roles[p] for p in who.ready}
     everyone = dict(zip(providers["provider"], providers["role"], strict=True))
     api = profile.api.provider or next((p for p, role in everyone.items() if role == "incumbent"), None)
     if api is None:

@@ -18,9 +18,9 @@ from xml.etree import ElementTree
 import pandas as pd
 
 from harness.analysis.gate import FAIL, INCONCLUSIVE, NOT_APPLICABLE, PASS, Check, GateResult, evaluate
-from harness.analysis.summary import case_passes, summarize
+from harness.analysis.outcomes import OutcomeTable, outcome_table, per_case_metric, run_providers
+from harness.analysis.summary import summarize
 from harness.errors import HarnessError
-from harness.providers.failures import NO_ANSWER, failure_kind, is_infrastructure_error
 from harness.selfcheck import ADVICE, unreliable_reason
 from harness.store.db import Store
 from harness.store.queries import latest_load
@@ -32,52 +32,35 @@ def gate_run(
 ) -> GateResult:
     """Decide whether the candidate of `run_id` may ship. Raises HarnessError when there is nothing to compare."""
     run = store.run(run_id)
-    providers = store.table("run_providers", run_id)
-    ready = providers[providers["status"] == "ready"]
-    candidates = list(ready[ready["role"] == "candidate"]["provider"])
-    if candidate is None:
-        if not candidates:
-            skipped = providers[providers["role"] == "candidate"]
-            why = "; ".join(f"{r.provider} was skipped ({r.reason})" for r in skipped.itertuples())
-            raise HarnessError(f"run {run_id} is invalid: no candidate ran{': ' + why if why else ''}")
-        candidate = candidates[0]
-    elif candidate not in set(ready["provider"]):
-        raise HarnessError(f"run {run_id} has no answers of '{candidate}' (ran: {', '.join(ready['provider'])})")
+    providers = run_providers(store, run_id)
+    candidate = providers.candidate(candidate)
+    table = outcome_table(store, run_id)
     if baseline is not None:
         base = store.run(baseline)
         if base["suite"] != run["suite"]:
             raise HarnessError(f"baseline {baseline} is of suite '{base['suite']}', run {run_id} of '{run['suite']}'")
-        reference_run, reference = baseline, candidate
-        base_providers = store.table("run_providers", baseline)
-        if reference not in set(base_providers[base_providers["status"] == "ready"]["provider"]):
-            raise HarnessError(f"baseline {baseline} has no answers of '{reference}'")
+        reference = run_providers(store, baseline).candidate(candidate)
+        reference_table = outcome_table(store, baseline)
     else:
-        incumbents = list(ready[ready["role"] == "incumbent"]["provider"])
-        if not incumbents:
-            reason = providers[providers["role"] == "incumbent"]["reason"]
-            why = f" (skipped: {reason.iloc[0]})" if len(reason) and isinstance(reason.iloc[0], str) else ""
-            raise HarnessError(f"run {run_id} has no incumbent answers to compare with{why}; "
-                               "gate against an earlier run with --baseline RUN_ID")
-        reference_run, reference = run_id, incumbents[0]
+        reference = providers.incumbent(instead="gate against an earlier run with --baseline RUN_ID")
+        reference_table = table
         if candidate == reference:
             raise HarnessError(f"--candidate {candidate} is the run's incumbent: a provider gated against itself "
                                "always passes; name one of the run's candidates")
-        same = _same_log(providers, candidate, reference)
+        same = _same_log(providers.endpoints, candidate, reference)
         if same:
             raise HarnessError(f"{candidate} and the incumbent {reference} both replay the log file {same}: a log "
                                "gated against itself always passes; name a candidate that answers on its own")
-    cases = list(store.table("cases", run_id)["case_id"])
-    reference_cases = list(store.table("cases", reference_run)["case_id"])
-    mine = per_case_metric(store, run_id, candidate, policy.metric, cases)
-    theirs = per_case_metric(store, reference_run, reference, policy.metric, reference_cases)
-    my_failures = infrastructure_failures(store, run_id, candidate, cases)
+    cases, reference_cases = table.cases, reference_table.cases
+    mine = per_case_metric(store, table, candidate, policy.metric)
+    theirs = per_case_metric(store, reference_table, reference, policy.metric)
+    my_failures = table.failures(candidate)
     shared = set(cases)
     # the reference's every failed call is left out: a request it refused (a 400 for a parameter the API no longer
     # takes) says nothing of the candidate, and scoring it 0 would hand the candidate a win
-    their_failures = {c: kind for c, kind in infrastructure_failures(store, reference_run, reference,
-                                                                     reference_cases, every_error=True).items()
+    their_failures = {c: kind for c, kind in reference_table.failures(reference, every_error=True).items()
                       if c in shared}
-    not_logged = _not_in_log(store, reference_run, reference)
+    not_logged = reference_table.with_error_kind(reference, "not_in_log")
     theirs = {c: v for c, v in theirs.items() if c not in their_failures and c not in not_logged}
     excluded = {}
     if their_failures:
@@ -87,8 +70,8 @@ def gate_run(
     if baseline is not None:
         excluded["not in the baseline run"] = len(shared - set(reference_cases))
     excluded = {k: v for k, v in excluded.items() if v}
-    rates = _rates(store, run_id, candidate, len(cases), mine)
-    slices = _slices(store, run_id, candidate, reference_run, reference)
+    rates = _rates(store, table, candidate, mine)
+    slices = _slices(store, run_id, candidate, baseline or run_id, reference)
     names = (candidate, f"{reference} in {baseline}" if baseline else reference)
     failures = {"candidate": Counter(my_failures.values()), "incumbent": Counter(their_failures.values())}
     result = evaluate(policy, mine, theirs, n_cases=len(cases), rates=rates, slices=slices, names=names,
@@ -98,43 +81,15 @@ def gate_run(
     return result
 
 
-def _same_log(providers: pd.DataFrame, a: str, b: str) -> str | None:
+def _same_log(endpoints: dict[str, str], a: str, b: str) -> str | None:
     """The log file both providers replay (the same file however its path was spelled), or None."""
     files = []
     for name in (a, b):
-        endpoint = providers[providers["provider"] == name]["endpoint"]
-        where = endpoint.iloc[0] if len(endpoint) and isinstance(endpoint.iloc[0], str) else ""
+        where = endpoints.get(name, "")
         if not where.startswith("log file "):
             return None
         files.append(Path(where.removeprefix("log file ")).resolve())
     return str(files[0]) if files[0] == files[1] else None
-
-
-def infrastructure_failures(store: Store, run_id: str, provider: str, cases: list[str], *,
-                            every_error: bool = False) -> dict[str, str]:
-    """Case id -> error kind for each of `cases` that `provider` failed for infrastructure reasons in `run_id`
-    (`outcomes.is_infrastructure_error`; with `every_error`, any failed call), `no answer` where no response is
-    stored."""
-    responses = store.table("responses", run_id)
-    mine = responses[responses["provider"] == provider].set_index("case_id") if len(responses) else None
-    out = {}
-    for case in cases:
-        if mine is None or case not in mine.index:
-            out[case] = NO_ANSWER
-            continue
-        row = mine.loc[case]
-        kind = failure_kind(row["error_kind"])
-        if isinstance(row["error"], str) and (every_error or is_infrastructure_error(kind)):
-            out[case] = kind
-    return out
-
-
-def _not_in_log(store: Store, run_id: str, provider: str) -> set[str]:
-    responses = store.table("responses", run_id)
-    if not len(responses):
-        return set()
-    rows = responses[(responses["provider"] == provider) & (responses["error_kind"] == "not_in_log")]
-    return set(rows["case_id"])
 
 
 LATENCY_CHECKS = {"max latency p95 (ms)": "latency_p95_ms", "max TTFT p95 (ms)": "ttft_p95_ms"}
@@ -162,33 +117,13 @@ def _refuse_unreliable_latency(result: GateResult, rates: dict[str, Any]) -> Non
     result.settle()
 
 
-def per_case_metric(store: Store, run_id: str, provider: str, metric: str, cases: list[str]) -> dict[str, float]:
-    """Case id -> the gate's per-case value of `metric` (`pass_rate`: 1/0, else the mean of the stored score
-    metric) for every case in `cases`, 0 where the provider failed or has no answer. Raises HarnessError when
-    the run has no score named `metric`."""
-    scores = store.table("scores", run_id)
-    scores = scores[scores["provider"] == provider] if len(scores) else scores
-    if metric == "pass_rate":
-        passes = case_passes(scores) if len(scores) else pd.Series(dtype=bool)
-        return {c: float(bool(passes.get(c, False))) for c in cases}
-    rows = scores[scores["metric"] == metric] if len(scores) else scores
-    if metric not in set(store.table("scores", run_id)["metric"]):
-        raise HarnessError(f"gate.metric '{metric}': run {run_id} has no such score (e.g. pass_rate, field.total)")
-    values = rows.groupby("case_id")["value"].mean().to_dict()
-    out = {c: float(values.get(c, 0.0)) for c in cases}
-    outside = [v for v in out.values() if not 0.0 <= v <= 1.0]
-    if outside:
-        raise HarnessError(f"gate.metric '{metric}': per-case values must be scores between 0 and 1 (run {run_id} "
-                           f"has {outside[0]:g}); gate on a score such as pass_rate, field.total or items.f1")
-    return out
-
-
-def _rates(store: Store, run_id: str, provider: str, n_cases: int, per_case: dict[str, float]) -> dict[str, Any]:
-    responses = store.table("responses", run_id)
-    summary = summarize(responses, store.table("scores", run_id), n_cases) if len(responses) else pd.DataFrame()
-    row = summary[summary["provider"] == provider].iloc[0].to_dict() if len(summary) else {}
-    mine = responses[(responses["provider"] == provider) & responses["error"].isna()] if len(responses) else None
-    priced = mine[~mine["cached"].fillna(False).astype(bool)]["cost_usd"] if mine is not None else pd.Series()
+def _rates(store: Store, table: OutcomeTable, provider: str, per_case: dict[str, float]) -> dict[str, Any]:
+    run_id, n_cases = table.run_id, len(table.cases)
+    summary = summarize(table.frame, n_cases)
+    match = summary[summary["provider"] == provider]
+    row = match.iloc[0].to_dict() if len(match) else {}
+    mine = table.of(provider)
+    priced = mine[mine["status"].isin(["pass", "fail"]) & ~mine["cached"].astype(bool)]["cost_usd"]
     unpriced = priced.isna().any() or priced.empty
     rates = {
         "score": sum(per_case.values()) / n_cases if n_cases else None,

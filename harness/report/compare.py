@@ -33,13 +33,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
-from harness.analysis.summary import case_passes
+from harness.analysis.outcomes import NO_ANSWER, outcome_table, run_providers
 from harness.errors import HarnessError
-from harness.report.html import case_index, environment, gold_cell, line_items_key
-from harness.scoring.base import parse_detail
+from harness.report.html import environment, gold_cell, line_items_key
 from harness.scoring.registry import metric_info
+from harness.store import queries
+from harness.store.cases import case_fields
 from harness.store.db import Store
 
 MAX_LISTED_CASES = 500
@@ -260,13 +259,18 @@ def _dec(value: float | None) -> str:
 
 
 class _RunData:
-    """One run's responses and scores, indexed per (case, provider)."""
+    """One run's outcome table, answers and per-field cells, per (case, provider)."""
 
     def __init__(self, store: Store, run_id: str) -> None:
-        self.responses = store.table("responses", run_id)
-        self.scores = store.table("scores", run_id)
+        self.table = outcome_table(store, run_id)
         self.metrics = store.table("metrics", run_id)
-        self.index = case_index(self.responses, self.scores) if not self.responses.empty else {}
+        answers = queries.answers(store, run_id)
+        self.answers = {(r.case_id, r.provider): r for r in answers.itertuples()}
+        self.fields: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
+        for c in case_fields(store, run_id).itertuples():
+            self.fields.setdefault((c.case_id, c.provider), {})[c.name] = {
+                "pred": json.loads(c.pred) if isinstance(c.pred, str) else None, "ok": bool(c.ok),
+                "outcome": c.outcome}
 
     def metric_values(self, provider: str) -> dict[str, float]:
         """'<scorer> · <metric>' -> value, for the provider's run-level metrics that have one."""
@@ -276,39 +280,45 @@ class _RunData:
         return {f"{r.scorer} · {r.metric}": float(r.value) for r in mine.itertuples()
                 if r.value is not None and not (isinstance(r.value, float) and math.isnan(r.value))}
 
-    def passes(self, provider: str) -> pd.Series:
-        if self.scores.empty:
-            return pd.Series(dtype=bool)
-        return case_passes(self.scores[self.scores["provider"] == provider])
+    def outcome(self, case_id: str, provider: str) -> str:
+        """The case's status for the provider (`analysis.outcomes.STATUSES`)."""
+        rows = self.table.of(provider)
+        return rows.at[case_id, "status"] if case_id in rows.index else NO_ANSWER
 
-    def outcome(self, case_id: str, provider: str, passes: pd.Series) -> str:
-        entry = self.index.get((case_id, provider))
-        if entry is None:
-            return "no answer"
-        if entry["error"]:
-            return "error"
-        return "pass" if bool(passes.get(case_id, False)) else "fail"
+    def entry(self, case_id: str, provider: str) -> dict[str, Any] | None:
+        """The provider's answer to the case (text, error, problem, latency, field cells); None when none is
+        stored."""
+        answer = self.answers.get((case_id, provider))
+        if answer is None:
+            return None
+        rows = self.table.of(provider)
+        row = rows.loc[case_id] if case_id in rows.index else None
+        return {"text": answer.text, "error": answer.error if isinstance(answer.error, str) else None,
+                "problem": None if row is None else row["problem"],
+                "latency_ms": None if row is None else row["latency_ms"],
+                "fields": self.fields.get((case_id, provider), {})}
 
     def field_accuracy(self, provider: str, shared: list[str]) -> dict[str, float]:
-        """field.* / clause.* metric -> share of the shared cases where it passed."""
-        if self.scores.empty or not shared:
+        """field.* / clause.* metric -> share of the shared cases where it was right (a clause with an invented
+        quote is wrong, as in the report)."""
+        if not shared:
             return {}
-        mine = self.scores[(self.scores["provider"] == provider)
-                           & self.scores["metric"].str.startswith(("field.", "clause."))]
-        mine = mine[mine["case_id"].isin(set(shared))]
-        out = {}
-        # a clause row passes on presence alone; a hallucinated quote makes it wrong here, as in the report
-        grounded = mine["detail"].map(lambda d: parse_detail(d).get("grounded") is not False)
-        ok = mine["passed"].fillna(False).astype(bool) & grounded.astype(bool)
-        for metric, group in ok.groupby(mine["metric"], sort=False):
-            out[metric] = float(group.sum()) / len(shared)
-        return out
+        wanted = set(shared)
+        right: dict[str, int] = {}
+        for (case_id, p), cells in self.fields.items():
+            if p != provider or case_id not in wanted:
+                continue
+            for name, cell in cells.items():
+                metric = ("clause." + name.removeprefix("clause: ") if name.startswith("clause: ")
+                          else None if name == "line items" or name.startswith("scorer ") else "field." + name)
+                if metric is not None:
+                    right[metric] = right.get(metric, 0) + int(cell["ok"])
+        return {metric: n / len(shared) for metric, n in right.items()}
 
 
 def _compare_provider(provider: str, shared: list[str], a: _RunData, b: _RunData) -> ProviderComparison:
-    passes_a, passes_b = a.passes(provider), b.passes(provider)
-    outcome_a = {c: a.outcome(c, provider, passes_a) for c in shared}
-    outcome_b = {c: b.outcome(c, provider, passes_b) for c in shared}
+    outcome_a = {c: a.outcome(c, provider) for c in shared}
+    outcome_b = {c: b.outcome(c, provider) for c in shared}
     buckets: dict[str, list[str]] = {NEW_FAILURE: [], FIXED: [], STILL_FAILING: [], STILL_PASSING: []}
     changed: dict[str, list[str]] = {}
     for case_id in shared:
@@ -316,7 +326,7 @@ def _compare_provider(provider: str, shared: list[str], a: _RunData, b: _RunData
         bucket = {(True, False): NEW_FAILURE, (False, True): FIXED, (False, False): STILL_FAILING,
                   (True, True): STILL_PASSING}[(ok_a, ok_b)]
         buckets[bucket].append(case_id)
-        fields = _changed_fields(a.index.get((case_id, provider)), b.index.get((case_id, provider)))
+        fields = _changed_fields(a.entry(case_id, provider), b.entry(case_id, provider))
         if fields:
             changed[case_id] = fields
     n = len(shared)
@@ -367,14 +377,8 @@ def _cases(store: Store, run_id: str) -> dict[str, dict[str, Any]]:
 
 def _providers(store: Store, run_id: str) -> tuple[list[str], dict[str, str]]:
     """The providers ready in a run (incumbent first), and why the others were skipped."""
-    rows = store.table("run_providers", run_id)
-    if rows.empty:
-        return [], {}
-    rows = rows.sort_values("role", ascending=False, na_position="last")
-    ready = [r["provider"] for r in rows.to_dict("records") if r.get("status") != "skipped"]
-    skipped = {r["provider"]: str(r.get("reason") or "skipped") for r in rows.to_dict("records")
-               if r.get("status") == "skipped"}
-    return ready, skipped
+    who = run_providers(store, run_id)
+    return list(who.ready), who.skipped
 
 
 def _models(store: Store, run_id: str) -> dict[str, str]:
@@ -391,7 +395,7 @@ def _case_view(
     case_id: str, p: ProviderComparison, row_a: dict[str, Any], row_b: dict[str, Any], a: _RunData, b: _RunData,
     items_key: str,
 ) -> dict[str, Any]:
-    entry_a, entry_b = a.index.get((case_id, p.provider)), b.index.get((case_id, p.provider))
+    entry_a, entry_b = a.entry(case_id, p.provider), b.entry(case_id, p.provider)
     changed = p.changed_fields.get(case_id, [])
     gold_a, gold_b = _json(row_a.get("gold")), _json(row_b.get("gold"))
     prompt_a, prompt_b = _prompt(row_a), _prompt(row_b)

@@ -6,9 +6,9 @@
 from __future__ import annotations
 
 import base64
-import gzip
 import json
 import math
+import zlib
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -17,19 +17,25 @@ import jinja2
 import markupsafe
 import pandas as pd
 
+from harness.analysis.intervals import wilson_interval
 from harness.analysis.outcomes import (
+    ERROR,
+    FAIL,
+    NO_ANSWER,
+    PASS,
+    OutcomeTable,
     agreement,
+    outcome_table,
     paired_category,
-    paired_counts,
-    same_answer,
     shown_status,
-    wilson_interval,
 )
-from harness.analysis.summary import field_metrics, summarize
+from harness.analysis.summary import field_metrics_from_counts, summarize
+from harness.scoring.parse import same_answer
 from harness.scoring.registry import metric_info
 from harness.selfcheck import ADVICE, LAG_LIMIT_MS, unreliable_reason
 from harness.selfcheck import COLUMNS as SELFCHECK_COLUMNS
 from harness.store import queries
+from harness.store.cases import case_fields, cell_names, page_records
 from harness.store.db import Store
 
 FIRST_PAGE = 50  # failed cases rendered into the page itself; the script pages through the rest
@@ -37,6 +43,10 @@ TEXT_LIMIT = 4000  # characters of an output (or gold) kept for a failed case
 PASSING_TEXT_LIMIT = 300  # for a case every provider passed
 PASSING_INPUT_LIMIT = 1500
 INPUT_LIMIT = 6000  # characters of the prompt kept for a failed case (the page shows it collapsed)
+CELL_LIMIT = 2000  # characters of a field table's cell
+LIMITS = {"text": TEXT_LIMIT, "passing_text": PASSING_TEXT_LIMIT, "input": INPUT_LIMIT,
+          "passing_input": PASSING_INPUT_LIMIT, "cell": CELL_LIMIT}
+RECORDS_AT_ONCE = 10_000  # cases read from DuckDB and compressed at a time
 
 
 def environment() -> jinja2.Environment:
@@ -73,11 +83,12 @@ def _stats(row: dict[str, Any]) -> dict[str, Any]:
     return stats.get("this_session", stats) if isinstance(stats, dict) else {}
 
 
-def run_counts(responses: pd.DataFrame, stats: dict[str, Any]) -> dict[str, float]:
-    """A provider's calls, retries and waits over every invocation of the run: its stored answers that were called
-    for (cache hits made no call) plus the answers a resume deleted to call for again (`stats.forgotten`). Calls in
-    flight when a process was killed left no trace and are not counted."""
-    called = responses[~responses["cached"].fillna(False).astype(bool)] if len(responses) else responses
+def run_counts(outcomes: pd.DataFrame, stats: dict[str, Any]) -> dict[str, float]:
+    """A provider's calls, retries and waits over every invocation of the run: its stored answers (rows of its
+    outcome table) that were called for (cache hits made no call) plus the answers a resume deleted to call for
+    again (`stats.forgotten`). Calls in flight when a process was killed left no trace and are not counted."""
+    stored = outcomes[outcomes["status"] != NO_ANSWER] if len(outcomes) else outcomes
+    called = stored[~stored["cached"].fillna(False).astype(bool)] if len(stored) else stored
     attempts = called["attempts"].fillna(1) if len(called) else pd.Series(dtype=float)
     forgotten = stats.get("forgotten") or {}
     return {
@@ -107,25 +118,20 @@ def _provider_note(row: dict[str, Any], counts: dict[str, float] | None = None) 
 
 
 def report_data(store: Store, run_id: str) -> dict[str, Any]:
-    """Everything the report shows, as plain data (also useful for tests and other renderers)."""
+    """Everything the report shows, as plain data (also useful for tests and other renderers); the cases for the
+    page's script are `cases_data` (gzipped JSON, base64)."""
     run = store.run(run_id)
     run["status"], run["status_reason"] = shown_status(run["status"], run.get("status_reason"))
     providers = store.table("run_providers", run_id)
-    responses = store.table("responses", run_id)
-    scores = store.table("scores", run_id)
-    cases = store.table("cases", run_id).sort_values("position")
-    n_cases = len(cases)
-
-    ready = providers[providers["status"] == "ready"]
-    order = list(ready.sort_values("role", ascending=False)["provider"])  # incumbent first
-    roles = dict(zip(providers["provider"], providers["role"], strict=True))
-    summary = summarize(responses, scores, n_cases) if not responses.empty else pd.DataFrame()
+    table = outcome_table(store, run_id)
+    frame = table.frame
+    n_cases = len(table.cases)
+    order = list(table.providers.ready)  # incumbent first
+    roles = table.providers.roles
+    summary = summarize(frame, n_cases)
+    counts = {p["provider"]: run_counts(frame[frame["provider"] == p["provider"]], _stats(p))
+              for p in providers.to_dict("records")}
     summary_rows = []
-    counts = {
-        p["provider"]: run_counts(responses[responses["provider"] == p["provider"]] if len(responses) else responses,
-                                  _stats(p))
-        for p in providers.to_dict("records")
-    }
     for name in order:
         match = summary[summary["provider"] == name] if not summary.empty else summary
         row = match.iloc[0].to_dict() if len(match) else {  # no answer stored: every case is a failure
@@ -134,44 +140,20 @@ def report_data(store: Store, run_id: str) -> dict[str, Any]:
         }
         if name in counts:  # over every invocation of a resumed run, as the note below the table says
             row.update(retries=counts[name]["retries"], rate_limit_wait_ms=counts[name]["rate_limit_wait_ms"])
-        summary_rows.append(_with_intervals({**row, "role": roles.get(name)}, responses, n_cases))
+        summary_rows.append(_with_intervals({**row, "role": roles.get(name)}, frame, n_cases))
 
-    failed_calls = responses[responses["error"].notna()].groupby("provider").size().to_dict()
-    fields = field_metrics(scores, failed_calls) if not scores.empty else pd.DataFrame()
+    failed_calls = frame[frame["status"] == ERROR].groupby("provider").size().to_dict()
+    fields = field_metrics_from_counts(queries.field_counts(store, run_id), failed_calls)
     field_names = list(dict.fromkeys(fields["field"])) if not fields.empty else []
     field_table = [
         {"field": f, "cells": [_field_cell(fields, p, f) for p in order]} for f in field_names
     ]
-
-    items_key = line_items_key(run)
-    by_case = case_index(responses, scores)
-    row_names = list(dict.fromkeys(
-        [*field_names, *(name for entry in by_case.values() for name in entry["fields"] if name not in field_names)]
-    ))
-    for entry in by_case.values():
-        entry["passed"] = bool(entry["passed"])
+    row_names = list(dict.fromkeys([*field_names, *cell_names(store, run_id)]))
     incumbent = next((p for p in order if roles.get(p) == "incumbent"), None)
     candidates = [p for p in order if p != incumbent]
-    statuses: dict[str, dict[str, str]] = {}
-    records, failed = [], []
-    for case in cases.itertuples():
-        outcomes = {p: by_case.get((case.case_id, p)) for p in order}
-        status = {p: _status(o) for p, o in outcomes.items()}
-        statuses[case.case_id] = status
-        category = (
-            {c: paired_category(status[incumbent] == "pass", status[c] == "pass") for c in candidates}
-            if incumbent else {}
-        )
-        failing = any(v != "pass" for v in status.values())
-        detail = _failed_case(case, outcomes, order, row_names, items_key) if failing else None
-        if detail is not None:
-            detail["category"] = category
-            failed.append(detail)
-        records.append(_record(case, outcomes, status, category, detail))
-    failed.sort(key=lambda c: (not any(v == "regression" for v in c["category"].values()), c["position"]))
-    records.sort(key=lambda r: (not any(v == "regression" for v in (r["cat"] or {}).values()),
-                                all(v == "pass" for v in r["st"].values()), r["pos"]))
-
+    ranked = _ranked_cases(table, incumbent, candidates)
+    failing = [c for c, is_failing in ranked if is_failing]
+    taxonomy = table.taxonomy()
     return {
         "run": run,
         "providers": providers.to_dict("records"),
@@ -185,22 +167,37 @@ def report_data(store: Store, run_id: str) -> dict[str, Any]:
         "field_names": field_names,
         "field_table": field_table,
         **_metric_sections(store.table("metrics", run_id), order),
-        "context_note": _context_note(cases),
-        "paired": _paired(statuses, incumbent, candidates, by_case),
-        "taxonomy": _taxonomy(by_case, order, statuses),
-        "charts": _charts(responses, fields, store.table("metrics", run_id), order),
-        "failed": failed[:FIRST_PAGE],
-        "n_failed": len(failed),
+        "context_note": _context_note(store.table("cases", run_id)),
+        "paired": _paired(store, table, incumbent, candidates),
+        "taxonomy": _taxonomy(taxonomy, order),
+        "charts": _charts(frame, fields, store.table("metrics", run_id), order),
+        "failed": _failed_cases(store, table, failing[:FIRST_PAGE], order, row_names, incumbent, candidates),
+        "n_failed": len(failing),
         "n_cases": n_cases,
-        "cases_data": _encode(records),
-        "filter_where": sorted({w for r in records for ws in r["w"].values() for w in ws}),
-        "filter_kinds": sorted({k for r in records for ks in r["k"].values() for k in ks}),
+        "cases_data": _encode(store, run, [c for c, _ in ranked], order, incumbent, row_names),
+        "filter_where": sorted({w for p in order for w in taxonomy[p]["places"]}),
+        "filter_kinds": sorted({k for p in order for k in taxonomy[p]["kinds"]}),
         "db_path": str(store.path),
         "decision": _decision_section(store, run),
         "load_tests": _load_tests(store, run),
         "selfcheck": selfcheck_summary(run),
         "lag_limit_ms": LAG_LIMIT_MS,
     }
+
+
+def _ranked_cases(table: OutcomeTable, incumbent: str | None,
+                  candidates: list[str]) -> list[tuple[str, bool]]:
+    """(case id, whether some provider failed it) for every case, as the page lists them: regressions first, then
+    the other failing cases, then those every provider passed, each in suite order."""
+    statuses = table.statuses()
+    failing = (statuses != PASS).any(axis=1) if len(statuses.columns) else pd.Series(False, index=statuses.index)
+    regression = pd.Series(False, index=statuses.index)
+    if incumbent is not None and candidates:
+        regression = (statuses[incumbent] == PASS) & (statuses[candidates] != PASS).any(axis=1)
+    ranked = pd.DataFrame({"regression": regression, "failing": failing, "position": range(len(statuses))},
+                          index=statuses.index)
+    ranked = ranked.sort_values(["regression", "failing", "position"], ascending=[False, False, True])
+    return list(zip(ranked.index, ranked["failing"].astype(bool), strict=True))
 
 
 def selfcheck_summary(row: dict[str, Any]) -> dict[str, Any] | None:
@@ -280,21 +277,13 @@ def _load_tests(store: Store, run: dict[str, Any]) -> list[dict[str, Any]]:
     return [{**row, "unreliable": unreliable_reason(row)} for row in queries.latest_loads(store, run["suite"])]
 
 
-def _status(outcome: dict[str, Any] | None) -> str:
-    if outcome is None:
-        return "missing"
-    if outcome["error"]:
-        return "error"
-    return "pass" if outcome["passed"] else "fail"
-
-
-def _with_intervals(row: dict[str, Any], responses: pd.DataFrame, n_cases: int) -> dict[str, Any]:
+def _with_intervals(row: dict[str, Any], outcomes: pd.DataFrame, n_cases: int) -> dict[str, Any]:
     """A summary row with the 95% interval of its pass rate, and tokens and cost per 1,000 cases."""
     passed = row.get("passed")
     interval = wilson_interval(int(passed), n_cases) if passed is not None and not _missing(passed) else None
     row["pass_rate_ci"] = interval
-    mine = responses[(responses["provider"] == row["provider"]) & responses["error"].isna()] if len(responses) else None
-    if mine is not None and len(mine):
+    mine = outcomes[(outcomes["provider"] == row["provider"]) & outcomes["status"].isin([PASS, FAIL])]
+    if len(mine):
         live = mine[~mine["cached"].fillna(False).astype(bool)]
         # unknown when any answer lacks a count: a partial sum would pass for the whole
         tokens = mine["input_tokens"] + mine["output_tokens"]
@@ -306,35 +295,32 @@ def _with_intervals(row: dict[str, Any], responses: pd.DataFrame, n_cases: int) 
     return row
 
 
-def _paired(
-    statuses: dict[str, dict[str, str]], incumbent: str | None, candidates: list[str], by_case: dict[Any, Any]
-) -> list[dict[str, Any]]:
+def _paired(store: Store, table: OutcomeTable, incumbent: str | None,
+            candidates: list[str]) -> list[dict[str, Any]]:
     """Per candidate: the paired outcome counts against the incumbent, and agreement of the answers."""
     if incumbent is None:
         return []
     out = []
+    texts = {p: _texts(store, table.run_id, p) for p in [incumbent, *candidates]}
     for candidate in candidates:
-        texts_a = {c: o["text"] for (c, p), o in by_case.items() if p == incumbent and not o["error"]}
-        texts_b = {c: o["text"] for (c, p), o in by_case.items() if p == candidate and not o["error"]}
-        agreeing, both = agreement(texts_a, texts_b, same_answer)
-        out.append({"candidate": candidate, "counts": paired_counts(statuses, incumbent, candidate),
+        agreeing, both = agreement(texts[incumbent], texts[candidate], same_answer)
+        out.append({"candidate": candidate, "counts": table.paired_counts(incumbent, candidate),
                     "agree": agreeing, "both_answered": both})
     return out
 
 
-def _taxonomy(by_case: dict[Any, Any], order: list[str], statuses: dict[str, dict[str, str]]) -> dict[str, Any]:
-    """Failure counts by kind and by field/label/clause type, per provider (a case counts once per label);
-    a case with no stored answer counts as `no answer`."""
-    kinds = {p: Counter() for p in order}
-    where = {p: Counter() for p in order}
-    for (_, provider), entry in by_case.items():
-        if provider in kinds and (entry["error"] or not entry["passed"]):
-            kinds[provider].update(set(entry["kinds"]))
-            where[provider].update(set(entry["where"]))
-    for status in statuses.values():
-        for provider, value in status.items():
-            if value == "missing":
-                kinds[provider]["no answer"] += 1
+def _texts(store: Store, run_id: str, provider: str) -> dict[str, str]:
+    """Case id -> the answer of `provider`, for the cases it answered without error."""
+    rows = queries.answers(store, run_id, provider=provider)
+    rows = rows[rows["error"].isna()]
+    return dict(zip(rows["case_id"], rows["text"].fillna(""), strict=True))
+
+
+def _taxonomy(taxonomy: dict[str, dict[str, Counter]], order: list[str]) -> dict[str, Any]:
+    """Failure counts by kind and by field/label/clause type, per provider (`OutcomeTable.taxonomy`: a case
+    counts once per label; a case with no stored answer counts as `no answer`)."""
+    kinds = {p: taxonomy[p]["kinds"] for p in order}
+    where = {p: taxonomy[p]["places"] for p in order}
     kind_names = sorted({k for c in kinds.values() for k in c}, key=lambda k: -sum(c[k] for c in kinds.values()))
     where_names = sorted({w for c in where.values() for w in c}, key=lambda w: -sum(c[w] for c in where.values()))
     return {
@@ -344,13 +330,13 @@ def _taxonomy(by_case: dict[Any, Any], order: list[str], statuses: dict[str, dic
     }
 
 
-def _charts(responses: pd.DataFrame, fields: pd.DataFrame, metrics: pd.DataFrame, order: list[str]) -> list[dict]:
+def _charts(outcomes: pd.DataFrame, fields: pd.DataFrame, metrics: pd.DataFrame, order: list[str]) -> list[dict]:
     """Inline SVG charts: latency per provider, and the score per field, clause type or label per provider."""
     from harness.report.charts import latency_chart, metric_bars  # matplotlib takes seconds to import: only here
 
     out = []
-    if len(responses):
-        live = responses[responses["error"].isna() & ~responses["cached"].fillna(False).astype(bool)]
+    live = outcomes[outcomes["status"].isin([PASS, FAIL]) & ~outcomes["cached"].fillna(False).astype(bool)]
+    if len(live):
         latencies = {p: [v / 1000 for v in live[live["provider"] == p]["latency_ms"].dropna()] for p in order}
         svg = latency_chart(latencies, title="Latency per answer (s)")
         if svg:
@@ -395,38 +381,6 @@ def _metric_value(frame: pd.DataFrame, provider: str, metric: str) -> float | No
     return None if match.empty or _missing(match.iloc[0]["value"]) else float(match.iloc[0]["value"])
 
 
-def _record(
-    case: Any, outcomes: dict[str, Any], status: dict[str, str], category: dict[str, str], detail: dict | None
-) -> dict[str, Any]:
-    """One case for the page's script: statuses, failure kinds and places, outputs; details when it failed."""
-    limit = TEXT_LIMIT if detail is not None else PASSING_TEXT_LIMIT
-    record: dict[str, Any] = {
-        "id": case.case_id, "pos": int(case.position), "line": None if _missing(case.source_line) else int(
-            case.source_line),
-        "cat": category or None, "st": status,
-        "k": {p: sorted(set(o["kinds"])) if o else ["no answer"] for p, o in outcomes.items() if status[p] != "pass"},
-        "w": {p: sorted(set(o["where"])) for p, o in outcomes.items() if o and status[p] != "pass"},
-        "o": {p: _cut(o["text"], limit) if o else None for p, o in outcomes.items()},
-        "e": {p: o["error"] for p, o in outcomes.items() if o and o["error"]},
-        "lat": {p: o["latency_ms"] for p, o in outcomes.items() if o and not _missing(o["latency_ms"])},
-    }
-    if detail is None:  # enough of a passing case for the text search to find it by its input or gold
-        messages = json.loads(case.messages) if isinstance(case.messages, str) else []
-        record["in"] = _cut(messages[-1]["content"] if messages else "", PASSING_INPUT_LIMIT)
-        record["gold"] = _cut(_pretty(json.loads(case.gold) if isinstance(case.gold, str) else case.gold),
-                              PASSING_TEXT_LIMIT)
-    else:
-        record["in"] = _cut(detail["prompt"], INPUT_LIMIT)
-        record["gold"] = _cut(_pretty(detail["gold"]), TEXT_LIMIT)
-        record["rows"] = [
-            [r["field"], _cut(_pretty(r["gold"]), 2000) if r["gold"] is not None else "",
-             [[_cut(_pretty(c["pred"]), 2000) if c["pred"] is not None else "", bool(c["ok"]), c["outcome"]]
-              for c in r["cells"]]]
-            for r in detail["rows"]
-        ]
-    return record
-
-
 def _cut(text: Any, limit: int) -> str | None:
     if text is None:
         return None
@@ -434,11 +388,24 @@ def _cut(text: Any, limit: int) -> str | None:
     return text if len(text) <= limit else text[:limit] + f" … [{len(text) - limit:,} more characters]"
 
 
-def _encode(records: list[dict[str, Any]]) -> str:
-    """The cases for the page's script: JSON, gzipped and base64-encoded (the browser inflates it with
-    DecompressionStream), so a 10,000-case report stays small enough to attach to a CI run."""
-    raw = json.dumps(records, ensure_ascii=False, separators=(",", ":"), default=str).encode()
-    return base64.b64encode(gzip.compress(raw, compresslevel=6, mtime=0)).decode("ascii")
+def _encode(store: Store, run: dict[str, Any], case_ids: list[str], order: list[str], incumbent: str | None,
+            names: list[str]) -> str:
+    """The cases for the page's script (`store.cases.page_records`, in `case_ids` order): a JSON array, gzipped and
+    base64-encoded (the browser inflates it with DecompressionStream), so a 10,000-case report stays small enough
+    to attach to a CI run. Read and compressed a slice of cases at a time, so that memory stays flat."""
+    packer = zlib.compressobj(6, zlib.DEFLATED, 16 + zlib.MAX_WBITS)  # a gzip stream
+    parts = [packer.compress(b"[")]
+    first = True
+    for start in range(0, len(case_ids), RECORDS_AT_ONCE):
+        records = page_records(store, run["run_id"], case_ids[start:start + RECORDS_AT_ONCE], order=order,
+                               incumbent=incumbent, names=names, items_key=line_items_key(run), limits=LIMITS)
+        text = ",".join(records)
+        if text:
+            parts.append(packer.compress((b"" if first else b",") + text.encode()))
+            first = False
+    parts.append(packer.compress(b"]"))
+    parts.append(packer.flush())
+    return base64.b64encode(b"".join(parts)).decode("ascii")
 
 
 def render_report(store: Store, run_id: str, reports_dir: str | Path = "reports") -> Path:
@@ -449,78 +416,6 @@ def render_report(store: Store, run_id: str, reports_dir: str | Path = "reports"
     html = environment().get_template("report.html.j2").render(**data)
     out.write_text(html, encoding="utf-8")
     return out
-
-
-def case_index(responses: pd.DataFrame, scores: pd.DataFrame) -> dict[tuple[str, str], dict[str, Any]]:
-    """Per (case, provider): the answer, whether it passed, its field rows, and for a failure its kinds
-    (wrong, missing, extra, invalid_output, hallucinated quote, error kind...) and where it failed (field,
-    gold label, clause type, line items)."""
-    per: dict[tuple[str, str], dict[str, Any]] = {}
-    for r in responses.itertuples():
-        error = r.error if isinstance(r.error, str) else None
-        per[(r.case_id, r.provider)] = {
-            "text": r.text, "error": error, "latency_ms": r.latency_ms, "passed": None, "fields": {},
-            "problem": None, "where": [],
-            "kinds": [f"error: {r.error_kind or 'call failed'}"] if error else [],
-        }
-    for s in scores.itertuples():
-        entry = per.get((s.case_id, s.provider))
-        if entry is None:
-            continue
-        detail = json.loads(s.detail) if isinstance(s.detail, str) else {}
-        if s.metric == "case_pass":  # with several scorers, a case passes when all of them pass
-            entry["passed"] = bool(s.passed) and entry["passed"] is not False
-            if detail.get("scorer_error"):
-                entry["fields"][f"scorer {s.scorer}"] = {
-                    "pred": detail["scorer_error"], "ok": False, "outcome": "scorer error",
-                }
-                entry["kinds"].append("scorer error")
-            elif "gold" in detail and "pred" in detail and not s.passed:  # a label
-                entry["kinds"].append("invalid label" if detail.get("pred") == "(invalid)" else "wrong label")
-                entry["where"].append(f"label: {detail.get('gold')}")
-        elif s.metric == "valid_json" and not s.passed:
-            entry["problem"] = detail.get("problem")
-            entry["kinds"].append("invalid JSON")
-        elif s.metric.startswith("field."):
-            name = s.metric.removeprefix("field.")
-            entry["fields"][name] = {"pred": detail.get("pred"), "ok": bool(s.passed), "outcome": detail.get("outcome")}
-            if not s.passed and detail.get("outcome") != "invalid_output":
-                outcome = str(detail.get("outcome"))
-                entry["kinds"].append(outcome if outcome.endswith(" values") else f"{outcome} value")
-                entry["where"].append(name)
-        elif s.metric.startswith("clause."):
-            category = s.metric.removeprefix("clause.")
-            hallucinated = detail.get("grounded") is False
-            quote = detail.get("quote")
-            ok = bool(s.passed) and not hallucinated
-            entry["fields"]["clause: " + category] = {
-                "pred": (quote if quote else "present, no quote") if detail.get("pred_present") else
-                        (f"absent, yet quoted: {quote if isinstance(quote, str) else ' | '.join(quote)}" if quote
-                         else "absent"),
-                "ok": ok, "outcome": "hallucinated quote" if hallucinated else detail.get("outcome"),
-            }
-            if not ok:
-                outcome = detail.get("outcome")
-                entry["kinds"].append("hallucinated clause quote" if hallucinated else
-                                      {"fp": "clause not there", "fn": "clause missed"}.get(outcome, str(outcome)))
-                entry["where"].append(category)
-        elif s.metric == "items.f1":
-            missing, extra = detail.get("missing") or [], detail.get("extra") or []
-            entry["fields"]["line items"] = {
-                "pred": {"matched": f"{detail.get('tp')} of {detail.get('n_gold')}", "missing": missing,
-                         "extra": extra},
-                "ok": bool(s.passed), "outcome": detail.get("problem") or f"F1 {s.value:.2f}",
-            }
-            if missing:
-                entry["kinds"].append("missing item")
-            if extra:
-                entry["kinds"].append("extra item")
-            if missing or extra:
-                entry["where"].append("line items")
-        elif s.metric.startswith("item_field.") and s.value is not None and s.value < 1:
-            entry["kinds"].append("wrong item field")
-            entry["where"].append("line items: " + s.metric.removeprefix("item_field."))
-    return per
 
 
 def line_items_key(run: dict[str, Any]) -> str:
@@ -579,25 +474,49 @@ def _context_note(cases: pd.DataFrame) -> str | None:
             f"characters ({first['strategy']}); recall on clauses inside the part shown is given apart.")
 
 
-def _failed_case(
-    case: Any, outcomes: dict[str, Any], order: list[str], field_names: list[str], items_key: str
-) -> dict[str, Any]:
-    gold = json.loads(case.gold) if isinstance(case.gold, str) else case.gold
-    inputs = json.loads(case.input) if isinstance(case.input, str) else case.input
-    messages = json.loads(case.messages) if isinstance(case.messages, str) else []
-    prompt = messages[-1]["content"] if messages else ""
-    rows = []
-    for name in field_names:
-        cells = []
+def _failed_cases(store: Store, table: OutcomeTable, case_ids: list[str], order: list[str], names: list[str],
+                  incumbent: str | None, candidates: list[str]) -> list[dict[str, Any]]:
+    """The failed cases `case_ids` in full, as the page shows them before its script runs: input, gold, the
+    field table (rows `names`, a cell per provider in `order`) and each provider's answer."""
+    if not case_ids:
+        return []
+    rows = store.table("cases", table.run_id)
+    rows = rows[rows["case_id"].isin(case_ids)].set_index("case_id")
+    answers = queries.answers(store, table.run_id, case_ids=case_ids).set_index(["case_id", "provider"])
+    cells = case_fields(store, table.run_id, case_ids)
+    cell_of = {(c.case_id, c.provider, c.name): {"pred": json.loads(c.pred) if isinstance(c.pred, str) else None,
+                                                 "ok": bool(c.ok), "outcome": c.outcome}
+               for c in cells.itertuples()}
+    items_key = line_items_key(store.run(table.run_id))
+    out = []
+    for case_id in case_ids:
+        case = rows.loc[case_id]
+        gold = json.loads(case["gold"]) if isinstance(case["gold"], str) else case["gold"]
+        messages = json.loads(case["messages"]) if isinstance(case["messages"], str) else []
+        outcomes: dict[str, dict[str, Any] | None] = {}
         for p in order:
-            o = outcomes.get(p)
-            f = (o or {}).get("fields", {}).get(name)
-            cells.append(f or {"pred": None, "ok": False, "outcome": "no answer" if o is None else "error"})
-        rows.append({"field": name, "gold": gold_cell(name, gold, items_key), "cells": cells})
-    return {
-        "case_id": case.case_id, "position": case.position, "line": case.source_line,
-        "input": inputs, "prompt": prompt, "gold": gold, "rows": rows, "outcomes": outcomes,
-    }
+            o = table.of(p).loc[case_id] if case_id in table.of(p).index else None
+            if o is None or o["status"] == NO_ANSWER:
+                outcomes[p] = None
+                continue
+            text = answers.loc[(case_id, p), "text"] if (case_id, p) in answers.index else None
+            outcomes[p] = {"passed": o["status"] == PASS, "error": o["error"] if isinstance(o["error"], str) else None,
+                           "text": text if isinstance(text, str) else "", "problem": o["problem"],
+                           "latency_ms": None if _missing(o["latency_ms"]) else float(o["latency_ms"])}
+        status = {p: PASS if o and o["passed"] else "x" for p, o in outcomes.items()}
+        table_rows = [{"field": name, "gold": gold_cell(name, gold, items_key), "cells": [
+            cell_of.get((case_id, p, name)) or {
+                "pred": None, "ok": False, "outcome": "no answer" if outcomes[p] is None else "error"}
+            for p in order]} for name in names]
+        out.append({
+            "case_id": case_id, "position": int(case["position"]), "line": case["source_line"],
+            "input": json.loads(case["input"]) if isinstance(case["input"], str) else case["input"],
+            "prompt": messages[-1]["content"] if messages else "", "gold": gold, "rows": table_rows,
+            "outcomes": outcomes,
+            "category": {c: paired_category(status[incumbent] == PASS, status[c] == PASS) for c in candidates}
+            if incumbent else {},
+        })
+    return out
 
 
 def gold_cell(name: str, gold: Any, items_key: str = "line_items") -> Any:

@@ -24,7 +24,6 @@ from typing import Any
 
 import pandas as pd
 
-from harness.analysis.outcomes import same_answer
 from harness.errors import ProviderError, StoreError
 from harness.pricing import PricingTable, load_pricing
 from harness.providers.base import Completion, Provider, Request, public_url, redact
@@ -37,6 +36,7 @@ from harness.providers.server import ManagedServer
 from harness.providers.watch import EndpointBreaker, ServerWatch
 from harness.run.cache import MODES, cache_key, cache_parts
 from harness.scoring.base import Scorer
+from harness.scoring.parse import same_answer
 from harness.scoring.registry import aggregate_metrics, build_scorers, score_completion
 from harness.selfcheck import COLUMNS as SELFCHECK_COLUMNS
 from harness.selfcheck import LoopMonitor, SelfCheck, merge

@@ -235,3 +235,21 @@ def parse_json_output(text: str) -> tuple[Any, str | None]:
         return None, f"not JSON ({exc.msg} at character {exc.pos})"
     except (ValueError, RecursionError) as exc:  # a 5,000-digit number, brackets nested thousands deep
         return None, f"not usable JSON ({type(exc).__name__})"
+
+
+def same_answer(a: str, b: str) -> bool:
+    """Two answers say the same: equal JSON after normalising every text value, else equal normalised text."""
+    return a == b or _canonical(a) == _canonical(b)
+
+
+def _canonical(text: str) -> Any:
+    value, problem = parse_json_output(text or "")
+    return _normalized_json(value) if problem is None else normalize_text(text or "")
+
+
+def _normalized_json(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {normalize_text(k): _normalized_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_normalized_json(v) for v in value]
+    return normalize_text(value) if value is not None else None

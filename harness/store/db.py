@@ -538,7 +538,7 @@ class Store:
         rows = self.con.execute(sql, [suite] if suite else []).fetchall()
         return rows[0][0] if rows else None
 
-    def query(self, sql: str, params: list[Any] | None = None) -> pd.DataFrame:
+    def query(self, sql: str, params: list[Any] | dict[str, Any] | None = None) -> pd.DataFrame:
         """Run a SQL query and return a pandas DataFrame."""
         return self.con.execute(sql, params or []).df()
 

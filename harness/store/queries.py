@@ -181,3 +181,42 @@ def latest_loads(store: Store, suite: str) -> list[dict[str, Any]]:
         "QUALIFY row_number() OVER (PARTITION BY provider ORDER BY ended_at DESC) = 1 ORDER BY provider",
         [suite],
     ).to_dict("records")
+
+
+
+def score_metrics(store: Store, run_id: str) -> set[str]:
+    """The names of the per-case score metrics `run_id` stored."""
+    rows = store.con.execute("SELECT DISTINCT metric FROM scores WHERE run_id = ?", [run_id]).fetchall()
+    return {metric for (metric,) in rows}
+
+
+def metric_by_case(store: Store, run_id: str, provider: str, metric: str) -> dict[str, float]:
+    """Case id -> the mean value of score `metric` of `provider` in `run_id`, for the cases that have one."""
+    rows = store.con.execute(
+        "SELECT case_id, avg(value) FROM scores WHERE run_id = ? AND provider = ? AND metric = ? GROUP BY case_id",
+        [run_id, provider, metric]).fetchall()
+    return {case_id: float(value) for case_id, value in rows if value is not None}
+
+
+def field_counts(store: Store, run_id: str) -> pd.DataFrame:
+    """Per provider, field, outcome and gold-in-input flag of `run_id`'s field scores: how many rows (`n`) and how
+    many passed (`passed`), fields in the order the scorers wrote them (`summary.field_metrics_from_counts`)."""
+    return store.query(
+        "SELECT provider, metric[7:] AS field, detail->>'$.outcome' AS outcome, "
+        "CASE detail->>'$.gold_in_input' WHEN 'true' THEN true WHEN 'false' THEN false END AS gold_in_input, "
+        "count(*) AS n, count(*) FILTER (passed) AS passed FROM scores "
+        "WHERE run_id = ? AND metric LIKE 'field.%' GROUP BY ALL ORDER BY min(rowid)", [run_id])
+
+
+def answers(store: Store, run_id: str, *, provider: str | None = None,
+            case_ids: list[str] | None = None) -> pd.DataFrame:
+    """The stored answers of `run_id` (of `provider`, of `case_ids`, when given): case_id, provider, text, error."""
+    sql = "SELECT case_id, provider, text, error FROM responses WHERE run_id = $run"
+    params: dict[str, Any] = {"run": run_id}
+    if provider is not None:
+        sql += " AND provider = $provider"
+        params["provider"] = provider
+    if case_ids is not None:
+        sql += " AND list_contains($cases::VARCHAR[], case_id)"
+        params["cases"] = case_ids
+    return store.query(sql, params)

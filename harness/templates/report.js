@@ -30,7 +30,13 @@
   function fmtMs(ms) { return ms >= 1000 ? (ms / 1000).toFixed(2) + " s" : Math.round(ms) + " ms"; }
 
   function statusLabel(st) {
-    return { pass: "pass", error: "error", missing: "no answer" }[st] || "fail";
+    return { pass: "pass", error: "error", "no answer": "no answer" }[st] || "fail";
+  }
+
+  // a gold value or a table cell: text as it is, any other JSON value pretty-printed
+  function shown(value) {
+    if (value === null || value === undefined) { return ""; }
+    return typeof value === "string" ? value : JSON.stringify(value, null, 1);
   }
 
   async function load() {
@@ -54,7 +60,7 @@
 
   function haystack(r) {
     if (r._h === undefined) {
-      var parts = [r.id, r.in || "", r.gold || ""];
+      var parts = [r.id, r.in || "", shown(r.gold)];
       order.forEach(function (p) { parts.push(r.o[p] || "", r.e[p] || ""); });
       r._h = parts.join("\n").toLowerCase();
     }
@@ -100,16 +106,16 @@
       order.forEach(function (p) { head.appendChild(el("th", null, p)); });
       var table = el("table", null, head);
       r.rows.forEach(function (row) {
-        var tr = el("tr", null, el("td", null, row[0]), el("td", null, row[1]));
+        var tr = el("tr", null, el("td", null, row[0]), el("td", null, shown(row[1])));
         row[2].forEach(function (cell) {
-          tr.appendChild(el("td", { "class": cell[1] ? "ok" : "bad" }, cell[0],
+          tr.appendChild(el("td", { "class": cell[1] ? "ok" : "bad" }, shown(cell[0]),
             cell[1] ? null : " ", cell[1] ? null : el("span", { "class": "tag" }, cell[2] || "")));
         });
         table.appendChild(tr);
       });
       box.appendChild(table);
     } else if (r.gold !== undefined && r.gold !== null) {
-      box.appendChild(el("p", null, "Gold: ", el("code", null, r.gold)));
+      box.appendChild(el("p", null, "Gold: ", el("code", null, shown(r.gold))));
     }
     var outputs = el("div", { "class": "outputs" });
     order.forEach(function (p) {
