@@ -91,3 +91,14 @@ def test_a_hedged_value_and_a_quote_under_an_absent_clause_are_shown_as_such(tmp
     assert cells.loc["clause: Governing Law", "outcome"] == "hallucinated quote"
     assert "hallucinated clause quote" in entry.kinds
     assert set(entry.places) == {"total", "Governing Law"}
+
+
+def test_the_report_says_how_many_inputs_were_cut_to_fit_the_context(tmp_path: Path):
+    with Store(tmp_path / "s.duckdb") as store:
+        run_id = _interrupted_run(store)
+        assert report_data(store, run_id)["context_note"] is None
+        cut = {"truncated": True, "field": "text", "kept": [[0, 1000], [5000, 5500]], "strategy": "head and tail"}
+        store.con.execute("UPDATE cases SET context = ? WHERE run_id = ? AND case_id = 'c1'",
+                          [json.dumps(cut), run_id])
+        note = report_data(store, run_id)["context_note"]
+    assert note.startswith("1 of 2 inputs were cut to fit the context: 'text' to 1,500 characters (head and tail)")

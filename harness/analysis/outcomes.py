@@ -158,7 +158,11 @@ class OutcomeTable:
 
     def paired_counts(self, incumbent: str, candidate: str) -> dict[str, int]:
         """How many cases are each of `PAIRED` for `candidate` against `incumbent`."""
-        return paired_counts(self.statuses().to_dict("index"), incumbent, candidate)
+        base, other = self.passed(incumbent), self.passed(candidate)
+        counts = Counter({"regression": int((base & ~other).sum()), "win": int((other & ~base).sum()),
+                          "both_pass": int((base & other).sum())})
+        counts["both_fail"] = len(self.cases) - sum(counts.values())
+        return {name: counts[name] for name in PAIRED}
 
     def failures(self, provider: str, *, every_error: bool = False) -> dict[str, str]:
         """Case id -> failure kind of each case `provider` failed for infrastructure reasons (`providers.failures`;
@@ -230,15 +234,6 @@ def paired_category(incumbent_passed: bool, candidate_passed: bool) -> str:
     if candidate_passed and not incumbent_passed:
         return "win"
     return "both_pass" if candidate_passed else "both_fail"
-
-
-def paired_counts(statuses: Mapping[str, Mapping[str, str]], incumbent: str, candidate: str) -> dict[str, int]:
-    """Counts of each paired category over every case (`statuses[case_id][provider]`); a case either
-    provider did not pass (failed, errored or has no answer) counts as a failure of that provider."""
-    counts = Counter(
-        paired_category(by.get(incumbent) == PASS, by.get(candidate) == PASS) for by in statuses.values()
-    )
-    return {name: counts.get(name, 0) for name in PAIRED}
 
 
 def agreement(outputs_a: Mapping[str, Any], outputs_b: Mapping[str, Any], same: Any) -> tuple[int, int]:

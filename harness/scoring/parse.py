@@ -9,17 +9,22 @@ import re
 import unicodedata
 from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
+from functools import lru_cache
 from typing import Any
 
 from dateutil import parser as dateparser
 
 from harness.scoring.base import is_empty
 
+_NOT_WORD = re.compile(r"[\W_]+")
+
 
 def normalize_text(value: Any) -> str:
     """Case-, whitespace- and punctuation-insensitive form of a text value."""
-    text = unicodedata.normalize("NFKC", str(value)).casefold()
-    return re.sub(r"[\W_]+", "", text)
+    text = str(value)
+    # NFKC leaves ASCII as it is, and casefold() of ASCII is lower()
+    text = text.lower() if text.isascii() else unicodedata.normalize("NFKC", text).casefold()
+    return _NOT_WORD.sub("", text)
 
 
 # digits, thousands groups (1,234 / 1.234 / 1 234), then decimals: "9.00 10" is two numbers, not 9.0010. A minus
@@ -239,17 +244,24 @@ def parse_json_output(text: str) -> tuple[Any, str | None]:
 
 def same_answer(a: str, b: str) -> bool:
     """Two answers say the same: equal JSON after normalising every text value, else equal normalised text."""
-    return a == b or _canonical(a) == _canonical(b)
+    return a == b or canonical_answer(a) == canonical_answer(b)
 
 
-def _canonical(text: str) -> Any:
+def canonical_answer(text: str) -> Any:
+    """What `same_answer` compares: the answer's JSON with every text value normalised, else its normalised text
+    (computed once an answer where one is compared with several)."""
     value, problem = parse_json_output(text or "")
     return _normalized_json(value) if problem is None else normalize_text(text or "")
 
 
+@lru_cache(maxsize=4096)
+def _normalized_key(key: str) -> str:
+    return normalize_text(key)
+
+
 def _normalized_json(value: Any) -> Any:
     if isinstance(value, dict):
-        return {normalize_text(k): _normalized_json(v) for k, v in value.items()}
+        return {_normalized_key(k): _normalized_json(v) for k, v in value.items()}
     if isinstance(value, list):
         return [_normalized_json(v) for v in value]
     return normalize_text(value) if value is not None else None

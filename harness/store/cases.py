@@ -178,10 +178,11 @@ def _cut_json(expr: str, limit: int) -> str:
 
 
 def _object(key: str, value: str, where: str | None = None) -> str:
-    """SQL: an aggregate JSON object of `key`: `value` over a case's providers (those matching `where`), in the
-    page's provider order; {} when none matches."""
+    """SQL: an aggregate JSON object of `key`: `value` over a case's providers (those matching `where`); {} when
+    none matches. Its keys are in no particular order: the page reads them by name, in its own provider order."""
     only = f" FILTER ({where})" if where else ""
-    return f"coalesce(to_json(map(list({key} ORDER BY k){only}, list({value} ORDER BY k){only})), '{{}}'::JSON)"
+    return (f"coalesce(to_json(map_from_entries(list(struct_pack(k := {key}, v := {value})){only})), "
+            "'{}'::JSON)")
 
 
 def _gold_cell() -> str:
@@ -210,7 +211,7 @@ def page_records(store: Store, run_id: str, case_ids: list[str], *, order: list[
     first; `names`: the rows of a field table; `limits`: characters kept of outputs and gold (`text`,
     `passing_text`), prompts (`input`, `passing_input`) and table cells (`cell`)."""
     text, short, cell = limits["text"], limits["passing_text"], limits["cell"]
-    prompt = "json_extract_string(any_value(messages), '$[#-1].content')"
+    prompt = "json_extract_string(messages, '$[#-1].content')"
     sql = f"""
     WITH pick AS (SELECT unnest($cases::VARCHAR[]) AS case_id, generate_subscripts($cases::VARCHAR[], 1) AS rank),
     sc AS ({_scores(pick=True)}),
@@ -248,23 +249,27 @@ def page_records(store: Store, run_id: str, case_ids: list[str], *, order: list[
       GROUP BY case_id
     )
     SELECT json_object(
-      'id', case_id, 'pos', any_value(position), 'line', any_value(source_line), 'cat', any_value(cat),
-      'st', {_object('provider', 'status')},
-      'k', {_object('provider', 'kinds', "status <> 'pass'")},
-      'w', {_object('provider', 'places', "status <> 'pass' AND answered")},
-      'o', CASE WHEN any_value(failing) THEN {_object('provider', _cut('text', text))}
-                ELSE {_object('provider', _cut('text', short))} END,
-      'e', {_object('provider', 'error', 'error IS NOT NULL')},
-      'lat', {_object('provider', 'latency_ms', 'latency_ms IS NOT NULL')},
-      'in', CASE WHEN any_value(failing) THEN {_cut(prompt, limits['input'])}
-                 ELSE {_cut(prompt, limits['passing_input'])} END,
-      'gold', CASE WHEN any_value(failing) THEN {_cut_json('any_value(per_case.gold)', text)}
-                   ELSE {_cut_json('any_value(per_case.gold)', short)} END,
-      'rows', any_value(rows)
+      'id', case_id, 'pos', position, 'line', source_line, 'cat', cat, 'st', st, 'k', k, 'w', w, 'o', o, 'e', e,
+      'lat', lat,
+      'in', CASE WHEN failing THEN {_cut(prompt, limits['input'])} ELSE {_cut(prompt, limits['passing_input'])} END,
+      'gold', CASE WHEN failing THEN {_cut_json('gold', text)} ELSE {_cut_json('gold', short)} END,
+      'rows', rows
     )::VARCHAR AS record
-    FROM o JOIN per_case USING (case_id) JOIN pick USING (case_id) LEFT JOIN categories USING (case_id)
-    LEFT JOIN table_rows USING (case_id)
-    GROUP BY case_id ORDER BY any_value(rank)
+    FROM (
+      SELECT case_id, any_value(rank) AS rank, any_value(position) AS position, any_value(source_line) AS source_line,
+        any_value(cat) AS cat, any_value(failing) AS failing, any_value(per_case.gold) AS gold,
+        any_value(messages) AS messages, any_value(rows) AS rows,
+        {_object('provider', 'status')} AS st,
+        {_object('provider', 'kinds', "status <> 'pass'")} AS k,
+        {_object('provider', 'places', "status <> 'pass' AND answered")} AS w,
+        {_object('provider', f"CASE WHEN failing THEN {_cut('text', text)} ELSE {_cut('text', short)} END")} AS o,
+        {_object('provider', 'error', 'error IS NOT NULL')} AS e,
+        {_object('provider', 'latency_ms', 'latency_ms IS NOT NULL')} AS lat
+      FROM o JOIN per_case USING (case_id) JOIN pick USING (case_id) LEFT JOIN categories USING (case_id)
+      LEFT JOIN table_rows USING (case_id)
+      GROUP BY case_id
+    )
+    ORDER BY rank
     """
     params = {"run": run_id, "cases": case_ids, "order": order, "incumbent": incumbent, "names": names,
               "items": items_key}

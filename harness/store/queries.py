@@ -220,3 +220,17 @@ def answers(store: Store, run_id: str, *, provider: str | None = None,
         sql += " AND list_contains($cases::VARCHAR[], case_id)"
         params["cases"] = case_ids
     return store.query(sql, params)
+
+
+def cases_of(store: Store, run_id: str, case_ids: list[str]) -> pd.DataFrame:
+    """The stored cases `case_ids` of `run_id` (every column of `cases`)."""
+    return store.query("SELECT * FROM cases WHERE run_id = $run AND list_contains($cases::VARCHAR[], case_id)",
+                       {"run": run_id, "cases": case_ids})
+
+
+def context_cuts(store: Store, run_id: str) -> tuple[int, list[dict[str, Any]]]:
+    """(how many cases `run_id` has, the context record of each input cut to fit the context, in case order)."""
+    n, cut = store.con.execute(
+        "SELECT count(*), list(context ORDER BY position) FILTER (context->>'truncated' = 'true') FROM cases "
+        "WHERE run_id = ?", [run_id]).fetchone()
+    return int(n), [json.loads(c) for c in cut or []]

@@ -73,7 +73,9 @@
     if (PAIRED.indexOf(f.outcome) >= 0) {
       var cat = r.cat || {};
       // outcomes are the candidates' against the incumbent: with the incumbent chosen, any candidate counts
-      var candidates = f.provider && cat[f.provider] !== undefined ? [f.provider] : Object.keys(cat);
+      var candidates = f.provider && cat[f.provider] !== undefined ? [f.provider] : order.filter(function (c) {
+        return cat[c] !== undefined;
+      });
       if (!candidates.some(function (c) { return cat[c] === f.outcome; })) { return false; }
     }
     if (f.where && !providers.some(function (p) { return (r.w[p] || []).indexOf(f.where) >= 0; })) { return false; }
@@ -88,8 +90,8 @@
       var st = r.st[p];
       title.appendChild(el("span", { "class": "tag " + (st === "pass" ? "ok" : "bad") }, p + ": " + statusLabel(st)));
     });
-    Object.keys(r.cat || {}).forEach(function (c) {
-      var v = r.cat[c];
+    order.forEach(function (c) {
+      var v = (r.cat || {})[c];
       if (v === "regression" || v === "win") {
         title.appendChild(el("span", { "class": "tag " + (v === "win" ? "ok" : "bad") }, v + " (" + c + ")"));
       }
