@@ -5,11 +5,21 @@ Library first; the `harness` command is a thin layer over these names.
 
 from harness.analysis.outcomes import Outcome, OutcomeTable, RunProviders, outcome_table, run_providers
 from harness.analysis.summary import field_metrics, summarize
-from harness.errors import HarnessError, ProviderError, ServerError, StoreError, SuiteError
-from harness.pricing import PricingError, PricingTable, load_pricing
+from harness.errors import (
+    CostError,
+    HarnessError,
+    LogError,
+    PricingError,
+    ProfileError,
+    ProviderError,
+    RunError,
+    ServerError,
+    StoreError,
+    SuiteError,
+)
+from harness.pricing import PricingTable, load_pricing
 from harness.providers.anthropic_client import AnthropicMessages
 from harness.providers.base import Completion, Provider, Request
-from harness.providers.logs import LogError
 from harness.providers.openai_client import OpenAICompatible
 from harness.providers.plan import ProviderPlan, plan_provider
 from harness.providers.resilience import AdaptiveLimiter, Resilient, RetryPolicy
@@ -27,6 +37,7 @@ __all__ = [
     "AnthropicMessages",
     "Case",
     "Completion",
+    "CostError",
     "HarnessError",
     "LogError",
     "ManagedServer",
@@ -35,12 +46,14 @@ __all__ = [
     "OutcomeTable",
     "PricingError",
     "PricingTable",
+    "ProfileError",
     "Provider",
     "ProviderError",
     "ProviderPlan",
     "Request",
     "Resilient",
     "RetryPolicy",
+    "RunError",
     "RunProviders",
     "RunResult",
     "Score",

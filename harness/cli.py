@@ -24,7 +24,7 @@ import pandas as pd
 
 from harness.analysis.outcomes import outcome_table, shown_status
 from harness.analysis.summary import summarize
-from harness.errors import HarnessError, ProviderError, StoreError
+from harness.errors import HarnessError, ProfileError, ProviderError, StoreError
 from harness.pricing import load_pricing
 from harness.providers.base import public_url
 from harness.providers.plan import plan_provider, resolve_served_models
@@ -637,7 +637,7 @@ def cmd_decide(args: argparse.Namespace) -> int:
 def _analysis(args: argparse.Namespace) -> Any:
     """The cost/decision analysis of `args.suite`'s run under its profile (shared by cost and decide)."""
     from harness.analysis.decide import analyse
-    from harness.suite.profile import ProfileError, find_profile
+    from harness.suite.profile import find_profile
 
     suite = load_suite(args.suite)
     profile = find_profile(args.suite, args.profile)

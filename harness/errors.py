@@ -24,3 +24,19 @@ class StoreError(HarnessError):
 class RunError(HarnessError):
     """A stored run cannot answer what was asked of it: no candidate or incumbent ran, a provider it does not
     have, a score it never computed."""
+
+
+class LogError(HarnessError):
+    """A production log cannot be read: the file is missing, or a line is not a logged call. Names file and line."""
+
+
+class PricingError(HarnessError):
+    """A pricing file is missing or invalid. The message names the file and the field, and the fix."""
+
+
+class ProfileError(HarnessError):
+    """A workload profile is missing or invalid. The message names the file and the key, and the fix."""
+
+
+class CostError(HarnessError):
+    """The cost model cannot be computed from this run and profile (no price, no throughput...)."""

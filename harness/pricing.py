@@ -22,7 +22,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from harness.errors import HarnessError
+from harness.errors import PricingError
 
 PRICE_FIELDS = ("input", "output", "cached_input", "cache_write")
 ENTRY_KEYS = (*PRICE_FIELDS, "provider")
@@ -32,10 +32,6 @@ _BUILT_IN = "harness/pricing.toml"
 # A dated snapshot or moving alias at the end of a model name: gpt-4o-mini-2024-07-18, gpt-4-0613,
 # claude-3-5-haiku-20241022, claude-3-5-haiku@20241022 (Vertex), claude-3-5-haiku-latest.
 _SNAPSHOT_SUFFIX = re.compile(r"(?:-\d{4}-\d{2}-\d{2}|[-@]\d{8}|-\d{4}|-latest)$")
-
-
-class PricingError(HarnessError):
-    """A pricing file is missing or invalid. The message names the file and the field, and the fix."""
 
 
 @dataclass(frozen=True)

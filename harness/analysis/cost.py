@@ -28,17 +28,13 @@ import numpy as np
 import pandas as pd
 
 from harness.analysis.outcomes import run_providers
-from harness.errors import HarnessError
+from harness.errors import CostError
 from harness.pricing import PricingTable, load_pricing
 from harness.store.db import Store
 from harness.store.queries import latest_load
 from harness.suite.profile import Profile
 
 SECONDS_PER_HOUR = 3600
-
-
-class CostError(HarnessError):
-    """The cost model cannot be computed from this run and profile (no price, no throughput...)."""
 
 
 @dataclass(frozen=True)

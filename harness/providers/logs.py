@@ -47,7 +47,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from harness.errors import HarnessError
+from harness.errors import LogError
 
 FORMATS = ("openai", "anthropic")
 
@@ -72,10 +72,6 @@ _OPENAI_ONLY_KEYS = frozenset(
 )
 
 _MAX_LISTED = 10
-
-
-class LogError(HarnessError):
-    """A production log cannot be read: the file is missing, or a line is not a logged call. Names file and line."""
 
 
 @dataclass(frozen=True)

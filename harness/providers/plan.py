@@ -17,10 +17,7 @@ from pathlib import Path
 
 from harness.errors import ProviderError
 from harness.providers.base import public_url, redact
-from harness.suite.spec import ProviderSpec
-
-KINDS = ("local", "vllm", "openai-compatible", "openai", "anthropic", "azure", "log")
-
+from harness.suite.spec import PROVIDER_KINDS, ProviderSpec
 
 DEFAULT_CONCURRENCY = {
     "local": 1, "vllm": 64, "openai-compatible": 16, "openai": 8, "anthropic": 8, "azure": 8, "log": 64,
@@ -106,9 +103,9 @@ class ProviderPlan:
 def split_id(provider_id: str) -> tuple[str, str]:
     """`"openai:gpt-4o-mini"` -> `("openai", "gpt-4o-mini")`. Raises ProviderError for an unknown kind."""
     kind, _, model = provider_id.partition(":")
-    if kind not in KINDS or not model:
+    if kind not in PROVIDER_KINDS or not model:
         raise ProviderError(
-            f"provider '{provider_id}': unknown kind '{kind}'; use one of {', '.join(KINDS)} as 'kind:model'"
+            f"provider '{provider_id}': unknown kind '{kind}'; use one of {', '.join(PROVIDER_KINDS)} as 'kind:model'"
         )
     return kind, model
 

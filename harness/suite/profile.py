@@ -15,14 +15,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
-from harness.errors import HarnessError
+from harness.errors import ProfileError
 from harness.suite.load import validation_message
 
 DAYS_PER_MONTH = 365 / 12
-
-
-class ProfileError(HarnessError):
-    """A workload profile is missing or invalid. The message names the file and the key, and the fix."""
 
 
 class _Strict(BaseModel):
