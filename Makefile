@@ -136,9 +136,10 @@ bench: setup
 serve: setup
 	$(BIN)/harness serve $(if $(MODEL),--model $(MODEL))
 
-## lint: ruff over the repository
+## lint: ruff over the repository, and the package's shape (tests/test_architecture.py: layers, no cycles)
 lint: setup
 	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests/test_architecture.py
 
 ## report: rewrite the report of the latest run (RUN=id: that run; SUITE=name: that suite's latest)
 report: setup
