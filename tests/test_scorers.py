@@ -315,3 +315,17 @@ def test_labels_fold_case_spaces_and_punctuation_to_the_set():
     assert scorer.read_label("card linking")[0] is None
     assert scorer.read_label("card-linking")[0] == "card-linking"
     assert scorer.read_label("card_arrivals")[0] is None
+
+
+def test_every_scorer_kind_of_the_suite_format_has_a_registered_class_that_builds_itself():
+    """A kind the suite format accepts but the registry lacks would fail only when a suite first used it."""
+    import typing
+
+    from harness.scoring.registry import SCORERS, scorer_class
+    from harness.suite.spec import SCORER_KEYS, ScorerKind
+
+    assert set(SCORERS) == set(typing.get_args(ScorerKind)) == set(SCORER_KEYS)
+    for kind in SCORERS:
+        cls = scorer_class(kind)
+        assert callable(getattr(cls, "from_spec", None)), kind
+        assert all(isinstance(k, str) for k in getattr(cls, "METRICS", {})), kind

@@ -342,8 +342,25 @@ def test_an_unknown_provider_kind_names_the_file_and_key(mini_suite: Path):
     assert proc.returncode == 2 and proc.stderr == f"error: {err.value}\n"
 
 
-def test_the_suites_provider_kinds_are_the_ones_the_harness_builds():
-    from harness.providers.plan import KINDS
-    from harness.suite.spec import PROVIDER_KINDS
+def test_every_provider_kind_of_the_suite_format_plans_and_builds_a_client(tmp_path):
+    """A kind the suite format accepts but the providers cannot plan or build would fail only at run time."""
+    import asyncio
 
-    assert set(PROVIDER_KINDS) == set(KINDS)
+    from harness.providers.plan import plan_provider
+    from harness.providers.registry import build_provider
+    from harness.suite.spec import PROVIDER_KINDS, ProviderSpec
+
+    log = tmp_path / "calls.jsonl"
+    log.write_text(json.dumps({"request": {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]},
+                               "response": {"choices": [{"message": {"role": "assistant", "content": "hello"}}]}})
+                   + "\n")
+    env = {"OPENAI_API_KEY": "k", "ANTHROPIC_API_KEY": "k", "AZURE_OPENAI_API_KEY": "k",
+           "AZURE_OPENAI_ENDPOINT": "http://127.0.0.1:9", "OPENAI_COMPATIBLE_BASE_URL": "http://127.0.0.1:9/v1"}
+    for kind in PROVIDER_KINDS:
+        model = str(log) if kind == "log" else "m"
+        spec = ProviderSpec(id=f"{kind}:{model}", role="candidate")
+        plan = plan_provider(spec, env=env, base_url="http://127.0.0.1:9")
+        assert plan.status == "ready", (kind, plan.reason)
+        client = build_provider(plan)
+        assert callable(client.complete), kind
+        asyncio.run(client.aclose())

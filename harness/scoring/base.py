@@ -48,7 +48,8 @@ RATE = MetricInfo()
 
 
 class Scorer(Protocol):
-    """Scores a completed, error-free response to a case."""
+    """Scores a completed, error-free response to a case. The class of a scorer kind also makes itself from a
+    suite's `[[scorers]]` entry (`from_spec(spec, suite, number)`; see `scoring.registry.SCORERS`)."""
 
     name: str
 

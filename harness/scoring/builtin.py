@@ -31,7 +31,8 @@ from harness.errors import SuiteError
 from harness.providers.base import Completion
 from harness.scoring.base import SEVERAL_VALUES, Score, is_empty
 from harness.scoring.parse import compare, parse_json_output, several_values
-from harness.suite.load import Case
+from harness.suite.load import Case, Suite
+from harness.suite.spec import ScorerSpec
 
 MAX_VALUES_SHOWN = 5  # candidate values listed in a `several values` field's detail
 
@@ -49,6 +50,12 @@ class FieldsScorer:
         self.fields = fields
         self.dayfirst = dayfirst
         self.gold_in_input_field = gold_in_input_field
+
+    @classmethod
+    def from_spec(cls, spec: ScorerSpec, suite: Suite, number: int) -> FieldsScorer:
+        """The scorer a suite's `[[scorers]]` entry of kind `fields` describes."""
+        return cls(dict(spec.fields), dayfirst=spec.dayfirst, name=spec.name or spec.kind,
+                   gold_in_input_field=spec.gold_in_input_field)
 
     def __call__(self, case: Case, completion: Completion) -> list[Score]:
         value, problem = parse_json_output(completion.text)
@@ -97,6 +104,11 @@ class ExactScorer:
     def __init__(self, name: str = "exact") -> None:
         self.name = name
 
+    @classmethod
+    def from_spec(cls, spec: ScorerSpec, suite: Suite, number: int) -> ExactScorer:
+        """The scorer a suite's `[[scorers]]` entry of kind `exact` describes."""
+        return cls(name=spec.name or spec.kind)
+
     def __call__(self, case: Case, completion: Completion) -> list[Score]:
         value, problem = parse_json_output(completion.text)
         pred = completion.text
@@ -120,6 +132,14 @@ class PythonScorer:
         self.function = function
         self.threshold = threshold
         self.options = options or {}
+
+    @classmethod
+    def from_spec(cls, spec: ScorerSpec, suite: Suite, number: int) -> PythonScorer:
+        """The scorer a suite's `[[scorers]]` entry number `number` (kind `python`) describes. Raises SuiteError
+        when its function cannot be loaded."""
+        where = f"{suite.path / 'suite.toml'}: scorers[{number}].function"
+        function = load_function(spec.function or "", suite.path, where)
+        return cls(function, name=spec.name or spec.kind, threshold=spec.threshold, options=dict(spec.options))
 
     def __call__(self, case: Case, completion: Completion) -> list[Score]:
         result = self.function(case, completion.text, **self.options)

@@ -73,7 +73,8 @@ import pandas as pd
 from harness.providers.base import Completion
 from harness.scoring.base import Metric, MetricInfo, Score, parse_detail
 from harness.scoring.parse import normalize_text, parse_date, parse_json_output
-from harness.suite.load import DEFAULT_CLAUSE_CATEGORIES, Case
+from harness.suite.load import DEFAULT_CLAUSE_CATEGORIES, Case, Suite, clause_categories
+from harness.suite.spec import ScorerSpec
 
 DEFAULT_CATEGORIES = DEFAULT_CLAUSE_CATEGORIES
 
@@ -660,6 +661,12 @@ class ClausesScorer:
         "quotes.hallucinated": MetricInfo(better="lower", count=True, headline=True),
         "quotes.hallucination_rate": MetricInfo(better="lower"),
     }
+
+    @classmethod
+    def from_spec(cls, spec: ScorerSpec, suite: Suite, number: int) -> ClausesScorer:
+        """The scorer a suite's `[[scorers]]` entry of kind `clauses` describes (`suite.load.clause_categories`)."""
+        return cls(categories=clause_categories(suite.spec, spec), text_field=spec.text_field,
+                   name=spec.name or spec.kind)
 
     def __init__(self, categories: list[str] | None = None, text_field: str = "text", name: str = "clauses") -> None:
         self.name = name

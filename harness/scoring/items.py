@@ -48,7 +48,8 @@ from scipy.optimize import linear_sum_assignment
 from harness.providers.base import Completion
 from harness.scoring.base import Metric, MetricInfo, Score, parse_detail
 from harness.scoring.parse import compare, normalize_text, parse_amount, parse_json_output
-from harness.suite.load import Case
+from harness.suite.load import Case, Suite
+from harness.suite.spec import ScorerSpec
 
 DEFAULT_ITEM_FIELDS: dict[str, str] = {"name": "text", "quantity": "amount", "price": "amount"}
 PRICE_RESCUE_FLOOR = 0.4  # lowest name similarity that agreeing prices can still match
@@ -146,6 +147,12 @@ class LineItemsScorer:
         "items.invalid_outputs": MetricInfo(better="lower", count=True),
         "items.unanswered": MetricInfo(better="lower", count=True),
     }
+
+    @classmethod
+    def from_spec(cls, spec: ScorerSpec, suite: Suite, number: int) -> LineItemsScorer:
+        """The scorer a suite's `[[scorers]]` entry of kind `line_items` describes."""
+        return cls(key=spec.key, item_fields=dict(spec.item_fields), min_similarity=spec.min_similarity,
+                   dayfirst=spec.dayfirst, name=spec.name or spec.kind)
 
     def __init__(
         self,

@@ -22,7 +22,8 @@ import pandas as pd
 from harness.providers.base import Completion
 from harness.scoring.base import Metric, MetricInfo, Score
 from harness.scoring.parse import parse_json_output
-from harness.suite.load import Case
+from harness.suite.load import Case, Suite
+from harness.suite.spec import ScorerSpec
 
 INVALID = "(invalid)"
 NO_ANSWER = "(no answer)"
@@ -40,6 +41,11 @@ class LabelScorer:
         "weighted_f1": MetricInfo(headline=True), "invalid_label_rate": MetricInfo(better="lower", headline=True),
         "confused_pairs": MetricInfo(better="neither", count=True),
     }
+
+    @classmethod
+    def from_spec(cls, spec: ScorerSpec, suite: Suite, number: int) -> LabelScorer:
+        """The scorer a suite's `[[scorers]]` entry of kind `label` describes (the suite's label set)."""
+        return cls(suite.labels or [], label_key=suite.spec.output.label_key, name=spec.name or spec.kind)
 
     def __init__(self, labels: list[str], label_key: str = "label", name: str = "label") -> None:
         self.name = name

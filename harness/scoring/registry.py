@@ -1,52 +1,41 @@
-"""Scorer kind -> scorer: `build_scorers` turns a suite's `[[scorers]]` into scorer objects; `score_completion`
-runs them on one answer (a scorer that raises fails that case, with the error); `aggregate_metrics` gives the
-run-level metrics of the aggregating ones.
+"""Scorer kind -> scorer (`SCORERS`, each imported lazily): `build_scorers` turns a suite's `[[scorers]]` into
+scorer objects; `score_completion` runs them on one answer (a scorer that raises fails that case, with the error);
+`aggregate_metrics` gives the run-level metrics of the aggregating ones; `metric_info` what a metric means.
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 import pandas as pd
 
 from harness.providers.base import Completion
 from harness.scoring.base import RATE, Metric, MetricInfo, Score, Scorer, parse_detail
-from harness.scoring.builtin import ExactScorer, FieldsScorer, PythonScorer, load_function
-from harness.scoring.clauses import ClausesScorer
-from harness.scoring.items import LineItemsScorer
-from harness.scoring.labels import LabelScorer
-from harness.suite.load import Case, Suite, clause_categories
+from harness.suite.load import Case, Suite
+
+# scorer kind (`kind` in suite.toml's [[scorers]]) -> "module:class"; the class makes itself from the entry
+# (`from_spec`) and declares its run-level metrics (`METRICS`). Imported only when a suite uses the kind.
+SCORERS: dict[str, str] = {
+    "fields": "harness.scoring.builtin:FieldsScorer",
+    "exact": "harness.scoring.builtin:ExactScorer",
+    "python": "harness.scoring.builtin:PythonScorer",
+    "label": "harness.scoring.labels:LabelScorer",
+    "line_items": "harness.scoring.items:LineItemsScorer",
+    "clauses": "harness.scoring.clauses:ClausesScorer",
+}
+
+
+def scorer_class(kind: str) -> type:
+    """The scorer class of `kind` (one of `SCORERS`), imported on first use."""
+    module, _, name = SCORERS[kind].partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
 def build_scorers(suite: Suite) -> list[Scorer]:
     """The scorers a suite names, in order. Raises SuiteError when a custom scorer cannot be loaded."""
-    built: list[Scorer] = []
-    for number, spec in enumerate(suite.spec.scorers, start=1):
-        name = spec.name or spec.kind
-        if spec.kind == "fields":
-            built.append(FieldsScorer(dict(spec.fields), dayfirst=spec.dayfirst, name=name,
-                                      gold_in_input_field=spec.gold_in_input_field))
-        elif spec.kind == "label":
-            from harness.scoring.labels import LabelScorer
-
-            built.append(LabelScorer(suite.labels or [], label_key=suite.spec.output.label_key, name=name))
-        elif spec.kind == "line_items":
-            from harness.scoring.items import LineItemsScorer
-
-            built.append(LineItemsScorer(key=spec.key, item_fields=dict(spec.item_fields),
-                                         min_similarity=spec.min_similarity, dayfirst=spec.dayfirst, name=name))
-        elif spec.kind == "clauses":
-            from harness.scoring.clauses import ClausesScorer
-
-            categories = clause_categories(suite.spec, spec)
-            built.append(ClausesScorer(categories=categories, text_field=spec.text_field, name=name))
-        elif spec.kind == "python":
-            where = f"{suite.path / 'suite.toml'}: scorers[{number}].function"
-            function = load_function(spec.function or "", suite.path, where)
-            built.append(PythonScorer(function, name=name, threshold=spec.threshold, options=dict(spec.options)))
-        else:
-            built.append(ExactScorer(name=name))
-    return built
+    return [scorer_class(spec.kind).from_spec(spec, suite, number)
+            for number, spec in enumerate(suite.spec.scorers, start=1)]
 
 
 def aggregate_metrics(
@@ -101,7 +90,8 @@ def score_completion(scorers: list[Scorer], case: Case, completion: Completion) 
 def metric_info(metric: str) -> MetricInfo:
     """The facts of a run-level metric, as the scorer that computes it declares them (`METRICS`); a rate where
     higher is better when no scorer declares it."""
-    for kind in (LabelScorer, LineItemsScorer, ClausesScorer):
-        if metric in kind.METRICS:
-            return kind.METRICS[metric]
+    for kind in SCORERS:
+        declared = getattr(scorer_class(kind), "METRICS", {})
+        if metric in declared:
+            return declared[metric]
     return RATE
