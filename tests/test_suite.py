@@ -347,9 +347,10 @@ def test_every_provider_kind_of_the_suite_format_plans_and_builds_a_client(tmp_p
     import asyncio
 
     from harness.providers.plan import plan_provider
-    from harness.providers.registry import build_provider
+    from harness.providers.registry import CLIENTS, build_provider
     from harness.suite.spec import PROVIDER_KINDS, ProviderSpec
 
+    assert set(CLIENTS) == set(PROVIDER_KINDS)
     log = tmp_path / "calls.jsonl"
     log.write_text(json.dumps({"request": {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]},
                                "response": {"choices": [{"message": {"role": "assistant", "content": "hello"}}]}})

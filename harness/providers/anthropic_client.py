@@ -15,6 +15,7 @@ from typing import Any
 import anthropic
 
 from harness.providers.base import Completion, Request, StreamError, TruncatedStream, failed_completion
+from harness.providers.plan import ProviderPlan
 
 DEFAULT_MAX_TOKENS = 1024
 
@@ -149,3 +150,8 @@ class AnthropicMessages:
     async def aclose(self) -> None:
         """Close the HTTP connection pool."""
         await self._client.close()
+
+
+def from_plan(plan: ProviderPlan) -> AnthropicMessages:
+    """The client of a ready `anthropic:` plan."""
+    return AnthropicMessages(plan.name, plan.model, plan.api_key, plan.base_url, timeout=plan.timeout)

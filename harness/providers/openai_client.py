@@ -35,6 +35,7 @@ import openai
 import yarl
 
 from harness.providers.base import Completion, HTTPStatusError, Request, StreamError, TruncatedStream, failed_completion
+from harness.providers.plan import ProviderPlan
 
 DEFAULT_TIMEOUT_S = 600.0
 # after [DONE], how long to wait for the server to end the body, so that the connection can be kept for the next
@@ -467,3 +468,26 @@ def _sdk_parameters() -> frozenset[str]:
     from openai.resources.chat.completions import AsyncCompletions
 
     return frozenset(inspect.signature(AsyncCompletions.create).parameters) - {"self", "extra_body"}
+
+
+def sdk_from_plan(plan: ProviderPlan) -> OpenAISDK:
+    """The client of a ready `openai:` or `azure:` plan: the SDK handles the APIs' endpoints, Azure's API versions
+    and api-key header."""
+    return OpenAISDK(
+        plan.name, plan.request_model, plan.base_url or "", plan.api_key,
+        schema_style=plan.schema_style, usage_in_stream=plan.usage_in_stream, timeout=plan.timeout,
+        max_tokens_param=plan.max_tokens_param, azure_api_version=plan.api_version,
+    )
+
+
+def compatible_from_plan(plan: ProviderPlan) -> OpenAICompatible:
+    """The client of a ready self-hosted plan (`local:`, `vllm:`, `openai-compatible:`): the lean aiohttp client,
+    so that the client is never the bottleneck of a fast server."""
+    token_count_url = None
+    if plan.server is not None and plan.server.engine == "llama_cpp":
+        token_count_url = (plan.base_url or "").removesuffix("/v1") + "/extras/tokenize/count"
+    return OpenAICompatible(
+        plan.name, plan.request_model, plan.base_url or "", plan.api_key,
+        schema_style=plan.schema_style, usage_in_stream=plan.usage_in_stream, token_count_url=token_count_url,
+        timeout=plan.timeout, max_tokens_param=plan.max_tokens_param,
+    )

@@ -12,6 +12,7 @@ from typing import Any
 
 from harness.providers.base import Completion, Request
 from harness.providers.logs import LogEntry, LogMatch, match_log, read_log
+from harness.providers.plan import ProviderPlan
 from harness.suite.load import Case
 
 
@@ -75,3 +76,8 @@ def _completion(entry: LogEntry) -> Completion:
         started_at=entry.started_at or datetime.now(UTC),
         source="log",
     )
+
+
+def from_plan(plan: ProviderPlan) -> LogReplay:
+    """The client of a ready `log:` plan."""
+    return LogReplay(plan.name, plan.log_path or "")
