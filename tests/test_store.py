@@ -209,8 +209,8 @@ def test_a_batch_never_holds_half_a_record(tmp_path: Path):
 
 
 def test_a_report_of_a_file_from_before_the_metrics_table_opens_read_only(tmp_path):
-    """An older file (no `metrics` table, no `cases.context`) is not migrated when opened read-only; the
-    report of its runs still renders."""
+    """An older file (no `metrics` table, no `cases.context`, no `responses.attempts`) is not migrated when
+    opened read-only; the report of its runs still renders, and the file is left as it was."""
     import duckdb as _duckdb
     from conftest import copy_invoices
     from openai_server import OpenAIServer, Reply
@@ -225,10 +225,14 @@ def test_a_report_of_a_file_from_before_the_metrics_table_opens_read_only(tmp_pa
     con = _duckdb.connect(str(db))
     con.execute("DROP TABLE metrics")
     con.execute("ALTER TABLE cases DROP COLUMN context")
-    con.execute("DELETE FROM schema_migrations WHERE version >= 3")
+    for column in ("attempts", "rate_limit_wait_ms", "cost_usd"):  # added by migration 2
+        con.execute(f"ALTER TABLE responses DROP COLUMN {column}")
+    con.execute("DELETE FROM schema_migrations WHERE version >= 2")
     con.close()
+    before = db.read_bytes()
     assert main(["report", "--db", str(db), "--reports", str(tmp_path / "r2")]) == 0
     assert list((tmp_path / "r2" / "invoices").glob("*/index.html"))
+    assert db.read_bytes() == before
 
 
 def test_the_writer_thread_never_dies_silently(tmp_path: Path):

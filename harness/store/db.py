@@ -9,6 +9,7 @@ JSON-valued columns hold JSON text (query them with DuckDB's `->>` operators).
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import json
 import os
@@ -286,6 +287,23 @@ def new_run_id() -> str:
     return datetime.now(UTC).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)
 
 
+@functools.cache
+def _latest_schema() -> dict[str, list[tuple[str, str]]]:
+    """Table -> its (column, type) pairs once every migration has run (read from an in-memory database)."""
+    con = duckdb.connect()
+    try:
+        for _, sql in MIGRATIONS:
+            con.execute(sql)
+        rows = con.execute("SELECT table_name, column_name, data_type FROM information_schema.columns "
+                           "WHERE table_schema = 'main' ORDER BY table_name, ordinal_position").fetchall()
+    finally:
+        con.close()
+    out: dict[str, list[tuple[str, str]]] = defaultdict(list)
+    for table, column, kind in rows:
+        out[table].append((column, kind))
+    return dict(out)
+
+
 class Store:
     """A DuckDB file of runs. Opening it applies any pending migrations."""
 
@@ -307,6 +325,24 @@ class Store:
             with contextlib.suppress(duckdb.Error):
                 self.con.execute("SET allocator_background_threads = true")
             self.migrate()
+        else:
+            self._fill_in_old_schema()
+
+    def _fill_in_old_schema(self) -> None:
+        """A file written by an older harness, opened read-only, cannot be migrated: each of its tables that lacks
+        newer columns is shadowed by a temporary view adding them as NULL, so that every query reads one schema
+        (tables it lacks altogether stay absent: see `tables`)."""
+        have: dict[str, set[str]] = defaultdict(set)
+        for table, column in self.con.execute(
+                "SELECT table_name, column_name FROM information_schema.columns WHERE table_schema = 'main'"
+        ).fetchall():
+            have[table].add(column)
+        database = self.con.execute("SELECT current_database()").fetchone()[0]
+        for table, columns in _latest_schema().items():
+            missing = [(name, kind) for name, kind in columns if name not in have[table]]
+            if have[table] and missing:
+                added = ", ".join(f'NULL::{kind} AS "{name}"' for name, kind in missing)
+                self.con.execute(f'CREATE TEMP VIEW "{table}" AS SELECT *, {added} FROM "{database}".main."{table}"')
 
     def migrate(self) -> list[str]:
         """Apply the migrations not yet recorded; returns the names applied."""
