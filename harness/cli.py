@@ -24,7 +24,7 @@ import pandas as pd
 
 from harness.analysis.outcomes import outcome_table, shown_status
 from harness.analysis.summary import summarize
-from harness.errors import HarnessError, ProfileError, ProviderError, StoreError
+from harness.errors import HarnessError, ProfileError, ProviderError
 from harness.pricing import load_pricing
 from harness.providers.base import public_url
 from harness.providers.plan import plan_provider, resolve_served_models
@@ -33,16 +33,23 @@ from harness.report.html import render_report, run_counts
 from harness.run.cache import MODES, explain
 from harness.run.rescore import rescore
 from harness.run.runner import resumable_cases, shadow_run
+from harness.run.targets import (
+    SUITES_DIR,
+    case_limit,
+    provider_specs,
+    resume_target,
+    run_to_use,
+    stopped_run,
+    stored_specs,
+)
 from harness.scoring.registry import build_scorers, metric_info
 from harness.selfcheck import ADVICE, unreliable_reason
 from harness.store import queries
 from harness.store.db import Store, damaged
 from harness.suite.load import load_suite
-from harness.suite.spec import ProviderSpec
 from harness.terminal import printable
 
 DEFAULT_DB = "runs/shadow.duckdb"
-SUITES_DIR = Path("suites")
 RUN_ID = re.compile(r"\d{8}-\d{6}-[0-9a-f]{4}")  # store.new_run_id
 # what to type instead when a run id is given where a suite folder is taken
 RUN_INSTEAD = {"run": "harness run --resume {id}", "cost": "harness cost SUITE --run {id}",
@@ -220,33 +227,6 @@ def suite_folder(value: str, command: str) -> str:
     return value
 
 
-def _run_id(store: Store, run_id: str | None, command: str, suite: str | None = None) -> str:
-    """The run a command works on: `run_id` when the store has it, else the latest run (of `suite`, a folder,
-    when given). A suite's name given where a run id is taken gets a HarnessError saying what to type."""
-    named = load_suite(suite).name if suite else None
-    if run_id is None:
-        found = store.latest_run(named)
-        if found is None:
-            raise HarnessError(f"{store.path}: no runs{f' of suite {named}' if named else ''} yet; "
-                               f"run `make shadow SUITE={named or 'invoices'}` first")
-        return found
-    try:
-        run = store.run(run_id)
-    except StoreError as exc:
-        folder = Path(run_id) if (Path(run_id) / "suite.toml").is_file() else SUITES_DIR / run_id
-        stored = store.latest_run(folder.name)
-        if not (folder / "suite.toml").is_file() and stored is None:
-            raise
-        instead = f"harness {command} --suite {folder}" if command in ("gate", "report", "score") else None
-        hint = f"did you mean `{instead}`" if instead else "give run ids (harness runs lists them)"
-        latest = f"; its latest run is {stored}" if stored else ""
-        raise HarnessError(f"{exc}: '{run_id}' is a suite, not a run id; {hint}{latest}") from None
-    if named is not None and run["suite"] != named:
-        raise HarnessError(f"run {run_id} is of suite '{run['suite']}', not '{named}' (--suite {suite}); "
-                           "leave out --suite to use the run's own")
-    return run_id
-
-
 ALL = 0  # --limit all
 
 
@@ -288,16 +268,17 @@ def _run(args: argparse.Namespace, open_store: Callable[[], Store]) -> int:
     cache_mode = args.cache
     if args.resume:
         store = open_store()
-        run_id = _resume_target(store, args.resume, args.suite)
+        run_id = resume_target(store, args.resume, args.suite)
         run = store.run(run_id)
         suite = load_suite(args.suite or run["suite_path"])
-        specs = _stored_specs(store, run_id) or list(suite.spec.providers)
+        specs = stored_specs(store, run_id) or list(suite.spec.providers)
         cache_mode = run.get("cache_mode") or cache_mode
     else:
         suite = load_suite(args.suite)
-        specs = _specs(args, suite)
+        specs = provider_specs(suite, args.candidate, args.incumbent)
         run_id = None
-        args = argparse.Namespace(**{**vars(args), "limit": _case_limit(args, suite)})
+        every = args.all or args.limit == ALL
+        args = argparse.Namespace(**{**vars(args), "limit": case_limit(suite, args.limit, every)})
     pricing = load_pricing(args.pricing or ())
     plans = [plan_provider(spec, base_url=args.base_url, suite_dir=suite.path) for spec in specs]
     resolve_served_models(plans)
@@ -369,59 +350,15 @@ def _run(args: argparse.Namespace, open_store: Callable[[], Store]) -> int:
     return 0
 
 
-def _case_limit(args: argparse.Namespace, suite: Any) -> int | None:
-    """How many cases a new run takes: --all or --limit all: every one; --limit N; else the suite's default."""
-    if args.all or args.limit == ALL:
-        return None
-    return args.limit or suite.spec.cases.default_limit
-
-
-def _specs(args: argparse.Namespace, suite: Any) -> list[ProviderSpec]:
-    """The suite's providers, with --candidate/--incumbent replacing those of that role."""
-    specs = list(suite.spec.providers)
-    if args.candidate:
-        specs = [s for s in specs if s.role != "candidate"] + [
-            _spec(c, "candidate", suite.spec.providers) for c in args.candidate
-        ]
-    if args.incumbent:
-        specs = [s for s in specs if s.role != "incumbent"] + [_spec(args.incumbent, "incumbent", suite.spec.providers)]
-    return specs
-
-
-def _stored_specs(store: Store, run_id: str) -> list[ProviderSpec]:
-    """The provider entries a stored run was started with."""
-    return [ProviderSpec.model_validate(spec) for spec in queries.provider_specs(store, run_id)]
-
-
-def _resume_target(store: Store, wanted: str, suite_path: str | None) -> str:
-    """The run id `--resume` names; 'last' is the latest run that did not complete (of the suite, if given)."""
-    if wanted != "last":
-        return wanted
-    suite = load_suite(suite_path).name if suite_path else None
-    found = queries.stopped_runs(store, suite)
-    if not found:
-        raise HarnessError(f"{store.path}: no stopped run to resume" + (f" for suite '{suite}'" if suite else ""))
-    return found[0]["run_id"]
-
-
 def _base_url_arg(args: argparse.Namespace) -> str:
     return f" --base-url {public_url(args.base_url)}" if args.base_url else ""
 
 
-def _same_limit(stored: Any, wanted: int | None) -> bool:
-    stored = None if stored is None or pd.isna(stored) else int(stored)
-    return stored == wanted
-
-
 def _offer_resume(store: Store, suite: Any, args: argparse.Namespace) -> str | None:
     """If a run of this suite (same contents) stopped half-way, say how to resume it; at a terminal, ask."""
-    stopped = [
-        r for r in queries.stopped_runs(store, suite.name, suite.hash)
-        if r["answers"] < r["n_cases"] * r["providers"] and _same_limit(r["case_limit"], args.limit)
-    ]
-    if not stopped:
+    run = stopped_run(store, suite, args.limit)
+    if run is None:
         return None
-    run = stopped[0]
     total = run["n_cases"] * run["providers"]
     print(f"run {run['run_id']} of this suite stopped ({run['status']}) with {run['answers']} of {total} answers;"
           f" resume it with: harness run {suite.path} --resume {run['run_id']}{_base_url_arg(args)}"
@@ -441,16 +378,6 @@ async def _cancel_on_sigterm(coro: Any) -> Any:
         return await task
     finally:
         loop.remove_signal_handler(signal.SIGTERM)
-
-
-def _spec(provider_id: str, role: str, known: list[ProviderSpec]) -> ProviderSpec:
-    for spec in known:
-        if spec.id == provider_id:
-            return spec.model_copy(update={"role": role})
-    try:
-        return ProviderSpec(id=provider_id, role=role)
-    except ValueError as exc:
-        raise ProviderError(f"--{role} {provider_id}: must look like 'kind:model', e.g. 'openai:gpt-4o-mini'") from exc
 
 
 def _progress_bar(total: int, disable: bool) -> Any:
@@ -533,7 +460,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     if not Path(args.db).exists():
         raise HarnessError(f"{args.db}: no such DuckDB file; run a suite first (make shadow SUITE=...)")
     with Store(args.db) as store:
-        run_id = _run_id(store, args.run_id, "score", args.suite if not args.run_id else None)
+        run_id = run_to_use(store, args.run_id, "score", args.suite if not args.run_id else None)
         result = rescore(store, run_id, args.suite)
         print(f"run {run_id}: re-scored {result.scored} answers of suite '{result.suite.name}' with "
               f"{', '.join(s.name or s.kind for s in result.suite.spec.scorers)} (no model called)"
@@ -561,7 +488,7 @@ def cmd_gate(args: argparse.Namespace) -> int:
     if not Path(args.db).exists():
         raise HarnessError(f"{args.db}: no such DuckDB file; run a suite first (make shadow SUITE=...)")
     with Store(args.db, read_only=True) as store:
-        run_id = _run_id(store, args.run_id, "gate", args.suite)
+        run_id = run_to_use(store, args.run_id, "gate", args.suite)
         run = store.run(run_id)
         suite_dir = Path(args.suite or run["suite_path"])
         policy = load_suite(suite_dir).spec.gate if (suite_dir / "suite.toml").is_file() else GateSpec()
@@ -587,7 +514,7 @@ def cmd_load(args: argparse.Namespace) -> int:
 
     suite = load_suite(args.suite)
     wanted = args.provider or next((p.id for p in suite.spec.providers if p.role == "candidate"), None)
-    provider = _spec(wanted, "candidate", suite.spec.providers)
+    provider = provider_specs(suite, [wanted])[-1]
     base_url = args.base_url or os.environ.get("VLLM_BASE_URL")
     Path(args.db).parent.mkdir(parents=True, exist_ok=True)
     bar = None
@@ -684,7 +611,7 @@ def _print_metrics(store: Store, run_id: str) -> None:
 def cmd_report(args: argparse.Namespace) -> int:
     """`harness report [RUN_ID]`: write the HTML report of a stored run."""
     with Store(args.db, read_only=True) as store:
-        run_id = _run_id(store, args.run_id, "report", args.suite)
+        run_id = run_to_use(store, args.run_id, "report", args.suite)
         print(render_report(store, run_id, args.reports))
     return 0
 
@@ -695,7 +622,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     with Store(args.db, read_only=True) as store:
         for run_id in (args.run_a, args.run_b):
-            _run_id(store, run_id, "compare")
+            run_to_use(store, run_id, "compare")
         comparison = compare_runs(store, args.run_a, args.run_b, provider=args.provider)
         path = render_comparison(store, comparison, args.reports)
     c = comparison
@@ -731,7 +658,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_cache_explain(args: argparse.Namespace) -> int:
     """`harness cache explain [RUN_ID]`: why each answer of a run did or did not come from the cache."""
     with Store(args.db, read_only=True) as store:
-        run_id = _run_id(store, args.run_id, "cache explain")
+        run_id = run_to_use(store, args.run_id, "cache explain")
         found = explain(store, run_id, case_id=args.case, provider=args.provider)
     hits = [e for e in found if e.hit]
     print(f"run {run_id}: {len(hits)} of {len(found)} answers came from the cache")
