@@ -130,7 +130,7 @@ test: setup
 ##        docs/benchmarks.json. PEERS=1 adds Inspect AI and promptfoo (installed into runs/bench/peers-env);
 ##        BASE_URL=http://host:8000/v1 MODEL=name runs the dispatch and latency parts against your server instead
 bench: setup
-	$(BIN)/python bench/run.py $(if $(filter 1 yes true,$(PEERS)),--peers) $(if $(BASE_URL),--base-url $(BASE_URL) --model $(MODEL))
+	$(BIN)/python -m bench.run $(if $(filter 1 yes true,$(PEERS)),--peers) $(if $(BASE_URL),--base-url $(BASE_URL) --model $(MODEL))
 
 ## serve: the bundled model (MODEL=path.gguf: another) behind an OpenAI-compatible server on port 8080, until Ctrl-C
 serve: setup

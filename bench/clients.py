@@ -280,14 +280,11 @@ async def contender(kind: str, base_url: str, concurrency: int, suite: Any = Non
 
 
 def _main() -> None:
-    """`python bench/clients.py BASE_URL --requests N --concurrency C [--no-stream]`: the raw client alone in a
+    """`python -m bench.clients BASE_URL --requests N --concurrency C [--no-stream]`: the raw client alone in a
     process of its own (the peers part times it from start-up, as it times the other tools). Prints a JSON line."""
     import argparse
-    import sys
-    from pathlib import Path
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from servers import MODEL
+    from bench.servers import MODEL
 
     parser = argparse.ArgumentParser(description=_main.__doc__)
     parser.add_argument("base_url")

@@ -1,11 +1,11 @@
 """Prompt and generation speed of the installed llama.cpp library on the bundled model, for comparing builds
-(portable baseline against native): `python bench/llama_build.py [--reps 3]` prints JSON with tokens per second.
+(portable baseline against native): `python -m bench.llama_build [--reps 3]` prints JSON with tokens per second.
 
 `--compare NAME=PYTHON=FLAGS ...` runs it under several interpreters (one virtual environment a build), in
 alternating rounds, and with `--record` writes the result into docs/benchmarks.json and docs/benchmarks.md (part
 `llama_build`), e.g.
 
-    python bench/llama_build.py --rounds 3 --record \
+    python -m bench.llama_build --rounds 3 --record \
         --compare "portable=.venv/bin/python=<flags of scripts/install_llama.sh>" \
         --compare "native=/tmp/native-venv/bin/python=-DGGML_NATIVE=ON"
 """
@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
 
 PROMPT = ("Extract company, date, address and total from this receipt as JSON. " * 12).strip()
 
@@ -74,8 +74,8 @@ def compare(builds: list[str], rounds: int, reps: int, model: str | None) -> dic
     for _ in range(rounds):
         for name, python, *_ in parsed:
             load.append(os.getloadavg()[0])
-            command = [python, __file__, "--reps", str(reps)] + (["--model", model] if model else [])
-            out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+            command = [python, "-m", "bench.llama_build", "--reps", str(reps)] + (["--model", model] if model else [])
+            out = subprocess.run(command, capture_output=True, text=True, check=True, cwd=ROOT).stdout
             runs[name].append(json.loads(out.strip().splitlines()[-1]))
     first = next(iter(runs.values()))[0]
     result = {"version": first["llama_cpp_python"], "cpu": first["cpu"], "machine": first["machine"],
@@ -105,8 +105,7 @@ if __name__ == "__main__":
         summary["note"] = options.note
         print(json.dumps(summary, indent=1))
         if options.record:
-            sys.path.insert(0, str(Path(__file__).parent))
-            from run import record_part
+            from bench.common import record_part
 
             record_part("llama_build", summary)
     else:

@@ -1,6 +1,6 @@
 """Event-loop lag under background load: the figure the self-check judges latency by (harness.selfcheck).
 
-`python bench/loop_lag.py [--seconds 8] [--reps 3] [--only LOAD] [--client-share 0.1]` runs `LoopMonitor` (the
+`python -m bench.loop_lag [--seconds 8] [--reps 3] [--only LOAD] [--client-share 0.1]` runs `LoopMonitor` (the
 self-check's own sampler: a timer every 10 ms, its lateness in a log-spaced histogram, p99 read from it) on an event
 loop for `--seconds`, `--reps` times under each load (`LOADS`):
 
@@ -35,10 +35,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from harness.selfcheck import LAG_LIMIT_MS, LoopMonitor
 

@@ -63,7 +63,7 @@ def header(data: dict[str, Any]) -> list[str]:
     return [
         "# Benchmarks",
         "",
-        "Is the harness ever the bottleneck? Each figure is measured by `make bench` (`python bench/run.py`), all in "
+        "Is the harness ever the bottleneck? Each figure is measured by `make bench` (`python -m bench.run`), all in "
         "one run, beside the physical limit of this machine (a raw aiohttp client) and the official `openai` SDK. "
         "Targets are those of issue 8.",
         "",
@@ -72,7 +72,7 @@ def header(data: dict[str, Any]) -> list[str]:
         f"{' (within the 15-minute budget)' if data.get('within_budget') else ''}; "
         f"parts run: {', '.join(data.get('parts_run', []))}"
         f"{'; the peers took ' + _n(data['peers_s'] / 60, 1) + ' min more' if data.get('peers_s') else ''}.  ",
-        *[f"**Measured again later:** {', '.join(u['parts'])} on {u['date']} (`bench/run.py --only`).  "
+        *[f"**Measured again later:** {', '.join(u['parts'])} on {u['date']} (`python -m bench.run --only`).  "
           for u in data.get("updates") or []],
         f"**Machine:** {m.get('cpu', '?')}, {m.get('cores', '?')} cores, {_n(m.get('memory_gb'), 1)} GB, "
         f"{m.get('platform', '')}, Python {m.get('python', '?')}{load_text}; git {m.get('git_revision') or '?'}.  ",
@@ -251,7 +251,8 @@ def report_section(r: dict[str, Any]) -> list[str]:
         "## 5. Report",
         "",
         f"A synthetic run of {r['cases']:,} cases × {r['providers']} providers (invoices-like: ~600-character "
-        "inputs, 4 scored fields) stored with the harness's Store, then `render_report` (bench/report_scale.py).",
+        "inputs, 4 scored fields) stored with the harness's Store, then `render_report` "
+        "(`python -m bench.report_scale`).",
         "",
         "| render s | file MB | page load in Chromium s | building the synthetic run s |",
         "|---|---|---|---|",
@@ -260,6 +261,24 @@ def report_section(r: dict[str, Any]) -> list[str]:
         "",
         "The page holds every case gzipped (inflated by the browser), renders 50 cases a page, and filters all of them "
         "in the browser.",
+        "",
+        *_large_report(r.get("large")),
+    ]
+
+
+def _large_report(large: dict[str, Any] | None) -> list[str]:
+    if not large:
+        return []
+    return [
+        f"At scale: a synthetic run of {large['cases']:,} cases × {large['providers']} providers, stored the same way "
+        "into a DuckDB file, then rendered by a child process of its own (`python -m bench.report_scale "
+        "--child-render`) that opens the file, calls `render_report` and reports the render's time and its peak "
+        "resident set size (`ru_maxrss`, its imports included).",
+        "",
+        "| render s | peak RSS MB | file MB | building the synthetic run s |",
+        "|---|---|---|---|",
+        f"| {_n(large['render_s'])} | {_n(large['peak_rss_mb'])} | {_n(large['file_mb'])} | "
+        f"{_n(large.get('synthetic_run_s'))} |",
         "",
     ]
 
@@ -329,7 +348,7 @@ itself (loopback), so that the network stays out of the figures:
 ```sh
 vllm serve Qwen/Qwen2.5-7B-Instruct --port 8000 &            # on the GPU box
 make bench BASE_URL=http://127.0.0.1:8000/v1 MODEL=Qwen/Qwen2.5-7B-Instruct
-# or: .venv/bin/python bench/run.py --base-url http://127.0.0.1:8000/v1 --model Qwen/Qwen2.5-7B-Instruct \\
+# or: .venv/bin/python -m bench.run --base-url http://127.0.0.1:8000/v1 --model Qwen/Qwen2.5-7B-Instruct \\
 #         [--max-tokens 128] [--concurrency 64] [--rate 20] [--only dispatch]
 ```
 
@@ -354,7 +373,7 @@ part.
 
 
 def llama_build_section(result: dict[str, Any]) -> list[str]:
-    """llama.cpp built for the portable baseline against a native build (bench/llama_build.py --compare)."""
+    """llama.cpp built for the portable baseline against a native build (`python -m bench.llama_build --compare`)."""
     lines = ["## llama.cpp build: portable baseline against native", "",
              f"The bundled model through llama-cpp-python {result['version']} on {result['cpu']} "
              f"({result['machine']}, {result['cores']} cores), {result['prompt_tokens']}-token prompt and "

@@ -1,9 +1,13 @@
-"""Benchmark: the report of a synthetic 10,000-case x 3-provider run: build time and file size.
+"""Benchmark: the report of a synthetic run of 10,000 cases x 3 providers (build time, file size, page load) and
+of 100,000 cases x 3 providers (build time and peak memory, in a process of its own).
 
-Writes the stored rows with the harness's own Store (DuckDB), then times `render_report` and reports the
-HTML file's size and the page's load time in headless Chromium. Part 5 of `make bench` (bench/run.py), which
-writes the results to `docs/benchmarks.json` and `docs/benchmarks.md`; alone: `python bench/report_scale.py
-[N_CASES]` (updates that part of both files).
+Writes the stored rows with the harness's own Store (DuckDB), then times `render_report`: at 10,000 cases in this
+process, with the HTML file's size and the page's load time in headless Chromium; at 100,000 cases in a child
+process (`python -m bench.report_scale --child-render DB`) that opens the stored file, renders it and reports its
+time and its peak resident set size (`ru_maxrss`, its imports included), so that the peak is the render's own.
+Part 5 of `make bench` (`python -m bench.run`), which writes the results to `docs/benchmarks.json` and
+`docs/benchmarks.md`; alone: `python -m bench.report_scale [N_CASES [LARGE_CASES]]` (updates that part of both
+files).
 """
 
 from __future__ import annotations
@@ -11,18 +15,17 @@ from __future__ import annotations
 import json
 import platform
 import random
+import resource
+import subprocess
 import sys
 import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(1, str(Path(__file__).resolve().parent))
-
-from harness.report.html import render_report  # noqa: E402
-from harness.store.db import Store  # noqa: E402
+from bench.common import ROOT, record_part, target
+from harness.report.html import render_report
+from harness.store.db import Store
 
 PROVIDERS = [("openai:gpt-4o-mini", "incumbent"), ("anthropic:claude-haiku-4-5", "candidate"),
              ("local:smollm2-135m", "candidate")]
@@ -30,6 +33,8 @@ FIELDS = ("company", "date", "address", "total")
 BUDGET_S = 10.0  # render time budget for 10,000 cases x 3 providers on a 2-core machine (issue 8)
 BUDGET_MB = 25.0  # file size budget (issue 8)
 BUDGET_LOAD_S = 3.0  # opening the page in a browser until every case is loaded and the first page shown
+LARGE_BUDGET_S = 15.0  # render time budget for 100,000 cases x 3 providers (issue 17)
+LARGE_BUDGET_RSS_MB = 1536.0  # peak RSS of the process rendering them, 1.5 GiB (issue 17)
 
 
 def synthetic_run(store: Store, n_cases: int, seed: int = 0) -> str:
@@ -101,13 +106,69 @@ def measure(n_cases: int = 10_000, browser: bool = True) -> dict:
     }
 
 
-def main(n_cases: int = 10_000) -> dict:
-    """Measure, and record the numbers as the `report` part of docs/benchmarks.json and .md (as `bench/run.py
-    --only report` does, with the same targets)."""
-    import run
+def measure_large(n_cases: int = 100_000) -> dict:
+    """Build a synthetic run of `n_cases` x 3 providers into a temporary DuckDB file, then render its report in a
+    child process and report the child's render time and peak RSS."""
+    with tempfile.TemporaryDirectory() as tmp:
+        db = Path(tmp) / "large.duckdb"
+        start = time.perf_counter()
+        with Store(db) as store:
+            run_id = synthetic_run(store, n_cases)
+        build_s = time.perf_counter() - start
+        proc = subprocess.run([sys.executable, "-m", "bench.report_scale", "--child-render", str(db), run_id,
+                               str(Path(tmp) / "reports")], capture_output=True, text=True, cwd=ROOT, timeout=900)
+        if proc.returncode != 0:
+            raise RuntimeError(f"the render of {n_cases:,} cases failed: {proc.stderr.strip()[-500:]}")
+        child = json.loads(proc.stdout.strip().splitlines()[-1])
+    return {"cases": n_cases, "providers": len(PROVIDERS), "synthetic_run_s": round(build_s, 2), **child,
+            "budget_s": LARGE_BUDGET_S, "budget_rss_mb": LARGE_BUDGET_RSS_MB}
 
-    result = measure(n_cases)
-    run.record_part("report", {**result, "targets": run.report_targets(result)})
+
+def _child_render(db: str, run_id: str, reports: str) -> dict:
+    """In the child: open the stored run, render its report; time, file size and this process's peak RSS."""
+    with Store(db) as store:
+        start = time.perf_counter()
+        path = render_report(store, run_id, reports)
+        seconds = time.perf_counter() - start
+    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    return {"render_s": round(seconds, 2), "peak_rss_mb": round(peak_kib * 1024 / 2**20, 1),
+            "file_mb": round(path.stat().st_size / 1e6, 2)}
+
+
+def targets(result: dict) -> list[dict]:
+    """The report part's rows of the targets table."""
+    rows = [
+        target(f"report: render of {result['cases']:,} cases × {result['providers']} providers", result["render_s"],
+               "<=", BUDGET_S, "s"),
+        target("report: file size", result["file_mb"], "<=", BUDGET_MB, "MB"),
+        target("report: page load in Chromium", result["browser_load_s"], "<=", BUDGET_LOAD_S, "s",
+               note="" if result["browser_load_s"] is not None else "no Chromium/playwright here"),
+    ]
+    large = result.get("large")
+    if large:
+        size = f"{large['cases']:,} cases × {large['providers']} providers"
+        rows += [target(f"report: render of {size}", large["render_s"], "<=", LARGE_BUDGET_S, "s"),
+                 target(f"report: peak RSS rendering {size}", large["peak_rss_mb"], "<=", LARGE_BUDGET_RSS_MB, "MB",
+                        digits=0)]
+    return rows
+
+
+def measure_part(n_cases: int = 10_000, large_cases: int | None = 100_000) -> dict:
+    """The report part of `make bench`: `measure` at `n_cases` and `measure_large` at `large_cases`, with
+    targets."""
+    result = measure(n_cases, browser=True)
+    if large_cases:
+        result["large"] = measure_large(large_cases)
+    result["targets"] = targets(result)
+    result["within_budget"] = all(row["met"] is not False for row in result["targets"])
+    return result
+
+
+def main(n_cases: int = 10_000, large_cases: int = 100_000) -> dict:
+    """Measure, and record the numbers as the `report` part of docs/benchmarks.json and .md (as `python -m
+    bench.run --only report` does, with the same targets)."""
+    result = measure_part(n_cases, large_cases)
+    record_part("report", result)
     return result
 
 
@@ -135,6 +196,10 @@ def _browser_load(path: Path) -> float | None:
 
 
 if __name__ == "__main__":
-    outcome = main(int(sys.argv[1]) if len(sys.argv) > 1 else 10_000)
+    if len(sys.argv) == 5 and sys.argv[1] == "--child-render":
+        print(json.dumps(_child_render(*sys.argv[2:])))
+        sys.exit(0)
+    sizes = [int(a) for a in sys.argv[1:3]]
+    outcome = main(*sizes)
     print(json.dumps(outcome))
     sys.exit(0 if outcome["within_budget"] else 1)

@@ -18,10 +18,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import importlib.metadata
 import json
 import os
-import platform
 import random
 import resource
 import shutil
@@ -37,20 +35,22 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-BENCH = Path(__file__).resolve().parent
-ROOT = BENCH.parent
-sys.path.insert(0, str(BENCH))
-sys.path.insert(1, str(ROOT))
-
-import clients  # noqa: E402
-import servers  # noqa: E402
-import workload  # noqa: E402
+from bench import clients, report_doc, report_scale, servers, workload
+from bench.common import (
+    ROOT,
+    load_results,
+    log,
+    machine,
+    percentile,
+    rss_mb,
+    summary,
+    target,
+    write_docs,
+)
 
 PARTS = ("dispatch", "latency", "real", "storage", "cache", "report", "memory", "peers")
 RUN_ORDER = ("storage", "cache", "report", "dispatch", "latency", "real", "memory", "peers")
 BUDGET_S = 15 * 60  # the whole `make bench`, peers excluded
-PACKAGES = ("shadow-harness", "aiohttp", "openai", "httpx", "duckdb", "pyarrow", "pandas", "llama_cpp_python",
-            "jinja2", "pydantic")
 
 # the issue's targets
 TARGET_VS_RAW = 0.5  # harness requests/s over the raw aiohttp client's, concurrency 64, streaming
@@ -60,12 +60,7 @@ TARGET_TTFT_P99_MS = 2.0  # harness TTFT p99 minus the raw client's, 100 req/s
 TARGET_REAL_RATIO = 1.02  # harness wall time over the raw client's against llama.cpp
 TARGET_ROWS_S = 10_000.0
 TARGET_CACHE_S = 2.0
-TARGET_REPORT_S = 10.0
-TARGET_REPORT_MB = 25.0
-TARGET_REPORT_LOAD_S = 3.0
 TARGET_RSS_MB = 1000.0
-TARGET_VS_PROMPTFOO = 10.0
-TARGET_VS_INSPECT = 20.0
 
 
 # --------------------------------------------------------------------------------------------------- settings
@@ -102,6 +97,7 @@ class Settings:
         self.storage_records = 2000 if quick else 25_000
         self.cache_cases = 200 if quick else 1000
         self.report_cases = 1000 if quick else 10_000
+        self.report_large_cases = 2000 if quick else 100_000  # rendered in a child process, peak RSS measured
         self.memory_cases = args.memory_cases or (2000 if quick else 100_000)
         self.memory_concurrency = 64
         self.peer_cases = 200 if quick else 2000
@@ -116,85 +112,6 @@ class Settings:
 
 
 # ------------------------------------------------------------------------------------------------ utilities
-
-
-def summary(values: list[float | None]) -> dict[str, Any]:
-    """Median and min-max of repeated measurements (None values left out)."""
-    kept = [v for v in values if v is not None]
-    if not kept:
-        return {"median": None, "min": None, "max": None, "n": 0}
-    return {"median": statistics.median(kept), "min": min(kept), "max": max(kept), "n": len(kept)}
-
-
-def percentile(values: list[float], p: float) -> float | None:
-    import numpy as np
-
-    return float(np.percentile(values, p)) if values else None
-
-
-def target(name: str, value: float | None, op: str, limit: float, unit: str, *, digits: int = 2,
-           note: str = "") -> dict[str, Any]:
-    """One row of the targets table: met, missed (and by how much), or not measured."""
-    if value is None:
-        return {"measurement": name, "target": f"{op} {_fmt(limit, digits)} {unit}".strip(), "value": None,
-                "unit": unit, "met": None, "status": "not measured", "note": note}
-    met = value >= limit if op == ">=" else value <= limit
-    if met:
-        status = "met"
-    elif op == ">=":
-        status = f"missed by {1 - value / limit:.0%} (needs {limit / value:.1f}× more)" if value > 0 else "missed"
-    else:
-        status = f"missed by {_fmt(value - limit, digits)} {unit}".rstrip() + (
-            f" ({value / limit:.1f}× the limit)" if limit > 0 and unit != "×" else "")
-    return {"measurement": name, "target": f"{op} {_fmt(limit, digits)} {unit}".strip(), "value": value,
-            "unit": unit, "met": met, "status": status, "note": note}
-
-
-def _fmt(value: float | None, digits: int = 2) -> str:
-    if value is None:
-        return "–"
-    if abs(value) >= 1000:
-        return f"{value:,.0f}"
-    if abs(value) >= 100:
-        return f"{value:.0f}"
-    return f"{value:.{digits}f}"
-
-
-def machine() -> dict[str, Any]:
-    """CPU model, cores, memory, Python and the versions of the packages that matter here."""
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    memory_gb = None
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        memory_gb = round(int(Path("/proc/meminfo").read_text().split()[1]) / 1e6, 1)
-    versions = {}
-    for package in PACKAGES:
-        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
-            versions[package] = importlib.metadata.version(package)
-    from harness.run.runner import git_revision
-
-    return {
-        "cpu": cpu, "cores": os.cpu_count(), "memory_gb": memory_gb, "platform": f"{platform.system()} "
-        f"{platform.release()} {platform.machine()}", "python": platform.python_version(), "packages": versions,
-        "git_revision": git_revision(ROOT), "load_average": os.getloadavg(),
-    }
-
-
-def rss_mb() -> float | None:
-    """This process's resident set size now, in MB."""
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024 / 1e6
-    return None
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 @contextlib.contextmanager
@@ -619,21 +536,7 @@ async def part_cache(settings: Settings, tmp: Path) -> dict[str, Any]:
 
 def part_report(settings: Settings, tmp: Path) -> dict[str, Any]:
     """5. The report of a synthetic 10,000-case x 3-provider run (bench/report_scale.py)."""
-    import report_scale
-
-    result = report_scale.measure(settings.report_cases, browser=True)
-    result["targets"] = report_targets(result)
-    return result
-
-
-def report_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
-    return [
-        target(f"report: render of {result['cases']:,} cases × {result['providers']} providers", result["render_s"],
-               "<=", TARGET_REPORT_S, "s"),
-        target("report: file size", result["file_mb"], "<=", TARGET_REPORT_MB, "MB"),
-        target("report: page load in Chromium", result["browser_load_s"], "<=", TARGET_REPORT_LOAD_S, "s",
-               note="" if result["browser_load_s"] is not None else "no Chromium/playwright here"),
-    ]
+    return report_scale.measure_part(settings.report_cases, settings.report_large_cases)
 
 
 # --------------------------------------------------------------------------------------------------- memory
@@ -661,7 +564,7 @@ def part_memory(settings: Settings, tmp: Path, done: dict[str, Any]) -> dict[str
         start = time.perf_counter()
         suite_dir = workload.write_suite(tmp / "memory", n, base_url=server.base_url)
         written_s = time.perf_counter() - start
-        command = [sys.executable, str(Path(__file__).resolve()), "--child", "memory", "--child-suite", str(suite_dir),
+        command = [sys.executable, "-m", "bench.run", "--child", "memory", "--child-suite", str(suite_dir),
                    "--base-url", server.base_url, "--child-db", str(tmp / "memory.duckdb"),
                    "--child-concurrency", str(settings.memory_concurrency)]
         limit = max(60.0, settings.remaining() - 30) if not settings.quick else 120.0
@@ -762,39 +665,12 @@ def child_memory(args: argparse.Namespace) -> int:
 async def part_peers(settings: Settings, tmp: Path, done: dict[str, Any]) -> dict[str, Any]:
     """8. The same cases through Inspect AI and promptfoo (installed into throwaway environments) and the harness,
     against the zero-latency server at concurrency 64, caching off."""
-    from peers import run_peers
+    from bench.peers import run_peers
 
     return await run_peers(settings, tmp, done)
 
 
 # ------------------------------------------------------------------------------------------------- the docs
-
-
-def write_docs(data: dict[str, Any], out: Path) -> Path:
-    """docs/benchmarks.json (every part's numbers) and docs/benchmarks.md (the tables) in `out`."""
-    import report_doc
-
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "benchmarks.json").write_text(json.dumps(data, indent=1, default=str) + "\n")
-    md = out / "benchmarks.md"
-    md.write_text(report_doc.markdown(data))
-    return md
-
-
-def record_part(name: str, result: dict[str, Any], out: Path = ROOT / "docs") -> Path:
-    """Merge one part's result into `out`/benchmarks.json and rewrite benchmarks.md (for bench/report_scale.py)."""
-    data = _load(out / "benchmarks.json")
-    data.setdefault("parts", {})[name] = result
-    data.setdefault("machine", machine())
-    return write_docs(data, out)
-
-
-def _load(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if "parts" in data else {}  # a file of the old layout is replaced
 
 
 # ----------------------------------------------------------------------------------------------------- main
@@ -853,7 +729,7 @@ def main(argv: list[str] | None = None) -> int:
             log(f"--base-url measures dispatch and latency only; not running {', '.join(bad)}")
             parts = [p for p in parts if p in ("dispatch", "latency")]
     out = Path(args.out) if args.out else (ROOT / "runs" / "bench" if args.quick or args.base_url else ROOT / "docs")
-    existing = _load(out / "benchmarks.json") if args.only and not args.quick else {}
+    existing = load_results(out / "benchmarks.json") if args.only and not args.quick else {}
     data: dict[str, Any] = {**existing, "parts": dict(existing.get("parts", {}))}
     started = datetime.now(UTC)
     merging = bool(existing.get("date"))  # --only: these parts replace theirs in the last full run's files
@@ -902,8 +778,6 @@ def main(argv: list[str] | None = None) -> int:
         data["peers_s"] = peers_s or None
         data["within_budget"] = data["total_s"] <= BUDGET_S
     md = write_docs(data, out)
-    import report_doc
-
     print(report_doc.terminal(data, parts))
     print(f"\nwritten: {md} and {md.with_suffix('.json')}  ({settings.elapsed():.0f} s in all)")
     return 0

@@ -9,7 +9,7 @@
   deadlines, so lateness does not accumulate). It stamps nothing itself: the truth a client is judged against is
   this schedule.
 
-Both answer `GET /v1/models`. Run one with `python bench/servers.py zero --port 8001` (until Ctrl-C), or from
+Both answer `GET /v1/models`. Run one with `python -m bench.servers zero --port 8001` (until Ctrl-C), or from
 Python with `ServerProcess("zero")`, which starts it on a free loopback port and stops it on exit.
 """
 
@@ -195,10 +195,11 @@ class ServerProcess:
         return f"http://127.0.0.1:{self.port}/v1"
 
     def start(self) -> ServerProcess:
-        command = [sys.executable, str(Path(__file__).resolve()), self.kind, "--port", str(self.port)]
+        command = [sys.executable, "-m", "bench.servers", self.kind, "--port", str(self.port)]
         for key, value in self.options.items():
             command += [f"--{key.replace('_', '-')}", str(value)]
-        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+                                        cwd=Path(__file__).resolve().parent.parent)
         assert self.process.stdout is not None
         line = self.process.stdout.readline()
         if not line.startswith("ready"):

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from servers import ANSWER, CHUNKS, MODEL
+from bench.servers import ANSWER, CHUNKS, MODEL
 
 WORDS = ("JALAN", "TAMAN", "SDN", "BHD", "KEDAI", "RM", "TOTAL", "GST", "CASH", "QTY", "ROUNDING", "CHANGE")
 PARAMS = {"temperature": 0.0, "max_tokens": CHUNKS, "seed": 0}
@@ -78,8 +78,7 @@ async def harness_run(
     migrated) before the clock starts. Stopped (marked interrupted) after `max_s` seconds."""
     import asyncio
 
-    from clients import measured
-
+    from bench.clients import measured
     from harness.providers.plan import plan_provider
     from harness.run.runner import shadow_run
     from harness.store.db import Store

@@ -12,7 +12,7 @@ from conftest import ROOT
 
 def test_the_quick_storage_benchmark_runs_and_writes_its_results(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "bench/run.py", "--quick", "--only", "storage", "--out", str(tmp_path)],
+        [sys.executable, "-m", "bench.run", "--quick", "--only", "storage", "--out", str(tmp_path)],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -20,3 +20,39 @@ def test_the_quick_storage_benchmark_runs_and_writes_its_results(tmp_path):
     storage = results["parts"]["storage"]
     assert storage["rows_per_s"] > 0
     assert (tmp_path / "benchmarks.md").read_text().count("storage") >= 1
+
+
+def test_the_quick_report_benchmark_measures_the_large_render_in_a_child(tmp_path):
+    """The report part renders a large run in a process of its own and reports its peak memory as a target."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.run", "--quick", "--only", "report", "--out", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads((tmp_path / "benchmarks.json").read_text())["parts"]["report"]
+    large = report["large"]
+    assert large["cases"] > report["cases"] and large["render_s"] > 0
+    assert 50 < large["peak_rss_mb"] < 24 * 1024  # a real process's peak, in MB
+    names = [row["measurement"] for row in report["targets"]]
+    assert f"report: peak RSS rendering {large['cases']:,} cases × 3 providers" in names
+    assert "At scale" in (tmp_path / "benchmarks.md").read_text()
+
+
+def test_bench_is_a_package_whose_modules_never_import_the_orchestrator():
+    """bench/ modules import each other as `bench.x`, never `run` (the orchestrator on top), and none puts a
+    folder on sys.path."""
+    import ast
+
+    for path in (ROOT / "bench").rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                assert node.module.split(".")[0] not in {"run", "clients", "servers", "workload", "report_scale",
+                                                         "report_doc", "common", "peers"}, (path, node.module)
+                if path.name != "run.py":
+                    assert node.module != "bench.run", path
+                    assert node.module != "bench" or "run" not in {a.name for a in node.names}, path
+            if isinstance(node, ast.Import):
+                assert all(a.name.split(".")[0] not in {"run", "clients", "servers", "workload", "report_scale",
+                                                        "report_doc"} for a in node.names), path
+        assert "sys.path.insert" not in path.read_text(), path

@@ -9,7 +9,7 @@ Every tool gets the same generated cases (receipts of ~600 characters, one expec
 and the same zero-latency server (bench/servers.py), at concurrency 64, caching off, each as a command line in a
 process of its own, as a user would run it: `inspect eval bench/peers/inspect_task.py ...`,
 `promptfoo eval -c promptfooconfig.yaml ...`, `harness run SUITE --cache off` (which also writes its report), and
-the raw aiohttp client (`python bench/clients.py`, non-streamed) for the physical limit. Each is run on 1 case (its
+the raw aiohttp client (`python -m bench.clients`, non-streamed) for the physical limit. Each is run on 1 case (its
 start-up: interpreter, imports, config, first request, writing its results) and on N cases; cases/s is
 (N - 1) / (wall time of N - wall time of 1), client CPU per case likewise from the process's (and its children's)
 CPU time, and cases/s including start-up is N / wall time of N. Inspect AI and promptfoo do not stream: the server
@@ -35,6 +35,8 @@ ROOT = BENCH.parent
 ENV_DIR = ROOT / "runs" / "bench" / "peers-env"
 INSTALL_TIMEOUT_S = 900
 RUN_TIMEOUT_S = 600
+TARGET_VS_PROMPTFOO = 10.0  # harness cases/s over promptfoo's, concurrency 64 (issue 8)
+TARGET_VS_INSPECT = 20.0  # over Inspect AI's
 PROMPT = "Read this receipt and say, in one sentence, what the total is, where and when it was paid.\n\nReceipt:\n{}\n"
 
 
@@ -133,8 +135,7 @@ def rate(one: dict[str, Any], full: dict[str, Any], n: int) -> dict[str, Any]:
 
 
 async def run_peers(settings: Any, tmp: Path, done: dict[str, Any]) -> dict[str, Any]:
-    import servers
-    import workload
+    from bench import servers, workload
 
     n = settings.peer_cases
     ENV_DIR.mkdir(parents=True, exist_ok=True)
@@ -168,7 +169,7 @@ async def run_peers(settings: Any, tmp: Path, done: dict[str, Any]) -> dict[str,
                 log(f"peers rep {rep + 1}: {name}: {x.get('cases_per_s') or 0:.0f} cases/s, start-up "
                     f"{x.get('startup_s') or 0:.1f} s, {x.get('cpu_ms_per_case') or 0:.2f} ms CPU/case "
                     f"{x.get('note') or ''}")
-    from run import summary
+    from bench.common import summary
 
     for name, outs in runs.items():
         ok = [o for o in outs if "cases_per_s" in o]
@@ -181,7 +182,7 @@ async def run_peers(settings: Any, tmp: Path, done: dict[str, Any]) -> dict[str,
         ratios[f"harness/{name}"] = summary([
             h["cases_per_s"] / o["cases_per_s"] if h.get("cases_per_s") and o.get("cases_per_s") else None
             for h, o in zip(runs["harness"], runs[name], strict=False)])
-    from run import TARGET_VS_INSPECT, TARGET_VS_PROMPTFOO, target
+    from bench.common import target
 
     return {
         "cases": n, "concurrency": 64, "reps": settings.reps, "tools": tools, "ratios": ratios,
@@ -239,9 +240,9 @@ def _harness(folders: dict[int, Path], tmp: Path) -> Any:
 
 def _raw(url: str) -> Any:
     def run(n: int) -> dict[str, Any]:
-        command = [sys.executable, str(BENCH / "clients.py"), url, "--concurrency", "64", "--no-stream"]
-        one = _checked("raw", timed([*command, "--requests", "1"]))
-        full = _checked("raw", timed([*command, "--requests", str(n)]))
+        command = [sys.executable, "-m", "bench.clients", url, "--concurrency", "64", "--no-stream"]
+        one = _checked("raw", timed([*command, "--requests", "1"], cwd=ROOT))
+        full = _checked("raw", timed([*command, "--requests", str(n)], cwd=ROOT))
         return {**rate(one, full, n), "passed": json.loads(full["output"].strip().splitlines()[-1])["ok"],
                 "note": "not streamed; scores and stores nothing"}
 
