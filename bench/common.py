@@ -8,6 +8,7 @@ import importlib.metadata
 import json
 import os
 import platform
+import resource
 import statistics
 import sys
 from pathlib import Path
@@ -94,6 +95,18 @@ def rss_mb() -> float | None:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024 / 1e6
     return None
+
+
+def peak_rss_kib() -> int:
+    """This process's peak resident set size, in KiB: `VmHWM`, the high-water mark of its own memory since it
+    started. Not `ru_maxrss`, which on Linux a child also inherits from the process that started it (the parent's
+    peak, when started through vfork, as `subprocess` does), so that a child's figure would be its parent's
+    whenever the parent had been larger; `ru_maxrss` only where /proc is missing."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
 def log(message: str) -> None:

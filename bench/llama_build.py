@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from bench.common import ROOT
 
 PROMPT = ("Extract company, date, address and total from this receipt as JSON. " * 12).strip()
 

@@ -1,4 +1,5 @@
-"""docs/benchmarks.md from the numbers of bench/run.py (docs/benchmarks.json), and the table printed at the end."""
+"""docs/benchmarks.md from the numbers of `python -m bench.run` (docs/benchmarks.json), and the table printed at
+the end."""
 
 from __future__ import annotations
 
@@ -269,16 +270,21 @@ def report_section(r: dict[str, Any]) -> list[str]:
 def _large_report(large: dict[str, Any] | None) -> list[str]:
     if not large:
         return []
+    quick = large["cases"] < 100_000
     return [
-        f"At scale: a synthetic run of {large['cases']:,} cases × {large['providers']} providers, stored the same way "
-        "into a DuckDB file, then rendered by a child process of its own (`python -m bench.report_scale "
-        "--child-render`) that opens the file, calls `render_report` and reports the render's time and its peak "
-        "resident set size (`ru_maxrss`, its imports included).",
+        f"At scale: a synthetic run of {large['cases']:,} cases × {large['providers']} providers"
+        + (" (a quick run; the full one renders 100,000)" if quick else "")
+        + ", generated the same way and stored into a DuckDB file by a child process (`python -m bench.report_scale "
+        "--child-build`), then rendered by a second child process of its own (`--child-render`) that opens the file, "
+        "calls `render_report` and reports the render's time and its own peak resident set size: `VmHWM` from "
+        "/proc/self/status, its imports and the open store included (the RSS before the render, in the table). Not "
+        "`ru_maxrss`, which on Linux a child inherits from the process that started it, so that it would show the "
+        "bench's own peak whenever that was higher. MiB are 2^20 bytes: the target, 1.5 GiB, is 1,536 MiB.",
         "",
-        "| render s | peak RSS MB | file MB | building the synthetic run s |",
-        "|---|---|---|---|",
-        f"| {_n(large['render_s'])} | {_n(large['peak_rss_mb'])} | {_n(large['file_mb'])} | "
-        f"{_n(large.get('synthetic_run_s'))} |",
+        "| render s | peak RSS MiB | RSS before the render MiB | file MB | building the synthetic run s |",
+        "|---|---|---|---|---|",
+        f"| {_n(large['render_s'])} | {_n(large['peak_rss_mib'], 0)} | {_n(large.get('rss_before_render_mib'), 0)} | "
+        f"{_n(large['file_mb'])} | {_n(large.get('synthetic_run_s'))} |",
         "",
     ]
 
@@ -291,13 +297,14 @@ def memory_section(r: dict[str, Any]) -> list[str]:
         "## 6. Memory",
         "",
         f"A {r['cases']:,}-case run (`load_suite` + `shadow_run`, c=64, cache off) against the zero-latency server, "
-        "in a child process; peak RSS is the child's `ru_maxrss`, and RSS is sampled every 100 ms to say in which "
+        "in a child process; peak RSS is the child's own high-water mark (`VmHWM`; `ru_maxrss` would carry the "
+        "parent's), and RSS is sampled every 100 ms to say in which "
         "phase the peak fell: loading the suite (every prompt rendered), setting the run up (the `cases` rows "
         "stored) until the first call, then the calls, the writer's last flush and the run's metrics."
         + (f" Note: {r['note']}." if r.get("note") else ""),
         "",
         "| RSS before MB | after `load_suite` | at the first call | at the end | peak loading / setting up / calls "
-        "and after | peak (ru_maxrss) | run wall s | requests/s | DuckDB file MB | status |",
+        "and after | peak (VmHWM) | run wall s | requests/s | DuckDB file MB | status |",
         "|---|---|---|---|---|---|---|---|---|---|",
         f"| {_n(r['rss_before_mb'], 0)} | {_n(r['rss_after_load_mb'], 0)} | {_n(r.get('rss_at_first_call_mb'), 0)} | "
         f"{_n(r['rss_end_mb'], 0)} | {_n(r.get('peak_loading_mb'), 0)} / {_n(r.get('peak_setup_mb'), 0)} / "
@@ -390,7 +397,7 @@ def llama_build_section(result: dict[str, Any]) -> list[str]:
 
 
 def written_section(result: dict[str, Any]) -> list[str]:
-    """A section measured by a script outside `make bench` and written up by hand (bench/loop_lag.py), kept as
+    """A section measured by a script outside `make bench` and written up by hand (`python -m bench.loop_lag`), kept as
     it was recorded."""
     return [*result["markdown"].splitlines(), ""]
 

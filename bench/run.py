@@ -21,7 +21,6 @@ import contextlib
 import json
 import os
 import random
-import resource
 import shutil
 import statistics
 import subprocess
@@ -41,6 +40,7 @@ from bench.common import (
     load_results,
     log,
     machine,
+    peak_rss_kib,
     percentile,
     rss_mb,
     summary,
@@ -535,7 +535,8 @@ async def part_cache(settings: Settings, tmp: Path) -> dict[str, Any]:
 
 
 def part_report(settings: Settings, tmp: Path) -> dict[str, Any]:
-    """5. The report of a synthetic 10,000-case x 3-provider run (bench/report_scale.py)."""
+    """5. The report of a synthetic 10,000-case x 3-provider run, and the render time and peak RSS of a
+    100,000-case one in a child process (`bench.report_scale`)."""
     return report_scale.measure_part(settings.report_cases, settings.report_large_cases)
 
 
@@ -570,7 +571,7 @@ def part_memory(settings: Settings, tmp: Path, done: dict[str, Any]) -> dict[str
         limit = max(60.0, settings.remaining() - 30) if not settings.quick else 120.0
         log(f"memory: {n:,} cases at c={settings.memory_concurrency}, time bound {limit:.0f} s")
         try:
-            proc = subprocess.run(command, capture_output=True, text=True, timeout=limit + 30)
+            proc = subprocess.run(command, capture_output=True, text=True, timeout=limit + 30, cwd=ROOT)
         except subprocess.TimeoutExpired:
             return {"cases": n, "error": f"the child did not finish in {limit + 30:.0f} s",
                     "targets": [target(f"memory: peak RSS, {n:,}-case run", None, "<=", TARGET_RSS_MB, "MB")]}
@@ -606,7 +607,8 @@ def memory_targets(out: dict[str, Any]) -> list[dict[str, Any]]:
 
 def child_memory(args: argparse.Namespace) -> int:
     """The memory run itself, in its own process: RSS before loading, after loading the suite, at the end, and the
-    peak (ru_maxrss); the run's wall time and throughput. Prints one `RESULT {json}` line."""
+    peak (VmHWM: this process's own, where `ru_maxrss` would carry its parent's); the run's wall time and
+    throughput. Prints one `RESULT {json}` line."""
     import harness.run.runner  # noqa: F401  (everything a run imports, before the first measurement)
     from harness.suite.load import load_suite
 
@@ -648,7 +650,7 @@ def child_memory(args: argparse.Namespace) -> int:
         marks["peak_at_s"] = max(samples, key=lambda x: x[1])[0]
     marks["phases_s"] = phases
     marks["rss_end_mb"] = rss_mb()
-    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e6
+    peak_rss = peak_rss_kib() * 1024 / 1e6  # VmHWM: this process's own peak, not its parent's
     size = sum(p.stat().st_size for p in Path(args.child_db).parent.glob(Path(args.child_db).name + "*"))
     print("RESULT " + json.dumps({
         **marks, "peak_rss_mb": peak_rss, "wall_s": out["wall_s"],
@@ -729,13 +731,19 @@ def main(argv: list[str] | None = None) -> int:
             log(f"--base-url measures dispatch and latency only; not running {', '.join(bad)}")
             parts = [p for p in parts if p in ("dispatch", "latency")]
     out = Path(args.out) if args.out else (ROOT / "runs" / "bench" if args.quick or args.base_url else ROOT / "docs")
-    existing = load_results(out / "benchmarks.json") if args.only and not args.quick else {}
+    previous = load_results(out / "benchmarks.json") if not args.quick else {}
+    existing = previous if args.only else {}
     data: dict[str, Any] = {**existing, "parts": dict(existing.get("parts", {}))}
     started = datetime.now(UTC)
     merging = bool(existing.get("date"))  # --only: these parts replace theirs in the last full run's files
     if not merging:
         data.update(machine=machine(), date=started.isoformat(timespec="seconds"), quick=args.quick,
                     base_url=args.base_url, parts_run=parts, updates=[])
+        # what is measured outside `make bench` (`python -m bench.llama_build --record`, the loop-lag write-up)
+        # stays in the files: a full run replaces only its own parts
+        for name, result in previous.get("parts", {}).items():
+            if name not in PARTS:
+                data["parts"].setdefault(name, result)
     done: dict[str, Any] = {}
     random.seed(0)
     with tempfile.TemporaryDirectory(prefix="shadow-bench-") as folder:

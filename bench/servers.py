@@ -29,6 +29,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from bench.common import ROOT
+
 MODEL = "bench-model"
 CHUNKS = 20
 # the 20 content pieces of every answer; joined and stripped they are the gold answer of the generated suites
@@ -199,7 +201,7 @@ class ServerProcess:
         for key, value in self.options.items():
             command += [f"--{key.replace('_', '-')}", str(value)]
         self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
-                                        cwd=Path(__file__).resolve().parent.parent)
+                                        cwd=ROOT)
         assert self.process.stdout is not None
         line = self.process.stdout.readline()
         if not line.startswith("ready"):

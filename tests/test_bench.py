@@ -32,10 +32,25 @@ def test_the_quick_report_benchmark_measures_the_large_render_in_a_child(tmp_pat
     report = json.loads((tmp_path / "benchmarks.json").read_text())["parts"]["report"]
     large = report["large"]
     assert large["cases"] > report["cases"] and large["render_s"] > 0
-    assert 50 < large["peak_rss_mb"] < 24 * 1024  # a real process's peak, in MB
+    assert 50 < large["rss_before_render_mib"] <= large["peak_rss_mib"] < 24 * 1024  # a real process's, in MiB
     names = [row["measurement"] for row in report["targets"]]
     assert f"report: peak RSS rendering {large['cases']:,} cases × 3 providers" in names
     assert "At scale" in (tmp_path / "benchmarks.md").read_text()
+    row = next(row for row in report["targets"] if row["measurement"].startswith("report: peak RSS"))
+    assert row["unit"] == "MiB" and row["target"] == "<= 1,536 MiB" and "a quick run" in row["note"]
+
+
+def test_a_childs_peak_rss_is_its_own_and_not_its_parents():
+    """ru_maxrss of a child started by subprocess carries its parent's peak on Linux; peak_rss_kib must not."""
+    code = ("import subprocess, sys\n"
+            "block = bytearray(400 * 2**20)\n"
+            "block[::4096] = b'x' * len(block[::4096])\n"
+            "del block\n"
+            "sys.exit(subprocess.run([sys.executable, '-c', 'from bench.common import peak_rss_kib; "
+            "print(peak_rss_kib())']).returncode)\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert int(proc.stdout.split()[-1]) < 200 * 1024  # KiB: the child's own few tens of MB, not the parent's 400
 
 
 def test_bench_is_a_package_whose_modules_never_import_the_orchestrator():

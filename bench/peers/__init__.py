@@ -29,19 +29,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.common import ROOT, log, summary, target
+
 HERE = Path(__file__).resolve().parent
-BENCH = HERE.parent
-ROOT = BENCH.parent
 ENV_DIR = ROOT / "runs" / "bench" / "peers-env"
 INSTALL_TIMEOUT_S = 900
 RUN_TIMEOUT_S = 600
 TARGET_VS_PROMPTFOO = 10.0  # harness cases/s over promptfoo's, concurrency 64 (issue 8)
 TARGET_VS_INSPECT = 20.0  # over Inspect AI's
 PROMPT = "Read this receipt and say, in one sentence, what the total is, where and when it was paid.\n\nReceipt:\n{}\n"
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 def timed(command: list[str], *, env: dict[str, str] | None = None, cwd: Path | None = None,
@@ -169,8 +165,6 @@ async def run_peers(settings: Any, tmp: Path, done: dict[str, Any]) -> dict[str,
                 log(f"peers rep {rep + 1}: {name}: {x.get('cases_per_s') or 0:.0f} cases/s, start-up "
                     f"{x.get('startup_s') or 0:.1f} s, {x.get('cpu_ms_per_case') or 0:.2f} ms CPU/case "
                     f"{x.get('note') or ''}")
-    from bench.common import summary
-
     for name, outs in runs.items():
         ok = [o for o in outs if "cases_per_s" in o]
         tools[name] = {key: summary([o.get(key) for o in ok]) for key in
@@ -182,8 +176,6 @@ async def run_peers(settings: Any, tmp: Path, done: dict[str, Any]) -> dict[str,
         ratios[f"harness/{name}"] = summary([
             h["cases_per_s"] / o["cases_per_s"] if h.get("cases_per_s") and o.get("cases_per_s") else None
             for h, o in zip(runs["harness"], runs[name], strict=False)])
-    from bench.common import target
-
     return {
         "cases": n, "concurrency": 64, "reps": settings.reps, "tools": tools, "ratios": ratios,
         "method": __doc__.split("\n\n", 2)[2].replace("\n", " "),
