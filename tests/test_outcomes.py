@@ -76,8 +76,10 @@ def test_run_providers_name_the_candidate_and_incumbent_or_say_why_not(tmp_path:
         providers = run_providers(store, _run(store))
     assert providers.candidate() == "cand" and providers.incumbent() == "inc"
     assert providers.skipped == {"other": "OTHER_KEY is not set"}
-    with pytest.raises(RunError, match=r"has no answers of 'other' \(ran: inc, cand\)"):
+    with pytest.raises(RunError, match=r"has no answers of 'other' \(it was skipped: OTHER_KEY is not set\)"):
         providers.candidate("other")
+    with pytest.raises(RunError, match=r"has no answers of 'openai:x' \(ran: inc, cand\)"):
+        providers.candidate("openai:x")
     alone = RunProviders(run_id="r", roles={"inc": "incumbent", "c": "candidate"}, ready=("c",),
                          skipped={"inc": "OPENAI_API_KEY is not set"})
     with pytest.raises(RunError, match=r"no incumbent answers .*\(inc was skipped: OPENAI_API_KEY is not set\); "

@@ -102,6 +102,8 @@ class RunProviders:
         return self.incumbents[0]
 
     def _ran(self, name: str) -> str:
+        if name in self.skipped:
+            raise RunError(f"run {self.run_id} has no answers of '{name}' (it was skipped: {self.skipped[name]})")
         if name not in self.ready:
             raise RunError(f"run {self.run_id} has no answers of '{name}' (ran: {', '.join(self.ready) or 'none'})")
         return name
