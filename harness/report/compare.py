@@ -12,7 +12,7 @@ How it decides:
 - A provider is in a run when it was `ready` there (a skipped provider made no calls). Providers ready in both
   runs are compared (`provider=` picks one of them); the others are listed as `added` (only in B) or
   `removed` (only in A).
-- A case passes when every scorer's `case_pass` passed (`scorers.case_passes`); a failed call, an answer with
+- A case passes when every scorer's `case_pass` passed (the outcome table's `pass`); a failed call, an answer with
   no scores or no answer at all (an interrupted run) is a failure. Each shared case is then a new failure
   (passed in A, fails in B), fixed (failed in A, passes in B), still failing or still passing. Pass rates are
   over the shared cases, so they can differ from each run's own report when the case sets differ.
