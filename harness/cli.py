@@ -203,7 +203,69 @@ def _parser() -> argparse.ArgumentParser:
                            "exit 0 when it answered (make setup runs it)")
     smoke.add_argument("--model", default="smollm2-135m", help="bundled model name or path to a .gguf file")
     smoke.set_defaults(func=cmd_smoke)
+
+    proxy = sub.add_parser("proxy", help="shadow live traffic: pass OpenAI/Anthropic calls through to the API "
+                           "unchanged, copy a share to the candidate(s), judge both answers, store them as a run")
+    proxy.add_argument("--candidate", action="append", metavar="KIND:MODEL",
+                       help="a candidate the copies go to, e.g. local:smollm2-135m or vllm:MODEL (repeatable)")
+    proxy.add_argument("--base-url", help="URL of a running OpenAI-compatible server for local/vllm candidates")
+    proxy.add_argument("--upstream", default="https://api.openai.com/v1",
+                       help="the OpenAI API (or compatible) the calls go to, a base URL ending in /v1 "
+                            "(default https://api.openai.com/v1)")
+    proxy.add_argument("--anthropic-upstream", default="https://api.anthropic.com",
+                       help="where /v1/messages calls go (default https://api.anthropic.com)")
+    proxy.add_argument("--suite", dest="proxy_suite", metavar="DIR",
+                       help="judge with this suite's scorers (the incumbent's answer as the reference) and gate "
+                            "margin, instead of agreement alone")
+    proxy.add_argument("--sample", type=_share, default=1.0, help="share of chat calls copied, 0.0-1.0 (default 1)")
+    proxy.add_argument("--per-minute", type=_positive, help="at most this many copies a minute")
+    proxy.add_argument("--queue", type=_positive, default=1000,
+                       help="copies waiting per candidate before new ones are dropped (default 1000)")
+    proxy.add_argument("--max-body", type=_positive, default=1_000_000, metavar="BYTES",
+                       help="larger request bodies are passed through but neither copied nor stored")
+    proxy.add_argument("--redact", action="append", default=[], metavar="PATTERN",
+                       help="email, card, phone or a regular expression, replaced before anything is stored "
+                            "(repeatable)")
+    proxy.add_argument("--incumbent", metavar="API:MODEL",
+                       help="mirror only calls for this model, e.g. openai:gpt-4o-mini (default: the first seen)")
+    proxy.add_argument("--name", default="proxy", help="the run's suite name in the store (default proxy)")
+    proxy.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine)")
+    proxy.add_argument("--port", type=int, default=8787)
+    proxy.add_argument("--db", default=DEFAULT_DB)
+    proxy.add_argument("--resume", metavar="RUN_ID", help="go on adding to a stopped proxy run")
+    proxy.add_argument("--pricing", action="append", metavar="FILE", help="TOML price overrides (repeatable)")
+    proxy.add_argument("--status-every", type=float, default=10.0, metavar="SECONDS",
+                       help="how often the status line is printed (default 10)")
+    proxy.set_defaults(func=cmd_proxy)
+    proxy_sub = proxy.add_subparsers(dest="action", metavar="ACTION")
+    export = proxy_sub.add_parser("export", help="write a proxy run's captured traffic as a suite folder")
+    export.add_argument("run", metavar="RUN_ID", nargs="?", help="the proxy run (default: the latest)")
+    export.add_argument("--out", required=True, metavar="DIR", help="the suite folder to write (must not exist)")
+    export.add_argument("--db", default=DEFAULT_DB)
+    export.add_argument("--only-disagreements", action="store_true",
+                        help="only the requests where a candidate's answer did not pass")
+    export.set_defaults(func=cmd_proxy_export)
     return parser
+
+
+def _share(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number from 0.0 to 1.0, not {value!r}") from None
+    if not 0.0 <= number <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be from 0.0 to 1.0, not {number}")
+    return number
+
+
+def _positive(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, not {value!r}") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, not {number}")
+    return number
 
 
 def suite_folder(value: str, command: str) -> str:
@@ -719,6 +781,89 @@ def cmd_serve(args: argparse.Namespace) -> int:
         asyncio.run(_cancel_on_sigterm(serve()))
     except (KeyboardInterrupt, asyncio.CancelledError):  # Ctrl-C or SIGTERM: the way to stop it
         print("server stopped", flush=True)
+    return 0
+
+
+def cmd_proxy(args: argparse.Namespace) -> int:
+    """`harness proxy`: serve until Ctrl-C (or SIGTERM), mirroring chat calls to the candidates."""
+    from harness.proxy.mirror import ProxySettings
+    from harness.proxy.privacy import Redactor
+    from harness.proxy.serve import run_proxy
+    from harness.proxy.server import check_upstream
+    from harness.suite.spec import ProviderSpec
+
+    if not args.candidate:
+        raise HarnessError("name a candidate to copy the calls to: --candidate local:smollm2-135m (the bundled "
+                           "model), vllm:MODEL or openai-compatible:MODEL")
+    Redactor(args.redact)  # a bad pattern is an error before anything starts
+    upstreams = {"openai": check_upstream(args.upstream, "--upstream"),
+                 "anthropic": check_upstream(args.anthropic_upstream, "--anthropic-upstream")
+                 if args.anthropic_upstream != "https://api.anthropic.com" else args.anthropic_upstream}
+    suite = load_suite(suite_folder(args.proxy_suite, "proxy")) if args.proxy_suite else None
+    plans = []
+    for candidate in args.candidate:
+        try:
+            spec = ProviderSpec(id=candidate, role="candidate")
+        except ValueError as exc:
+            raise HarnessError(f"--candidate {candidate!r}: {exc.errors()[0]['msg']}") from None
+        plans.append(plan_provider(spec, base_url=args.base_url))
+    resolve_served_models(plans)
+    skipped = [p for p in plans if p.status != "ready"]
+    if skipped:
+        raise ProviderError("; ".join(f"{p.name} cannot run: {p.reason}" for p in skipped))
+    settings = ProxySettings(name=args.name, sample=args.sample, per_minute=args.per_minute, queue=args.queue,
+                             max_body=args.max_body, incumbent=args.incumbent, redact=args.redact)
+    pricing = load_pricing(args.pricing or ())
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+
+    def ready(mirror: Any, server: Any) -> None:
+        print(f"proxy run {mirror.run_id}: listening on {server.url}, calls go to {public_url(upstreams['openai'])} "
+              f"(OpenAI) and {public_url(upstreams['anthropic'])} (Anthropic)")
+        print(f"  copies of {args.sample:.0%} of chat calls go to {', '.join(p.name for p in plans)}; "
+              f"status: {server.url}/shadow")
+        print(f"  point your app at it: OPENAI_BASE_URL={server.url}/v1 (or ANTHROPIC_BASE_URL={server.url}); "
+              "Ctrl-C stops", flush=True)
+
+    async def serve() -> Any:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+
+        def first_then_cancel() -> None:  # the first Ctrl-C drains the copies in flight; a second stops at once
+            if stop.is_set() and task is not None:
+                task.cancel()
+            stop.set()
+
+        for number in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(number, first_then_cancel)
+        return await run_proxy(
+            store, plans, settings, pricing, upstreams, host=args.host, port=args.port, suite=suite,
+            resume=args.resume, on_ready=ready, on_status=lambda line: print(printable(line), flush=True),
+            status_every=args.status_every, stop=stop, server_log_dir=Path(args.db).parent,
+        )
+
+    with Store(args.db) as store:
+        if args.resume and args.resume not in {r["run_id"] for r in queries.run_list(store)}:
+            raise HarnessError(f"--resume {args.resume}: no such run in {args.db}; `harness runs` lists them")
+        try:
+            result = asyncio.run(serve())
+        except (KeyboardInterrupt, asyncio.CancelledError):
+            print("\nstopped at once: the copies in flight were not stored", file=sys.stderr)
+            return 130
+        print(f"proxy run {result.run_id} {result.status}" + (f": {result.reason}" if result.reason else ""))
+        print(f"  its report: harness report {result.run_id} --db {args.db}; as a suite: harness proxy export "
+              f"{result.run_id} --out suites/NAME --db {args.db}")
+    return 0 if result.status == "completed" else 1
+
+
+def cmd_proxy_export(args: argparse.Namespace) -> int:
+    """`harness proxy export`: a proxy run's captured requests and the incumbent's answers as a suite folder."""
+    from harness.proxy.export import export_suite
+
+    with Store(args.db, read_only=True) as store:
+        written = export_suite(store, args.run, Path(args.out), only_disagreements=args.only_disagreements)
+    print(f"wrote {written.cases} cases to {written.path} (the incumbent's answers in {written.log.name}); "
+          f"run it with: harness run {written.path}")
     return 0
 
 

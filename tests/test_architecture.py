@@ -18,7 +18,7 @@ LAYERS = [
     {"scoring"},  # judging one answer
     {"store"},  # the DuckDB file
     {"analysis"},  # statistics over stored runs: outcomes, gate, cost, cascade, decision
-    {"run"},  # running suites and load tests, re-scoring, the cache
+    {"run", "proxy"},  # running suites, load tests, re-scoring, the cache; live traffic (harness proxy)
     {"report"},  # pages
     {"cli", "__init__", "scorers"},  # the edges (scorers: where suites' own scorers found Score before)
 ]

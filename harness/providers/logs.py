@@ -193,7 +193,7 @@ def _entry(row: dict[str, Any], number: int) -> LogEntry:
     started_at = _timestamp(row)
     if response is not None:
         fmt = _response_format(response)
-        parsed = _parse_openai(response) if fmt == "openai" else _parse_anthropic(response)
+        parsed = openai_answer(response) if fmt == "openai" else anthropic_answer(response)
         if started_at is None and fmt == "openai" and _is_number(response.get("created")):
             started_at = _from_unix(response["created"])
     else:
@@ -240,7 +240,9 @@ def _response_format(response: Any) -> str:
     )
 
 
-def _parse_openai(response: dict[str, Any]) -> dict[str, Any]:
+def openai_answer(response: dict[str, Any]) -> dict[str, Any]:
+    """The answer of an OpenAI `chat.completion` body: text, model, input, output and cached input tokens,
+    finish reason. Raises ValueError for a body that is not one."""
     choices = response["choices"]
     first = choices[0] if isinstance(choices, list) and choices else None
     if not isinstance(first, dict) or not isinstance(first.get("message"), dict):
@@ -260,7 +262,9 @@ def _parse_openai(response: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _parse_anthropic(response: dict[str, Any]) -> dict[str, Any]:
+def anthropic_answer(response: dict[str, Any]) -> dict[str, Any]:
+    """The answer of an Anthropic `Message` body, as `openai_answer` gives it (input tokens include the tokens
+    read from and written to the prompt cache)."""
     usage = response.get("usage") if isinstance(response.get("usage"), dict) else {}
     fresh = _int(usage.get("input_tokens"))
     cache_read = _int(usage.get("cache_read_input_tokens"))

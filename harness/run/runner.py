@@ -76,28 +76,37 @@ def provenance(
     suite: Suite, limit: int | None, n_cases: int, command: str | None = None, **extra: Any
 ) -> dict[str, Any]:
     """The `runs` columns that say what produced a run: suite hash, versions, git revision, host."""
+    return host_provenance(
+        command, cwd=suite.path,
+        suite=suite.name,
+        suite_path=str(suite.path),
+        suite_version=suite.spec.version,
+        suite_hash=suite.hash,
+        task=suite.spec.task,
+        params=suite.spec.params.model_dump(),
+        n_cases=n_cases,
+        case_limit=limit,
+        scorers=[spec.model_dump(exclude_defaults=True) for spec in suite.spec.scorers],
+        **extra,
+    )
+
+
+def host_provenance(command: str | None = None, cwd: Path | None = None, **columns: Any) -> dict[str, Any]:
+    """`columns` of a new `runs` row with what produced it: versions, git revision (of `cwd`), host, the command
+    line (keys redacted)."""
     versions = {}
     for package in PACKAGES:
         with contextlib.suppress(importlib.metadata.PackageNotFoundError):
             versions[package] = importlib.metadata.version(package)
     return {
-        "suite": suite.name,
-        "suite_path": str(suite.path),
-        "suite_version": suite.spec.version,
-        "suite_hash": suite.hash,
-        "task": suite.spec.task,
-        "params": suite.spec.params.model_dump(),
-        "n_cases": n_cases,
-        "case_limit": limit,
-        "scorers": [spec.model_dump(exclude_defaults=True) for spec in suite.spec.scorers],
         "scored_at": datetime.now(UTC),
-        "git_revision": git_revision(suite.path),
+        "git_revision": git_revision(cwd),
         "harness_version": versions.get("shadow-harness"),
         "package_versions": versions,
         "python_version": platform.python_version(),
         "hostname": socket.gethostname(),
         "command": redact(command or " ".join(sys.argv)),
-        **extra,
+        **columns,
     }
 
 
@@ -260,13 +269,13 @@ async def shadow_run(
         status = "failed"
         try:
             if not resume:
-                store.insert("run_providers", [_provider_row(run_id, suite, plan, pricing) for plan in plans])
+                store.insert("run_providers", [provider_row(run_id, suite, plan, pricing) for plan in plans])
                 store.insert_large("cases", (_case_row(run_id, i, case) for i, case in enumerate(cases)))
             result.todo = sum(len(job.cases) + len(job.hits) for job in jobs)
             if on_started:
                 on_started(run_id, result.todo)
             writer = store.writer(journal=store.journal_path(run_id))
-            recorder = _Recorder(run_id, suite, scorers, writer, pricing, cache_mode, result, progress)
+            recorder = Recorder(run_id, suite, scorers, writer, pricing, cache_mode, result, progress)
             for job in jobs:
                 stored = _stored_samples(store, job)
                 for case, key, parts, row in job.hits:
@@ -350,13 +359,14 @@ def _stored_samples(store: Store, job: _Job) -> dict[tuple[str, str], list[dict[
     return found
 
 
-class _Recorder:
-    """Turns completions into stored rows: cache key, price, scores; journaled, then queued for DuckDB."""
+class Recorder:
+    """Turns completions into stored rows: cache key, price, scores; journaled, then queued for DuckDB. The runner's
+    and the proxy's (`harness.proxy`, which has no suite when it scores by agreement alone)."""
 
     def __init__(
         self,
         run_id: str,
-        suite: Suite,
+        suite: Suite | None,
         scorers: list[Scorer],
         writer: BatchWriter,
         pricing: PricingTable,
@@ -383,9 +393,13 @@ class _Recorder:
         parts: dict[str, Any] | None,
         cached_from: str | None = None,
         samples: list[dict[str, Any]] | None = None,
+        scores: list[tuple[str, Any]] | None = None,
+        joined: dict[str, list[dict[str, Any]]] | None = None,
     ) -> None:
         """Store `c`, the answer of `plan`'s provider to `case`, with its scores and, for a sampled provider,
-        `samples`: its extra samples as `samples` rows (without run, case and provider; [] when none was drawn)."""
+        `samples`: its extra samples as `samples` rows (without run, case and provider; [] when none was drawn).
+        `scores`: (scorer, Score) pairs already worked out (else the recorder's scorers score `c`); `joined`: other
+        rows journaled and written with the answer, in one record (the proxy's case row)."""
         response = {
             "run_id": self.run_id, "case_id": case.id, "provider": plan.name, "text": c.text, "model": c.model,
             "input_tokens": c.input_tokens, "output_tokens": c.output_tokens,
@@ -398,20 +412,19 @@ class _Recorder:
             "logprob_mean": c.logprob_mean, "logprob_min": c.logprob_min, "margin_mean": c.margin_mean,
             "logprob_tokens": c.logprob_tokens,
         }
-        record: dict[str, list[dict[str, Any]]] = {"responses": [response]}
+        record: dict[str, list[dict[str, Any]]] = {"responses": [response], **(joined or {})}
         if samples is not None:
             response["samples"] = len(samples)
             response["agreement"] = sum(bool(row["agrees"]) for row in samples) / len(samples) if samples else None
             keys = {"run_id": self.run_id, "case_id": case.id, "provider": plan.name}
             record["samples"] = [{**keys, **row} for row in samples]
-        scores = [
+        record["scores"] = [
             {
                 "run_id": self.run_id, "case_id": case.id, "provider": plan.name, "scorer": scorer,
                 "metric": score.metric, "value": score.value, "passed": score.passed, "detail": score.detail,
             }
-            for scorer, score in score_completion(self.scorers, case, c)
+            for scorer, score in (score_completion(self.scorers, case, c) if scores is None else scores)
         ]
-        record["scores"] = scores
         self.writer.put_record(record)
         result = self.result
         result.responses += 1
@@ -448,7 +461,7 @@ class _Recorder:
         }
 
 
-async def _drive(job: _Job, recorder: _Recorder) -> None:
+async def _drive(job: _Job, recorder: Recorder) -> None:
     """Workers that take `job`'s cases in order and call its provider, a case's extra samples after its answer;
     at most `concurrency` calls are in flight, fewer while the provider's adaptive limit is cut by rate limits."""
     queue: Iterator[Case] = iter(job.cases)
@@ -472,7 +485,7 @@ async def _drive(job: _Job, recorder: _Recorder) -> None:
 
 
 async def _draw_samples(
-    job: _Job, recorder: _Recorder, request: Request, main: Completion
+    job: _Job, recorder: Recorder, request: Request, main: Completion
 ) -> list[dict[str, Any]] | None:
     """The extra samples of a sampled provider (`samples` > 1) as `samples` rows, drawn one after another by the
     worker that got `main`, so they count against the provider's concurrency; none after a failed answer (there
@@ -569,7 +582,7 @@ def run_status(store: Store, run_id: str, jobs: list[_Job]) -> tuple[str, str | 
     (`EndpointBreaker.failure`), or when a provider answered none of its cases for infrastructure reasons;
     `degraded` when more than `DEGRADED_SHARE` of a provider's stored answers failed for infrastructure reasons;
     else `completed`. Counted over every stored answer of the run, a resumed run's earlier ones included."""
-    failed, degraded = [], []
+    failed: list[str] = []
     stopped = set()
     for job in jobs:
         if job.watch is not None and job.watch.failure is not None:
@@ -579,9 +592,24 @@ def run_status(store: Store, run_id: str, jobs: list[_Job]) -> tuple[str, str | 
         if job.breaker is not None and job.breaker.failure is not None:
             failed.append(f"{job.plan.name}: {job.breaker.failure}; they stay for --resume")
             stopped.add(job.plan.name)
+    running = [job.plan.name for job in jobs if job.plan.name not in stopped]
+    more_failed, degraded = answer_status(store, run_id, running)
+    failed += more_failed
+    if failed:
+        return "failed", "; ".join(failed + degraded)
+    if degraded:
+        return "degraded", "; ".join(degraded)
+    return "completed", None
+
+
+def answer_status(store: Store, run_id: str, providers: list[str]) -> tuple[list[str], list[str]]:
+    """(failed, degraded): why each of `providers` makes run `run_id` `failed` (it answered none of its stored
+    cases, every one failing for infrastructure reasons) or `degraded` (more than `DEGRADED_SHARE` of its stored
+    answers did), one line each."""
+    failed, degraded = [], []
     rows = queries.answer_counts(store, run_id)
-    for job in jobs:
-        mine = rows[rows["provider"] == job.plan.name]
+    for name in providers:
+        mine = rows[rows["provider"] == name]
         total = int(mine["n"].sum())
         infra = mine[mine["failed"].astype(bool) & mine["error_kind"].map(
             lambda k: is_infrastructure_error(failure_kind(k)))]
@@ -592,18 +620,11 @@ def run_status(store: Store, run_id: str, jobs: list[_Job]) -> tuple[str, str | 
                           for k, n in infra.groupby("error_kind", dropna=False)["n"].sum().sort_values(
                               ascending=False).items())
         answered = int(mine.loc[~mine["failed"].astype(bool), "n"].sum())
-        if job.plan.name in stopped:
-            continue
         if answered == 0:
-            failed.append(f"{job.plan.name} answered no case: {bad} of {total} failed for infrastructure reasons "
-                          f"({kinds})")
+            failed.append(f"{name} answered no case: {bad} of {total} failed for infrastructure reasons ({kinds})")
         elif bad / total > DEGRADED_SHARE:
-            degraded.append(f"{job.plan.name}: {bad} of {total} answers failed for infrastructure reasons ({kinds})")
-    if failed:
-        return "failed", "; ".join(failed + degraded)
-    if degraded:
-        return "degraded", "; ".join(degraded)
-    return "completed", None
+            degraded.append(f"{name}: {bad} of {total} answers failed for infrastructure reasons ({kinds})")
+    return failed, degraded
 
 
 def _store_stats(store: Store, run_id: str, jobs: list[_Job], result: RunResult) -> None:
@@ -688,7 +709,7 @@ def _refresh_providers(
     """On resume: a provider skipped before (no key then) that can run now is marked ready."""
     stored = queries.provider_names(store, run_id)
     for plan in plans:
-        row = _provider_row(run_id, suite, plan, pricing)
+        row = provider_row(run_id, suite, plan, pricing)
         if plan.name not in stored:
             store.insert("run_providers", [row])
         elif plan.status == "ready":
@@ -697,7 +718,9 @@ def _refresh_providers(
             })
 
 
-def _provider_row(run_id: str, suite: Suite, plan: ProviderPlan, pricing: PricingTable) -> dict[str, Any]:
+def provider_row(run_id: str, suite: Suite | None, plan: ProviderPlan, pricing: PricingTable) -> dict[str, Any]:
+    """The `run_providers` row of `plan` in run `run_id` (its parameters: the suite's with the provider's own, or the
+    provider's alone without a suite)."""
     price = pricing.lookup(plan.request_model, provider_id=plan.name) if plan.status == "ready" else None
     spec = plan.spec.model_dump()
     if spec.get("base_url"):
@@ -706,7 +729,7 @@ def _provider_row(run_id: str, suite: Suite, plan: ProviderPlan, pricing: Pricin
         "run_id": run_id, "provider": plan.name, "role": plan.spec.role, "kind": plan.kind, "model": plan.model,
         "served_model": plan.request_model if plan.status == "ready" else None,
         "endpoint": plan.describe_endpoint() if plan.status == "ready" else None,
-        "params": params_for(suite, plan),
+        "params": params_for(suite, plan) if suite is not None else plan.spec.params,
         "concurrency": plan.concurrency, "status": plan.status, "reason": plan.reason, "spec": spec,
         "pricing": {"version": pricing.version, **(_price_json(price) if price else {"price": None})},
     }

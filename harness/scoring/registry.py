@@ -23,6 +23,7 @@ SCORERS: dict[str, str] = {
     "label": "harness.scoring.labels:LabelScorer",
     "line_items": "harness.scoring.items:LineItemsScorer",
     "clauses": "harness.scoring.clauses:ClausesScorer",
+    "agreement": "harness.scoring.agreement:AgreementScorer",
 }
 
 

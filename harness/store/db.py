@@ -238,6 +238,13 @@ MIGRATIONS: list[tuple[str, str]] = [
         ALTER TABLE runs ADD COLUMN status_reason VARCHAR;
         """,
     ),
+    (
+        "proxy_reference",
+        # harness proxy: live traffic has no gold; its answers are judged against the incumbent's answer
+        """
+        ALTER TABLE runs ADD COLUMN reference VARCHAR;    -- NULL: the suite's gold; incumbent: its answers
+        """,
+    ),
 ]
 
 # New files stay readable by every DuckDB since 1.0 (the `duckdb` CLI, DBeaver...), not only by this version.

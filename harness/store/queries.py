@@ -140,6 +140,18 @@ def ready_endpoints(store: Store, run_id: str) -> list[dict[str, Any]]:
                        [run_id]).to_dict("records")
 
 
+def count_cases(store: Store, run_id: str) -> int:
+    """How many cases `run_id` has stored."""
+    return int(store.con.execute("SELECT count(*) FROM cases WHERE run_id = ?", [run_id]).fetchone()[0])
+
+
+def providers_with_role(store: Store, run_id: str, role: str) -> list[str]:
+    """The providers of `run_id` with `role` (incumbent or candidate), in the order they were recorded."""
+    rows = store.con.execute("SELECT provider FROM run_providers WHERE run_id = ? AND role = ? ORDER BY rowid",
+                             [run_id, role]).fetchall()
+    return [provider for (provider,) in rows]
+
+
 def provider_names(store: Store, run_id: str) -> set[str]:
     """Every provider of `run_id`, skipped ones included."""
     rows = store.con.execute("SELECT provider FROM run_providers WHERE run_id = ?", [run_id]).fetchall()
@@ -234,3 +246,42 @@ def context_cuts(store: Store, run_id: str) -> tuple[int, list[dict[str, Any]]]:
         "SELECT count(*), list(context ORDER BY position) FILTER (context->>'truncated' = 'true') FROM cases "
         "WHERE run_id = ?", [run_id]).fetchone()
     return int(n), [json.loads(c) for c in cut or []]
+
+
+def captured_traffic(store: Store, run_id: str, incumbent: str) -> list[dict[str, Any]]:
+    """A proxy run's cases in order with the incumbent's answer to each (`incumbent`: its provider name):
+    case_id, input, gold and messages (JSON text), then text, model, input_tokens, output_tokens, latency_ms,
+    ttft_ms, finish_reason, error, started_at of the answer, and `failed_by`: the candidates whose answer did not
+    pass (a list, empty when all passed)."""
+    return store.query(
+        """
+        WITH judged AS (
+            SELECT s.case_id, list(DISTINCT s.provider ORDER BY s.provider) AS failed_by
+            FROM scores s JOIN run_providers p ON p.run_id = s.run_id AND p.provider = s.provider
+            WHERE s.run_id = $run AND p.role = 'candidate' AND s.metric = 'case_pass' AND NOT s.passed
+            GROUP BY s.case_id
+            UNION ALL
+            SELECT r.case_id, list(DISTINCT r.provider ORDER BY r.provider)
+            FROM responses r JOIN run_providers p ON p.run_id = r.run_id AND p.provider = r.provider
+            WHERE r.run_id = $run AND p.role = 'candidate' AND r.error IS NOT NULL
+            GROUP BY r.case_id
+        ), failed AS (SELECT case_id, flatten(list(failed_by)) AS failed_by FROM judged GROUP BY case_id)
+        SELECT c.case_id, c.input, c.gold, c.messages, r.text, r.model, r.input_tokens, r.output_tokens,
+               r.latency_ms, r.ttft_ms, r.finish_reason, r.error, r.started_at,
+               coalesce(f.failed_by, []) AS failed_by
+        FROM cases c
+        LEFT JOIN responses r ON r.run_id = c.run_id AND r.case_id = c.case_id AND r.provider = $incumbent
+        LEFT JOIN failed f ON f.case_id = c.case_id
+        WHERE c.run_id = $run ORDER BY c.position
+        """,
+        {"run": run_id, "incumbent": incumbent},
+    ).to_dict("records")
+
+
+def latest_proxy_run(store: Store) -> str | None:
+    """The most recent run recorded by `harness proxy` (its answers judged against the incumbent's), if any."""
+    if "reference" not in store.query("SELECT * FROM runs LIMIT 0").columns:
+        return None
+    rows = store.con.execute(
+        "SELECT run_id FROM runs WHERE reference = 'incumbent' ORDER BY started_at DESC LIMIT 1").fetchall()
+    return rows[0][0] if rows else None

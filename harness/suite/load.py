@@ -46,10 +46,11 @@ class _Prompt:
     """How the cases of a loaded suite become chat messages: the system prompt, then the template rendered with
     the suite's shared variables and the case's fields (the long one cut to fit, where [context] says)."""
 
-    __slots__ = ("context", "gold_field", "shared", "system", "template")
+    __slots__ = ("context", "gold_field", "messages_field", "shared", "system", "template")
 
     def __init__(self, template: jinja2.Template, shared: dict[str, Any], system: str | None, gold_field: str,
-                 context: ContextSpec | None) -> None:
+                 context: ContextSpec | None, messages_field: str | None = None) -> None:
+        self.messages_field = messages_field
         self.template = template
         self.shared = shared
         self.system = system
@@ -58,6 +59,8 @@ class _Prompt:
 
     def messages(self, case: Case) -> list[dict[str, str]]:
         """The messages of `case` (jinja2.UndefinedError if the template uses a field the case lacks)."""
+        if self.messages_field:
+            return case.input[self.messages_field]
         shown = {**case.input, self.gold_field: case.gold}
         if self.context is not None:
             shown[self.context.field] = fit_context(shown[self.context.field], self.context)[0]
@@ -125,11 +128,15 @@ def load_suite(path: str | Path) -> Suite:
             "required": [spec.output.label_key],
         }
     template_path = path / spec.prompt.template
-    template_text = read_suite_file(template_path, config, "prompt.template")
     env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=False, autoescape=False)
+    if spec.prompt.messages_field:  # each case carries its messages: no template is read
+        template_text, variables = "", {spec.prompt.messages_field}
+    else:
+        template_text = read_suite_file(template_path, config, "prompt.template")
     try:
         template = env.from_string(template_text)
-        variables = jinja2.meta.find_undeclared_variables(env.parse(template_text))
+        if not spec.prompt.messages_field:
+            variables = jinja2.meta.find_undeclared_variables(env.parse(template_text))
     except jinja2.TemplateSyntaxError as exc:
         raise SuiteError(f"{template_path} line {exc.lineno}: template syntax error: {exc.message}") from None
 
@@ -542,7 +549,7 @@ def _build_cases(
 ) -> list[Case]:
     id_field, gold_field = spec.cases.id_field, spec.cases.gold_field
     field_names = list(dict.fromkeys(f for scorer in spec.scorers if scorer.kind == "fields" for f in scorer.fields))
-    prompt = _Prompt(template, shared, spec.prompt.system, gold_field, spec.context)
+    prompt = _Prompt(template, shared, spec.prompt.system, gold_field, spec.context, spec.prompt.messages_field)
     seen: dict[str, str] = {}
     cases = []
     for row, number in zip(rows, numbers, strict=True):
@@ -578,6 +585,8 @@ def _build_cases(
                     f"{spec.context.max_chars}; raise it or set context.strategy = \"head\" or \"head_tail\""
                 )
             context = fit_context(long, spec.context)[1]
+        if spec.prompt.messages_field:
+            _check_messages(row[spec.prompt.messages_field], f"{where}: '{spec.prompt.messages_field}'")
         inputs = {k: v for k, v in row.items() if k != gold_field}
         case = _PromptedCase(case_id, inputs, row[gold_field], number, context, prompt)
         try:
@@ -588,3 +597,14 @@ def _build_cases(
             ) from None
         cases.append(case)
     return cases
+
+
+def _check_messages(messages: Any, where: str) -> None:
+    """SuiteError unless `messages` is a non-empty list of {"role": text, "content": text} (prompt.messages_field)."""
+    if not isinstance(messages, list) or not messages:
+        raise SuiteError(f"{where} must be a non-empty list of chat messages, e.g. "
+                         '[{"role": "user", "content": "..."}]')
+    for number, message in enumerate(messages):
+        if (not isinstance(message, dict) or not isinstance(message.get("role"), str)
+                or not isinstance(message.get("content"), str)):
+            raise SuiteError(f"{where}[{number}] must be an object with a text 'role' and a text 'content'")

@@ -9,7 +9,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 FieldType = Literal["text", "amount", "date", "exact"]
-ScorerKind = Literal["fields", "exact", "label", "line_items", "clauses", "python"]
+ScorerKind = Literal["fields", "exact", "label", "line_items", "clauses", "python", "agreement"]
 
 
 class _Strict(BaseModel):
@@ -34,6 +34,9 @@ class PromptSpec(_Strict):
     template: str = "prompt.j2"
     system: str | None = None
     vars: dict[str, Any] = {}  # extra template variables, the same for every case (e.g. the categories asked)
+    # the case field holding each case's chat messages ([{"role", "content"}, ...]), sent as they are: the
+    # template and `system` are then not used (captured traffic: `harness proxy export`)
+    messages_field: str | None = None
 
 
 class ContextSpec(_Strict):
@@ -68,6 +71,7 @@ SCORER_KEYS: dict[str, set[str]] = {
     "line_items": {"key", "item_fields", "min_similarity", "dayfirst"},
     "clauses": {"categories", "text_field"},
     "python": {"function", "threshold", "options"},
+    "agreement": set(),
 }
 
 
@@ -214,7 +218,7 @@ class SuiteSpec(_Strict):
     name: str
     description: str = ""
     version: str = "1"
-    task: Literal["extraction", "classification", "review"]
+    task: Literal["extraction", "classification", "review", "traffic"]
     cases: CasesSpec = CasesSpec()
     prompt: PromptSpec = PromptSpec()
     context: ContextSpec | None = None
