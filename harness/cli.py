@@ -332,6 +332,9 @@ def _run(args: argparse.Namespace, open_store: Callable[[], Store]) -> int:
         store = open_store()
         run_id = resume_target(store, args.resume, args.suite)
         run = store.run(run_id)
+        if run.get("reference") == "incumbent":
+            raise HarnessError(f"run {run_id} is a proxy run (live traffic): go on with it with "
+                               f"`harness proxy --resume {run_id}`")
         suite = load_suite(args.suite or run["suite_path"])
         specs = stored_specs(store, run_id) or list(suite.spec.providers)
         cache_mode = run.get("cache_mode") or cache_mode
@@ -552,7 +555,7 @@ def cmd_gate(args: argparse.Namespace) -> int:
     with Store(args.db, read_only=True) as store:
         run_id = run_to_use(store, args.run_id, "gate", args.suite)
         run = store.run(run_id)
-        suite_dir = Path(args.suite or run["suite_path"])
+        suite_dir = Path(args.suite or run["suite_path"] or "")  # a proxy run without a suite has no folder
         policy = load_suite(suite_dir).spec.gate if (suite_dir / "suite.toml").is_file() else GateSpec()
         overrides = {key: getattr(args, key) for key in GateSpec.model_fields if getattr(args, key, None) is not None}
         try:
@@ -641,7 +644,8 @@ def _analysis(args: argparse.Namespace) -> Any:
         if run_id is None:
             raise HarnessError(f"{args.db}: no runs of suite {suite.name} yet; run `make shadow SUITE={suite.name}`")
         run = store.run(run_id)
-        if run["suite"] != suite.name:
+        # a proxy run (live traffic judged against the incumbent) is priced under any suite's workload profile
+        if run["suite"] != suite.name and run.get("reference") != "incumbent":
             raise HarnessError(f"run {run_id} is of suite '{run['suite']}', not '{suite.name}'")
         analysis = analyse(store, run_id, profile, suite.spec.gate, candidate=args.candidate, pricing=pricing,
                            volume=args.volume)

@@ -480,6 +480,30 @@ def test_a_proxy_killed_with_sigkill_keeps_every_answer_and_resumes(tmp_path: Pa
     assert list(rows["case_id"]) == [f"req-{i:06d}" for i in range(1, 8)] and (rows["n"] == 2).all()
 
 
+def test_a_new_proxy_stores_what_a_killed_one_journaled_and_marks_it_interrupted(tmp_path: Path) -> None:
+    db = tmp_path / "p.duckdb"
+    with OpenAIServer(labels) as upstream, OpenAIServer(labels) as candidate:
+        process = _proxy_process(db, upstream.base_url, candidate.base_url)
+        url = _wait_ready(process)
+        for i in range(3):
+            chat(url, f"mail {i}")
+        deadline = time.monotonic() + 10
+        while len(candidate.requests) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)
+        process.kill()
+        process.wait()
+        (killed,) = [p.stem for p in tmp_path.glob("p.journal/*.jsonl")]
+        fresh = _proxy_process(db, upstream.base_url, candidate.base_url)
+        _wait_ready(fresh)
+        _stop(fresh)
+    with Store(db, read_only=True) as store:
+        run = store.run(killed)
+        answers = store.query("SELECT count(*) AS n FROM responses WHERE run_id = ?", [killed])["n"][0]
+    assert (run["status"], run["n_cases"], answers) == ("interrupted", 3, 6)
+    assert f"harness proxy --resume {killed}" in run["status_reason"]
+
+
 @pytest.mark.parametrize(("args", "says"), [
     (["--upstream", "ftp://example.com"], "--upstream 'ftp://example.com': not an http(s) URL"),
     (["--upstream", closed_port_url()], "cannot connect to 127.0.0.1"),
@@ -541,3 +565,30 @@ def test_export_refuses_a_run_that_is_not_a_proxy_run(tmp_path: Path, capsys: An
         store.start_run({"suite": "invoices", "n_cases": 0})
     assert main(["proxy", "export", "--db", str(db), "--out", str(tmp_path / "x")]) == 2
     assert "no proxy run to export" in capsys.readouterr().err
+
+
+def test_gate_cost_and_compare_work_on_proxy_runs(tmp_path: Path, capsys: Any) -> None:
+    db = tmp_path / "p.duckdb"
+
+    def candidate_says(body: dict[str, Any]) -> Reply:
+        return Reply(text='{"label": "ham"}' if body["messages"][-1]["content"].endswith("7") else '{"label": "spam"}')
+
+    runs = []
+    for _ in range(2):
+        with mirrored(db, labels, candidate_says) as proxy:
+            for i in range(20):
+                chat(proxy.url, f"mail {i}", model="gpt-4o-mini")  # priced in the built-in table
+            time.sleep(0.3)
+        runs.append(proxy.result.run_id)
+    capsys.readouterr()
+    assert main(["gate", runs[0], "--db", str(db), "--reports", str(tmp_path / "r")]) in (1, 3)  # 2 of 20 disagree
+    gate = capsys.readouterr().out
+    assert "openai-compatible:test-model" in gate and "openai:gpt-4o-mini" in gate
+    assert main(["cost", str(ROOT / "suites" / "invoices"), "--run", runs[0], "--db", str(db)]) == 0
+    assert "openai-compatible:test-model" in capsys.readouterr().out
+    assert main(["compare", runs[0], runs[1], "--db", str(db), "--reports", str(tmp_path / "r")]) == 0
+    assert "new failures" in capsys.readouterr().out.lower()
+    assert main(["score", runs[0], "--db", str(db)]) == 2
+    assert "is a proxy run" in capsys.readouterr().err
+    assert main(["run", "--resume", runs[0], "--db", str(db)]) == 2
+    assert f"harness proxy --resume {runs[0]}" in capsys.readouterr().err

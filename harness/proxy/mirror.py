@@ -22,6 +22,7 @@ from typing import Any
 
 from harness.analysis.intervals import wilson_interval
 from harness.analysis.sequential import Sequential, sequential_verdict
+from harness.errors import HarnessError
 from harness.pricing import PricingTable
 from harness.providers.base import Completion, redact
 from harness.providers.plan import ProviderPlan
@@ -213,6 +214,9 @@ class Mirror:
             policy = self.retry or RetryPolicy(max_attempts=plan.max_attempts, timeout_s=plan.timeout)
             self._providers[plan.name] = Resilient(provider, policy, AdaptiveLimiter(plan.concurrency))
         if self.resume:
+            if self.store.run(self.resume).get("reference") != REFERENCE:
+                raise HarnessError(f"--resume {self.resume}: not a proxy run; `harness run --resume` goes on with a "
+                                   "suite's run")
             self.run_id = self.resume
             recovered = self.store.recover(self.resume)
             self.store.resume_run(self.resume)
@@ -226,7 +230,7 @@ class Mirror:
             done = queries.case_ids(self.store, self.resume)
             self._numbers = itertools.count(len(done) + 1)
         else:
-            recovered = 0
+            recovered = recover_dead_runs(self.store)
             self.run_id = self.store.start_run(host_provenance(
                 suite=self.settings.name, suite_path=str(self.suite.path) if self.suite else None,
                 suite_hash=self.suite.hash if self.suite else None,
@@ -441,3 +445,15 @@ class Mirror:
             parts.append(f"{name}: {verdict.describe()}")
         return " | ".join(parts)
 
+
+def recover_dead_runs(store: Store) -> int:
+    """Store what the journals of killed proxy runs hold and mark those runs `interrupted`; returns how many
+    answers were recovered. A new proxy run starts with this, so a proxy killed with SIGKILL loses nothing it
+    received even when it is never resumed."""
+    recovered = 0
+    for run_id in queries.dead_proxy_runs(store):
+        recovered += store.recover(run_id)
+        store.update_run(run_id, {"n_cases": queries.count_cases(store, run_id)})
+        store.finish_run(run_id, "interrupted", "the proxy was killed; what its journal held was stored when the "
+                                                f"next proxy started (go on with it: harness proxy --resume {run_id})")
+    return recovered

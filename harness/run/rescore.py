@@ -67,6 +67,9 @@ def rescore(store: Store, run_id: str, suite_path: str | Path | None = None) -> 
     `suite_path`). Raises StoreError for an unknown run, SuiteError when the suite cannot be loaded or is
     another suite."""
     run = store.run(run_id)
+    if run.get("reference") == "incumbent":
+        raise SuiteError(f"run {run_id} is a proxy run: its answers were judged against the incumbent's as they "
+                         "arrived and are not re-scored; `harness proxy export` makes a suite of them to run")
     path = Path(suite_path or run["suite_path"])
     if not suite_path and not (path / "suite.toml").is_file():
         raise SuiteError(f"{path}: the suite of run {run_id} is no longer there; pass --suite FOLDER")

@@ -278,6 +278,16 @@ def captured_traffic(store: Store, run_id: str, incumbent: str) -> list[dict[str
     ).to_dict("records")
 
 
+def dead_proxy_runs(store: Store) -> list[str]:
+    """Proxy runs still marked `running`: a proxy killed before it could mark its run (one file has one writer,
+    so no other proxy is serving them)."""
+    if "reference" not in store.query("SELECT * FROM runs LIMIT 0").columns:
+        return []
+    rows = store.con.execute(
+        "SELECT run_id FROM runs WHERE reference = 'incumbent' AND status = 'running' ORDER BY started_at").fetchall()
+    return [run_id for (run_id,) in rows]
+
+
 def latest_proxy_run(store: Store) -> str | None:
     """The most recent run recorded by `harness proxy` (its answers judged against the incumbent's), if any."""
     if "reference" not in store.query("SELECT * FROM runs LIMIT 0").columns:
