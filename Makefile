@@ -20,10 +20,13 @@ MODEL  ?=
 NATIVE ?=
 INCUMBENT ?=
 CANDIDATE ?=
+UPSTREAM ?= https://api.openai.com/v1
+SAMPLE ?= 1
+PORT   ?= 8787
 
 # make puts command-line variables in the environment of every command; keep these ones to the Makefile
 unexport SUITE LIMIT DB CACHE RESUME PRICING RUN BASELINE PROVIDER CONCURRENCY DURATION VOLUME PEERS BASE_URL MODEL \
-         NATIVE INCUMBENT CANDIDATE
+         NATIVE INCUMBENT CANDIDATE UPSTREAM SAMPLE PORT
 
 # The variables each target takes. A variable set on the command line that none of the goals takes is an error,
 # never silently ignored (NATIVE and PYTHON shape the setup every target starts with).
@@ -39,8 +42,9 @@ TAKES_bench         := PEERS BASE_URL MODEL
 TAKES_serve         := MODEL
 TAKES_report        := SUITE RUN DB
 TAKES_runs          := DB
+TAKES_proxy         := UPSTREAM CANDIDATE BASE_URL SAMPLE PORT SUITE DB RESUME PRICING
 VARIABLES := SUITE LIMIT DB CACHE RESUME PRICING RUN BASELINE PROVIDER CONCURRENCY DURATION VOLUME PEERS BASE_URL \
-             MODEL INCUMBENT CANDIDATE
+             MODEL INCUMBENT CANDIDATE UPSTREAM SAMPLE PORT
 GOALS := $(or $(MAKECMDGOALS),setup)
 TAKEN := NATIVE PYTHON $(foreach g,$(GOALS),$(TAKES_$(g)))
 UNTAKEN := $(strip $(foreach v,$(VARIABLES),$(if $(filter command line,$(origin $(v))),$(if $(filter $(v),$(TAKEN)),,$(v)))))
@@ -53,7 +57,7 @@ given = $(filter-out undefined default file,$(origin $(1)))
 ## variables: DB=file.duckdb is the store of every target that reads or writes runs (default runs/shadow.duckdb);
 ##            SUITE is a folder name under suites/ (default invoices); a variable a target does not take is an error
 
-.PHONY: setup setup-rebuild shadow score gate cost decide load test bench serve lint report runs clean help
+.PHONY: setup setup-rebuild shadow score gate cost decide load test bench serve lint report runs clean help proxy
 
 ## setup: a .venv with the harness, the llama.cpp server and the bundled model (first run compiles llama.cpp for a
 ##        portable CPU baseline, then smoke-tests it and rebuilds it if it crashes; NATIVE=1: for this CPU only)
@@ -120,6 +124,15 @@ decide: setup
 load: setup
 	$(BIN)/harness load suites/$(SUITE) --db $(DB) --concurrency $(CONCURRENCY) --duration $(DURATION) \
 		$(if $(PROVIDER),--provider $(PROVIDER)) $(if $(BASE_URL),--base-url $(BASE_URL))
+
+## proxy: shadow live traffic until Ctrl-C: point an app's OPENAI_BASE_URL at http://127.0.0.1:PORT/v1 (default
+##        port 8787); calls go to UPSTREAM (default https://api.openai.com/v1) unchanged, a SAMPLE share (default 1)
+##        is copied to CANDIDATE (default the bundled model; BASE_URL: its server) and judged against the API's
+##        answer (SUITE=name: with that suite's scorers); status at http://127.0.0.1:PORT/shadow; RESUME=run_id
+proxy: setup
+	$(BIN)/harness proxy --upstream $(UPSTREAM) $(foreach c,$(or $(CANDIDATE),local:smollm2-135m),--candidate $(c)) \
+		--sample $(SAMPLE) --port $(PORT) --db $(DB) $(if $(call given,SUITE),--suite suites/$(SUITE)) \
+		$(if $(BASE_URL),--base-url $(BASE_URL)) $(if $(RESUME),--resume $(RESUME)) $(if $(PRICING),--pricing $(PRICING))
 
 ## test: the whole test suite, the real bundled model included
 test: setup

@@ -272,6 +272,7 @@ def test_copies_are_judged_against_the_incumbent_and_stored_as_a_run_the_report_
         assert json.loads(cases["messages"][3]) == [{"role": "user", "content": "mail 3"}]
         page = render_report(store, run_id, tmp_path / "reports").read_text()
     assert "openai-compatible:test-model" in page
+    assert 'id="reference-note"' in page and "judged against the incumbent" in page
 
 
 def test_the_stop_rule_says_fail_once_a_clearly_worse_candidate_has_been_seen_enough(tmp_path: Path) -> None:
