@@ -14,7 +14,7 @@ from conftest import answer
 from harness.errors import HarnessError, SuiteError
 from harness.providers.base import Completion
 from harness.proxy.privacy import Redactor
-from harness.proxy.wire import api_of, decoded, parse_answer, parse_request
+from harness.proxy.wire import Unsupported, api_of, decoded, parse_answer, parse_request
 from harness.scoring.agreement import AgreementScorer, is_refusal
 from harness.suite.load import Case, load_suite
 
@@ -81,6 +81,11 @@ def test_wire_reads_requests_of_both_apis():
     for bad in (b"not json", b'{"messages": []}', b'{"model": "m", "messages": "hi"}'):
         with pytest.raises(ValueError):
             parse_request("openai", bad)
+    hello = [{"role": "user", "content": "hi"}]
+    image = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]
+    for unsupported in ({"tools": [{"type": "function"}]}, {"n": 2}, {"messages": image}):
+        with pytest.raises(Unsupported):
+            parse_request("openai", json.dumps({"model": "m", "messages": hello, **unsupported}).encode())
     assert (api_of("/v1/chat/completions"), api_of("/v1/messages"), api_of("/v1/models")) == \
         ("openai", "anthropic", None)
 

@@ -328,7 +328,18 @@ def test_anthropic_calls_are_mirrored_too(tmp_path: Path) -> None:
         with client.messages.stream(model="claude-test", max_tokens=50,
                                     messages=[{"role": "user", "content": "Capital again?"}]) as stream:
             streamed = "".join(stream.text_stream)
+        raw = {}
+        for stream_it in (False, True):
+            body = json.dumps({"model": "claude-test", "max_tokens": 5, "stream": stream_it,
+                               "messages": [{"role": "user", "content": "raw"}]}).encode()
+            for where in (upstream.base_url, proxy.url):
+                request = urllib.request.Request(where + "/v1/messages", data=body, method="POST", headers={
+                    "x-api-key": SECRET, "anthropic-version": "2023-06-01", "content-type": "application/json"})
+                with urllib.request.urlopen(request) as response:
+                    raw[(stream_it, where == proxy.url)] = response.read()
         time.sleep(0.3)
+    assert raw[(False, True)] == raw[(False, False)] and raw[(True, True)] == raw[(True, False)]  # byte for byte
+    assert b"event: message_stop" in raw[(True, True)]
     assert plain.content[0].text == "Paris" and streamed == "Paris"
     assert upstream.headers[0]["authorization"] == "Bearer sk-ant-" + SECRET  # the caller's key went on, in memory
     with Store(tmp_path / "p.duckdb", read_only=True) as store:

@@ -30,7 +30,7 @@ from harness.providers.registry import build_provider
 from harness.providers.resilience import AdaptiveLimiter, Resilient, RetryPolicy
 from harness.providers.server import ManagedServer
 from harness.proxy.privacy import Redactor
-from harness.proxy.wire import Captured, decoded, parse_answer, parse_request
+from harness.proxy.wire import Captured, Unsupported, decoded, parse_answer, parse_request
 from harness.run.runner import Recorder, RunResult, answer_status, host_provenance, provider_row
 from harness.scoring.agreement import SCHEMA_FIELD, AgreementScorer
 from harness.scoring.base import Score, Scorer
@@ -74,6 +74,7 @@ class Counts:
     too_large: int = 0  # body over max_body: passed through, not stored
     other_model: int = 0  # for another model than the mirrored incumbent
     unreadable: int = 0  # a chat request the proxy could not read (not JSON, no messages)
+    unsupported: int = 0  # tools, several choices, images or audio: a copy would not ask the same (wire.Unsupported)
     upstream_errors: int = 0  # the upstream failed or answered with an error status
 
     def as_dict(self) -> dict[str, int]:
@@ -176,6 +177,9 @@ class Mirror:
             return None
         try:
             captured = parse_request(api, body)
+        except Unsupported:
+            counts.unsupported += 1
+            return None
         except (ValueError, TypeError):
             counts.unreadable += 1
             return None

@@ -50,12 +50,23 @@ def api_of(path: str) -> str | None:
     return None
 
 
+class Unsupported(ValueError):
+    """A chat request whose copy would not ask the candidate the same thing: tools or functions offered, several
+    choices asked for (`n`), images or audio in the messages. It is passed through and not mirrored."""
+
+
 def parse_request(api: str, body: bytes) -> Captured:
     """The `Captured` of a chat request body. Raises ValueError when it is not one (not JSON, no model or
-    messages, messages of the wrong shape)."""
+    messages, messages of the wrong shape), `Unsupported` when it is one the proxy does not copy."""
     data = json.loads(body)
     if not isinstance(data, dict) or not isinstance(data.get("model"), str):
         raise ValueError("no model")
+    if data.get("tools") or data.get("functions") or (isinstance(data.get("n"), int) and data["n"] > 1):
+        raise Unsupported("tools, functions or several choices")
+    if any(isinstance(m, dict) and isinstance(m.get("content"), list)
+           and any(isinstance(b, dict) and b.get("type") not in ("text", None) for b in m["content"])
+           for m in data.get("messages") or []):
+        raise Unsupported("images, audio or tool results in the messages")
     messages = normalize_messages(data.get("messages"), data.get("system") if api == "anthropic" else None)
     if not messages:
         raise ValueError("no messages")
