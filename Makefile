@@ -129,6 +129,7 @@ load: setup
 ##        port 8787); calls go to UPSTREAM (default https://api.openai.com/v1) unchanged, a SAMPLE share (default 1)
 ##        is copied to CANDIDATE (default the bundled model; BASE_URL: its server) and judged against the API's
 ##        answer (SUITE=name: with that suite's scorers); status at http://127.0.0.1:PORT/shadow; RESUME=run_id
+##        goes on with a stopped proxy run; DB the store; PRICING=prices.toml overrides prices
 proxy: setup
 	$(BIN)/harness proxy --upstream $(UPSTREAM) $(foreach c,$(or $(CANDIDATE),local:smollm2-135m),--candidate $(c)) \
 		--sample $(SAMPLE) --port $(PORT) --db $(DB) $(if $(call given,SUITE),--suite suites/$(SUITE)) \

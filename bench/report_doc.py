@@ -344,6 +344,83 @@ def peers_section(r: dict[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
+PROXY_NAMES = {
+    "direct": "direct to the upstream", "mirror-fast": "proxy, mirroring to a fast candidate",
+    "mirror-slow": "proxy, mirroring to a slow candidate", "pass-through": "proxy, `--sample 0` (nothing copied)",
+}
+
+
+def _trio(x: dict[str, Any]) -> str:
+    return " / ".join(_n(x.get(p)) for p in ("p50", "p95", "p99"))
+
+
+def proxy_section(r: dict[str, Any]) -> list[str]:
+    """`harness proxy` against a direct call to the same zero-latency upstream (`bench.proxy_latency`)."""
+    slow = r["slow_candidate"]
+    contenders = r["contenders"]
+    lines = [
+        "## 9. Proxy",
+        "",
+        f"What `harness proxy` adds to the caller's latency. An open-loop client (aiohttp; requests sent on a fixed "
+        f"schedule, {r['rate_per_s']:g} a second, whatever the answers do) asks for streamed chat completions from a "
+        "zero-latency upstream (bench/servers.py `zero`, its own process), directly and through the proxy; each "
+        "request's TTFT (its first content chunk) and total latency (the end of the body) count from its scheduled "
+        "send time, so that queueing anywhere shows. Each proxy is `python -m harness.cli proxy` in a process of its "
+        "own, as a user starts it: mirroring every request (`--sample 1`) to a zero-latency candidate; to a candidate "
+        f"that cannot keep up (`paced`: first token after {_n(slow['ttft_ms'], 0)} ms, with "
+        f"`--queue {slow['queue']}`, so the queue fills and copies are dropped); and with `--sample 0` (passing "
+        f"through, nothing copied). Blocks of {r['block_s']:g} s, {r['rounds']} rounds, every contender once a round "
+        f"in an order rotated round by round, after a discarded {r['warmup_s']:g} s warm-up block of each. "
+        "Percentiles are over all the requests of a contender's blocks; *added* is the proxy's percentile minus the "
+        "direct one's, and round by round each proxied block's p99 minus that of the direct block of its round "
+        "(median, min–max). Every answer is compared byte for byte with the upstream's.",
+        "",
+        "| contender | requests | TTFT p50 / p95 / p99 ms | total p50 / p95 / p99 ms | TTFT p99 added ms | total p99 "
+        "added ms | total p99 added, round by round | proxy CPU, of a core (ms/request) | copies mirrored / dropped "
+        "| send lag p99 ms | errors | bytes identical |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, x in contenders.items():
+        added = x.get("added_ms") or {}
+        counts = x.get("counts") or {}
+        proxy_cpu = ("–" if x.get("proxy_cpu_busy") is None else
+                     f"{x['proxy_cpu_busy']:.0%} ({_n(x['proxy_cpu_ms_per_request'], 3)})")
+        copies = f"{counts.get('mirrored', 0):,} / {counts.get('dropped', 0):,}" if counts else "–"
+        lines.append(
+            f"| {PROXY_NAMES.get(name, name)} | {x['requests']:,} | {_trio(x['ttft_ms'])} | {_trio(x['total_ms'])} | "
+            f"{_n(added.get('ttft_p99'))} | {_n(added.get('total_p99'))} | "
+            f"{_range((x.get('added_p99_by_round') or {}).get('total'))} | {proxy_cpu} | {copies} | "
+            f"{_n(x['send_lag_ms']['p99'])} | {x['errors']} | {x['same_bytes']:,} of {x['requests']:,} |")
+    direct, fast, slow_x = contenders["direct"], contenders["mirror-fast"], contenders["mirror-slow"]
+    lag = max(x["send_lag_ms"]["p99"] or 0 for x in contenders.values())
+    worst = max(x["send_lag_ms"]["max"] or 0 for x in contenders.values())
+    busy = {k: v for k, v in (fast.get("candidate_cpu_busy") or {}).items()}
+    slow_counts = slow_x.get("counts") or {}
+    load = r.get("load_average") or {}
+    lines += [
+        "",
+        f"The slow candidate: {slow_counts.get('dropped', 0):,} of {slow_counts.get('chat', 0):,} copies dropped "
+        f"(queue full) and {slow_counts.get('mirrored', 0):,} mirrored in its blocks; its callers' total p99 "
+        f"{_n(slow_x['total_ms']['p99'])} ms against {_n(fast['total_ms']['p99'])} ms with the fast candidate and "
+        f"{_n(direct['total_ms']['p99'])} ms direct, far below the candidate's own {_n(slow['ttft_ms'], 0)} ms: "
+        "the caller does not wait for it.",
+        "",
+        f"This machine has {r.get('cores') or '?'} cores, shared by the client (the benchmark's process), the "
+        "upstream, the candidate servers and the proxy under test (the other proxies idle), so every figure here "
+        "includes their contention for the CPUs. During the fast candidate's blocks the upstream was busy "
+        f"{_n((fast.get('upstream_cpu_busy') or 0) * 100, 0)}% of a core, the fast candidate "
+        f"{_n((busy.get('candidate-fast') or 0) * 100, 0)}%, and the proxy "
+        f"{_n((fast.get('proxy_cpu_busy') or 0) * 100, 0)}% (its DuckDB writer thread included). The client kept "
+        f"its schedule: send lag p99 at most {_n(lag)} ms (worst {_n(worst)} ms) in any contender's blocks. "
+        f"Load average {_n((load.get('before') or [None])[0])} before, {_n((load.get('after') or [None])[0])} after; "
+        f"the proxies stopped (SIGINT, draining) in {_n(r.get('stop_s'))} s: "
+        + "; ".join(f"{name} {x.get('exit', {}).get('said', '')} (exit {x.get('exit', {}).get('exit_code')})"
+                    for name, x in contenders.items() if x.get("exit")) + ".",
+        "",
+    ]
+    return lines
+
+
 VLLM = """## Against a real vLLM server
 
 The dispatch (1) and latency (7) parts run unchanged against any OpenAI-compatible server: `--base-url` replaces
@@ -409,9 +486,9 @@ def markdown(data: dict[str, Any]) -> str:
     sections = {
         "dispatch": dispatch_section, "real": real_section, "storage": storage_section, "cache": cache_section,
         "report": report_section, "memory": memory_section, "latency": latency_section, "peers": peers_section,
-        "llama_build": llama_build_section, "loop_lag": written_section,
+        "llama_build": llama_build_section, "loop_lag": written_section, "proxy": proxy_section,
     }
-    for name in ("dispatch", "real", "storage", "cache", "report", "memory", "latency", "loop_lag", "peers",
+    for name in ("dispatch", "real", "storage", "cache", "report", "memory", "latency", "loop_lag", "peers", "proxy",
                  "llama_build"):
         result = parts.get(name)
         if result is None:

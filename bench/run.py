@@ -3,10 +3,10 @@ physical limit of this machine (a raw aiohttp client), the official `openai` SDK
 evaluation tools; the results go to docs/benchmarks.md (a table with each target, met or missed and by how much)
 and docs/benchmarks.json.
 
-Parts (`--only PART`, repeatable): dispatch, latency, real, storage, cache, report, memory, peers (peers only with
-`--peers`). `--quick` is a smoke run with small numbers (written to runs/bench/ unless `--out` says otherwise).
-`--base-url URL --model NAME` runs the dispatch and latency parts against a server of your own (vLLM on a GPU)
-instead of the local ones. Every load loop is bounded in count and time; only loopback servers are started.
+Parts (`--only PART`, repeatable): dispatch, latency, real, storage, cache, report, memory, proxy, peers (peers
+only with `--peers`). `--quick` is a smoke run with small numbers (written to runs/bench/ unless `--out` says
+otherwise). `--base-url URL --model NAME` runs the dispatch and latency parts against a server of your own (vLLM on
+a GPU) instead of the local ones. Every load loop is bounded in count and time; only loopback servers are started.
 
 Noise: the machine is shared, so each comparison is made pair by pair: in every repetition the contenders run
 back to back (their order rotated), the ratio is taken within the repetition, and the median of the ratios is
@@ -34,7 +34,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import clients, report_doc, report_scale, servers, workload
+from bench import clients, proxy_latency, report_doc, report_scale, servers, workload
 from bench.common import (
     ROOT,
     load_results,
@@ -48,8 +48,8 @@ from bench.common import (
     write_docs,
 )
 
-PARTS = ("dispatch", "latency", "real", "storage", "cache", "report", "memory", "peers")
-RUN_ORDER = ("storage", "cache", "report", "dispatch", "latency", "real", "memory", "peers")
+PARTS = ("dispatch", "latency", "real", "storage", "cache", "report", "memory", "proxy", "peers")
+RUN_ORDER = ("storage", "cache", "report", "dispatch", "latency", "real", "proxy", "memory", "peers")
 BUDGET_S = 15 * 60  # the whole `make bench`, peers excluded
 
 # the issue's targets
@@ -661,6 +661,16 @@ def child_memory(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------------------------------- proxy
+
+
+def part_proxy(settings: Settings, tmp: Path) -> dict[str, Any]:
+    """9. What `harness proxy` adds to the caller's TTFT and total latency at 200 requests/s against the
+    zero-latency upstream, beside direct calls, mirroring to a fast and to a slow candidate and with `--sample 0`
+    (`bench.proxy_latency`: every server and proxy in a process of its own, all stopped on the way out)."""
+    return proxy_latency.measure(proxy_latency.Sizes.quick() if settings.quick else proxy_latency.Sizes())
+
+
 # ---------------------------------------------------------------------------------------------------- peers
 
 
@@ -758,6 +768,8 @@ def main(argv: list[str] | None = None) -> int:
                     result = part_report(settings, tmp)
                 elif part == "memory":
                     result = part_memory(settings, tmp, done)
+                elif part == "proxy":
+                    result = part_proxy(settings, tmp)
                 elif part == "peers":
                     result = asyncio.run(part_peers(settings, tmp, done))
                 else:

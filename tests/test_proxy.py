@@ -380,9 +380,12 @@ def test_a_dead_candidate_never_reaches_the_caller_and_the_run_is_not_called_com
                      ["vllm:test-model"], base_url=closed_port_url()) as proxy:
             answers = [chat(proxy.url, f"mail {i}", stream=i % 2 == 1) for i in range(4)]
             time.sleep(0.3)
+            status_then = proxy.status()
         result = proxy.result
     assert all(status == 200 for status, _, _ in answers)
     assert result.status == "failed" and "vllm:test-model answered no case" in result.reason
+    (seen,) = status_then["candidates"]
+    assert (seen["judged"], seen["infrastructure_errors"], seen["verdict"]) == (0, 4, "inconclusive")
     with Store(tmp_path / "p.duckdb", read_only=True) as store:
         errors = store.query("SELECT error_kind FROM responses WHERE provider = 'vllm:test-model'")
     assert list(errors["error_kind"]) == ["connection"] * 4

@@ -25,6 +25,7 @@ from harness.analysis.sequential import Sequential, sequential_verdict
 from harness.errors import HarnessError
 from harness.pricing import PricingTable
 from harness.providers.base import Completion, redact
+from harness.providers.failures import failure_kind, is_infrastructure_error
 from harness.providers.plan import ProviderPlan
 from harness.providers.registry import build_provider
 from harness.providers.resilience import AdaptiveLimiter, Resilient, RetryPolicy
@@ -99,6 +100,7 @@ class _Judged:
 
     n: int = 0
     failures: int = 0
+    errors: int = 0  # copies that failed for infrastructure reasons (connection, timeout, 5xx): not judged
 
 
 class Mirror:
@@ -381,8 +383,10 @@ class Mirror:
                     scores = [] if answer.error else [(self.scorers[0].name, Score(
                         "case_pass", 0.0, False, {"reason": "no reference: the incumbent's answer is not usable"}))]
                 recorder.record(plan, case, answer, None, None, scores=scores)
-                if usable:
-                    judged = self.judged[plan.name]
+                judged = self.judged[plan.name]
+                if answer.error is not None and is_infrastructure_error(failure_kind(answer.error_kind)):
+                    judged.errors += 1  # the candidate's server failed: says nothing of its answers' quality
+                elif usable:
                     judged.n += 1
                     passed = answer.error is None and all(
                         s.passed for _, s in scores if s.metric == "case_pass") and bool(scores)
@@ -430,6 +434,7 @@ class Mirror:
             interval = wilson_interval(judged.n - judged.failures, judged.n) if judged.n else None
             candidates.append({
                 "provider": name, "judged": judged.n, "disagreements": judged.failures, "agreement": agreement,
+                "infrastructure_errors": judged.errors,
                 "agreement_interval_95": list(interval) if interval else None,
                 "disagreement_anytime_interval": [verdict.low, verdict.high], "verdict": verdict.verdict,
                 "stop_rule": verdict.describe(), "queued": self._queues[name].qsize() if name in self._queues else 0,
@@ -446,7 +451,8 @@ class Mirror:
         parts = [f"{c.requests:,} requests, {c.mirrored:,} mirrored"
                  + (f", {c.dropped:,} dropped (queue full)" if c.dropped else "")]
         for name, verdict in self.verdicts().items():
-            parts.append(f"{name}: {verdict.describe()}")
+            errors = self.judged[name].errors
+            parts.append(f"{name}: {verdict.describe()}" + (f"; {errors:,} calls failed (server)" if errors else ""))
         return " | ".join(parts)
 
 
