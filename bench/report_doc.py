@@ -345,13 +345,18 @@ def peers_section(r: dict[str, Any]) -> list[str]:
 
 
 PROXY_NAMES = {
-    "direct": "direct to the upstream", "mirror-fast": "proxy, mirroring to a fast candidate",
-    "mirror-slow": "proxy, mirroring to a slow candidate", "pass-through": "proxy, `--sample 0` (nothing copied)",
+    "direct": "direct to the upstream", "forwarder": "minimal aiohttp forwarder",
+    "pass-through": "proxy, `--sample 0` (nothing copied)", "mirror-fast": "proxy, mirroring to a fast candidate",
+    "mirror-slow": "proxy, mirroring to a slow candidate",
 }
 
 
 def _trio(x: dict[str, Any]) -> str:
     return " / ".join(_n(x.get(p)) for p in ("p50", "p95", "p99"))
+
+
+def _share(value: float | None) -> str:
+    return "–" if value is None else f"{value:.0%}"
 
 
 def proxy_section(r: dict[str, Any]) -> list[str]:
@@ -366,35 +371,39 @@ def proxy_section(r: dict[str, Any]) -> list[str]:
         "zero-latency upstream (bench/servers.py `zero`, its own process), directly and through the proxy; each "
         "request's TTFT (its first content chunk) and total latency (the end of the body) count from its scheduled "
         "send time, so that queueing anywhere shows. Each proxy is `python -m harness.cli proxy` in a process of its "
-        "own, as a user starts it: mirroring every request (`--sample 1`) to a zero-latency candidate; to a candidate "
-        f"that cannot keep up (`paced`: first token after {_n(slow['ttft_ms'], 0)} ms, with "
-        f"`--queue {slow['queue']}`, so the queue fills and copies are dropped); and with `--sample 0` (passing "
-        f"through, nothing copied). Blocks of {r['block_s']:g} s, {r['rounds']} rounds, every contender once a round "
-        f"in an order rotated round by round, after a discarded {r['warmup_s']:g} s warm-up block of each. "
-        "Percentiles are over all the requests of a contender's blocks; *added* is the proxy's percentile minus the "
-        "direct one's, and round by round each proxied block's p99 minus that of the direct block of its round "
-        "(median, min–max). Every answer is compared byte for byte with the upstream's.",
+        "own, as a user starts it: with `--sample 0` (passing through, nothing copied); mirroring every request "
+        "(`--sample 1`) to a zero-latency candidate; and to a candidate that cannot keep up (`paced`: first token "
+        f"after {_n(slow['ttft_ms'], 0)} ms, with `--queue {slow['queue']}`, so the queue fills and copies are "
+        "dropped). Beside them, the floor for a proxy written this way: a minimal aiohttp forwarder (bench/"
+        "proxy_latency.py `forward`: the request passed on, the answer streamed back as it comes, nothing else). "
+        f"Blocks of {r['block_s']:g} s, {r['rounds']} rounds, every contender once a round in an order rotated round "
+        f"by round, after a discarded {r['warmup_s']:g} s warm-up block of each. Percentiles are over all the requests "
+        "of a contender's blocks; *added* is its percentile minus the direct one's, and round by round each block's "
+        "p99 minus that of the direct block of its round (median, min–max). *Its CPU*: the user + system time of "
+        "the contender's process (/proc/PID/stat, every thread) over its blocks, each to its last copy, per second "
+        "of the blocks and per request. Every answer is compared byte for byte with the upstream's.",
         "",
-        "| contender | requests | TTFT p50 / p95 / p99 ms | total p50 / p95 / p99 ms | TTFT p99 added ms | total p99 "
-        "added ms | total p99 added, round by round | proxy CPU, of a core (ms/request) | copies mirrored / dropped "
-        "| send lag p99 ms | errors | bytes identical |",
+        "| contender | requests | TTFT p50 / p95 / p99 ms | total p50 / p95 / p99 ms | added p50 / p99 TTFT ms | "
+        "added p50 / p99 total ms | total p99 added, round by round | its CPU, of a core (ms/request) | copies "
+        "mirrored / dropped | send lag p50 / p99 ms | errors | bytes identical |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, x in contenders.items():
         added = x.get("added_ms") or {}
         counts = x.get("counts") or {}
-        proxy_cpu = ("–" if x.get("proxy_cpu_busy") is None else
-                     f"{x['proxy_cpu_busy']:.0%} ({_n(x['proxy_cpu_ms_per_request'], 3)})")
+        cpu = ("–" if x.get("proxy_cpu_busy") is None else
+               f"{_share(x['proxy_cpu_busy'])} ({_n(x['proxy_cpu_ms_per_request'], 3)})")
         copies = f"{counts.get('mirrored', 0):,} / {counts.get('dropped', 0):,}" if counts else "–"
         lines.append(
             f"| {PROXY_NAMES.get(name, name)} | {x['requests']:,} | {_trio(x['ttft_ms'])} | {_trio(x['total_ms'])} | "
-            f"{_n(added.get('ttft_p99'))} | {_n(added.get('total_p99'))} | "
-            f"{_range((x.get('added_p99_by_round') or {}).get('total'))} | {proxy_cpu} | {copies} | "
-            f"{_n(x['send_lag_ms']['p99'])} | {x['errors']} | {x['same_bytes']:,} of {x['requests']:,} |")
+            f"{_n(added.get('ttft_p50'))} / {_n(added.get('ttft_p99'))} | {_n(added.get('total_p50'))} / "
+            f"{_n(added.get('total_p99'))} | {_range((x.get('added_p99_by_round') or {}).get('total'))} | {cpu} | "
+            f"{copies} | {_n(x['send_lag_ms']['p50'])} / {_n(x['send_lag_ms']['p99'])} | {x['errors']} | "
+            f"{x['same_bytes']:,} of {x['requests']:,} |")
     direct, fast, slow_x = contenders["direct"], contenders["mirror-fast"], contenders["mirror-slow"]
     lag = max(x["send_lag_ms"]["p99"] or 0 for x in contenders.values())
     worst = max(x["send_lag_ms"]["max"] or 0 for x in contenders.values())
-    busy = {k: v for k, v in (fast.get("candidate_cpu_busy") or {}).items()}
+    busy = fast.get("server_cpu_busy") or {}
     slow_counts = slow_x.get("counts") or {}
     load = r.get("load_average") or {}
     lines += [
@@ -402,23 +411,48 @@ def proxy_section(r: dict[str, Any]) -> list[str]:
         f"The slow candidate: {slow_counts.get('dropped', 0):,} of {slow_counts.get('chat', 0):,} copies dropped "
         f"(queue full) and {slow_counts.get('mirrored', 0):,} mirrored in its blocks; its callers' total p99 "
         f"{_n(slow_x['total_ms']['p99'])} ms against {_n(fast['total_ms']['p99'])} ms with the fast candidate and "
-        f"{_n(direct['total_ms']['p99'])} ms direct, far below the candidate's own {_n(slow['ttft_ms'], 0)} ms: "
-        "the caller does not wait for it.",
+        f"{_n(direct['total_ms']['p99'])} ms direct, where the candidate itself takes {_n(slow['ttft_ms'], 0)} ms "
+        "to its first token: "
+        + ("the caller does not wait for it." if (slow_x["total_ms"]["p99"] or 0) < slow["ttft_ms"] / 10 else
+           "**the callers waited for it**."),
         "",
-        f"This machine has {r.get('cores') or '?'} cores, shared by the client (the benchmark's process), the "
-        "upstream, the candidate servers and the proxy under test (the other proxies idle), so every figure here "
-        "includes their contention for the CPUs. During the fast candidate's blocks the upstream was busy "
-        f"{_n((fast.get('upstream_cpu_busy') or 0) * 100, 0)}% of a core, the fast candidate "
-        f"{_n((busy.get('candidate-fast') or 0) * 100, 0)}%, and the proxy "
-        f"{_n((fast.get('proxy_cpu_busy') or 0) * 100, 0)}% (its DuckDB writer thread included). The client kept "
-        f"its schedule: send lag p99 at most {_n(lag)} ms (worst {_n(worst)} ms) in any contender's blocks. "
-        f"Load average {_n((load.get('before') or [None])[0])} before, {_n((load.get('after') or [None])[0])} after; "
-        f"the proxies stopped (SIGINT, draining) in {_n(r.get('stop_s'))} s: "
-        + "; ".join(f"{name} {x.get('exit', {}).get('said', '')} (exit {x.get('exit', {}).get('exit_code')})"
+        *_mirroring_cost(contenders),
+        f"This machine has {r.get('cores') or '?'} cores, shared by the client (the benchmark's own process), the "
+        "upstream, the candidate servers and the proxy under test (the others idle), so every figure here includes "
+        "their contention for the CPUs. During the fast candidate's blocks the upstream was busy "
+        f"{_share(busy.get('upstream'))} of a core, the fast candidate {_share(busy.get('candidate-fast'))}, the proxy "
+        f"{_share(fast.get('proxy_cpu_busy'))} (its DuckDB writer thread included) and the client "
+        f"{_n(fast.get('client_cpu_ms_per_request'), 3)} ms of CPU a request. The client kept its schedule: send "
+        f"lag p99 at most {_n(lag)} ms (worst {_n(worst)} ms) in any contender's blocks; TTFT and total include it "
+        f"alike for every contender. Load average {_n((load.get('before') or [None])[0])} before, "
+        f"{_n((load.get('after') or [None])[0])} after. The proxies stopped (SIGINT: drain, then exit) in "
+        f"{_n(r.get('stop_s'))} s: "
+        + "; ".join(f"{name}: {x['exit'].get('said', '')} (exit {x['exit'].get('exit_code')})"
                     for name, x in contenders.items() if x.get("exit")) + ".",
         "",
     ]
     return lines
+
+
+def _mirroring_cost(contenders: dict[str, Any]) -> list[str]:
+    """What copying costs the caller: the fast candidate's proxy against the one with `--sample 0`."""
+    fast, alone, floor = contenders["mirror-fast"], contenders["pass-through"], contenders["forwarder"]
+    try:
+        p50 = fast["total_ms"]["p50"] - alone["total_ms"]["p50"]
+        p99 = fast["total_ms"]["p99"] - alone["total_ms"]["p99"]
+        floor_p99 = alone["added_ms"]["total_p99"] - floor["added_ms"]["total_p99"]
+    except (KeyError, TypeError):
+        return []
+    return [
+        f"Without mirroring the proxy adds {_n(alone['added_ms']['total_p99'])} ms to the total p99 "
+        f"({_n(abs(floor_p99))} ms {'more' if floor_p99 >= 0 else 'less'} than the minimal forwarder, at "
+        f"{_n(alone['proxy_cpu_ms_per_request'], 3)} against {_n(floor['proxy_cpu_ms_per_request'], 3)} ms of CPU a "
+        f"request). Mirroring adds {_n(p50)} ms at p50 and {_n(p99)} ms at p99 on top, and takes the proxy's CPU to "
+        f"{_n(fast['proxy_cpu_ms_per_request'], 3)} ms a request: the copies' work (the incumbent's answer parsed, "
+        "scored and stored; the candidate's call made and its answer parsed) runs in the same process and on the same "
+        "event loop as the bytes passed to the caller, so it delays them whenever the two coincide.",
+        "",
+    ]
 
 
 VLLM = """## Against a real vLLM server

@@ -40,6 +40,31 @@ def test_the_quick_report_benchmark_measures_the_large_render_in_a_child(tmp_pat
     assert row["unit"] == "MiB" and row["target"] == "<= 1,536 MiB" and "a quick run" in row["note"]
 
 
+def test_the_quick_proxy_benchmark_measures_the_proxy_beside_direct_calls(tmp_path):
+    """The proxy part drives the upstream directly and through `harness proxy` (and a minimal forwarder), every
+    answer byte for byte the upstream's; the slow candidate's copies are dropped, not waited for; the proxies stop
+    cleanly (no latency is asserted here)."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.run", "--quick", "--only", "proxy", "--out", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    proxy = json.loads((tmp_path / "benchmarks.json").read_text())["parts"]["proxy"]
+    assert "error" not in proxy, proxy.get("error")
+    contenders = proxy["contenders"]
+    assert list(contenders) == ["direct", "forwarder", "pass-through", "mirror-fast", "mirror-slow"]
+    for name, x in contenders.items():
+        assert x["requests"] > 0 and x["errors"] == 0 and x["same_bytes"] == x["requests"], (name, x["first_error"])
+        assert x["ttft_ms"]["p99"] > 0 and x["send_lag_ms"]["p99"] is not None
+    fast, slow = contenders["mirror-fast"], contenders["mirror-slow"]
+    assert fast["counts"]["mirrored"] == fast["requests"] and fast["counts"]["dropped"] == 0
+    assert slow["counts"]["dropped"] > 0 and contenders["pass-through"]["counts"]["mirrored"] == 0
+    assert all(contenders[n]["exit"]["exit_code"] == 0 for n in ("pass-through", "mirror-fast", "mirror-slow"))
+    assert fast["proxy_cpu_s"] > 0
+    assert [row["value"] is not None for row in proxy["targets"]] == [True] * 4
+    assert "## 9. Proxy" in (tmp_path / "benchmarks.md").read_text()
+
+
 def test_a_childs_peak_rss_is_its_own_and_not_its_parents():
     """ru_maxrss of a child started by subprocess carries its parent's peak on Linux; peak_rss_kib must not."""
     code = ("import subprocess, sys\n"
