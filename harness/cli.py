@@ -794,6 +794,7 @@ def cmd_proxy(args: argparse.Namespace) -> int:
     from harness.proxy.privacy import Redactor
     from harness.proxy.serve import run_proxy
     from harness.proxy.server import check_upstream
+    from harness.proxy.worker import MirrorConfig
     from harness.suite.spec import ProviderSpec
 
     if not args.candidate:
@@ -803,7 +804,9 @@ def cmd_proxy(args: argparse.Namespace) -> int:
     upstreams = {"openai": check_upstream(args.upstream, "--upstream"),
                  "anthropic": check_upstream(args.anthropic_upstream, "--anthropic-upstream")
                  if args.anthropic_upstream != "https://api.anthropic.com" else args.anthropic_upstream}
-    suite = load_suite(suite_folder(args.proxy_suite, "proxy")) if args.proxy_suite else None
+    suite_path = suite_folder(args.proxy_suite, "proxy") if args.proxy_suite else None
+    if suite_path:
+        load_suite(suite_path)  # a bad suite is an error here, before the mirror starts
     plans = []
     for candidate in args.candidate:
         try:
@@ -815,9 +818,13 @@ def cmd_proxy(args: argparse.Namespace) -> int:
     skipped = [p for p in plans if p.status != "ready"]
     if skipped:
         raise ProviderError("; ".join(f"{p.name} cannot run: {p.reason}" for p in skipped))
+    load_pricing(args.pricing or ())  # a bad price file is an error here
     settings = ProxySettings(name=args.name, sample=args.sample, per_minute=args.per_minute, queue=args.queue,
                              max_body=args.max_body, incumbent=args.incumbent, redact=args.redact)
-    pricing = load_pricing(args.pricing or ())
+    config = MirrorConfig(db=args.db, candidates=plans, settings=settings, upstreams=upstreams,
+                          pricing_files=list(args.pricing or ()), suite_path=suite_path, resume=args.resume,
+                          server_log_dir=str(Path(args.db).parent))
+    Path(args.db).parent.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
 
     def ready(mirror: Any, server: Any) -> None:
@@ -840,23 +847,18 @@ def cmd_proxy(args: argparse.Namespace) -> int:
 
         for number in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(number, first_then_cancel)
-        return await run_proxy(
-            store, plans, settings, pricing, upstreams, host=args.host, port=args.port, suite=suite,
-            resume=args.resume, on_ready=ready, on_status=lambda line: print(printable(line), flush=True),
-            status_every=args.status_every, stop=stop, server_log_dir=Path(args.db).parent,
-        )
+        return await run_proxy(config, host=args.host, port=args.port, on_ready=ready,
+                               on_status=lambda line: print(printable(line), flush=True),
+                               status_every=args.status_every, stop=stop)
 
-    with Store(args.db) as store:
-        if args.resume and args.resume not in {r["run_id"] for r in queries.run_list(store)}:
-            raise HarnessError(f"--resume {args.resume}: no such run in {args.db}; `harness runs` lists them")
-        try:
-            result = asyncio.run(serve())
-        except (KeyboardInterrupt, asyncio.CancelledError):
-            print("\nstopped at once: the copies in flight were not stored", file=sys.stderr)
-            return 130
-        print(f"proxy run {result.run_id} {result.status}" + (f": {result.reason}" if result.reason else ""))
-        print(f"  its report: harness report {result.run_id} --db {args.db}; as a suite: harness proxy export "
-              f"{result.run_id} --out suites/NAME --db {args.db}")
+    try:
+        result = asyncio.run(serve())
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        print("\nstopped at once: the copies in flight were not stored", file=sys.stderr)
+        return 130
+    print(f"proxy run {result.run_id} {result.status}" + (f": {result.reason}" if result.reason else ""))
+    print(f"  its report: harness report {result.run_id} --db {args.db}; as a suite: harness proxy export "
+          f"{result.run_id} --out suites/NAME --db {args.db}")
     return 0 if result.status == "completed" else 1
 
 

@@ -30,11 +30,11 @@ from openai_server import OpenAIServer, Reply
 
 from harness.analysis.outcomes import outcome_table, run_providers
 from harness.cli import main
-from harness.pricing import load_pricing
 from harness.providers.plan import plan_provider
 from harness.providers.resilience import RetryPolicy
-from harness.proxy.mirror import Mirror, ProxySettings
+from harness.proxy.mirror import ProxySettings
 from harness.proxy.serve import run_proxy
+from harness.proxy.worker import MirrorConfig, MirrorProcess
 from harness.report.html import render_report
 from harness.store.db import Store
 from harness.suite.spec import ProviderSpec
@@ -54,7 +54,7 @@ class Running:
         self.suite = settings.pop("suite", None)
         self.settings = ProxySettings(**settings)
         self.url = ""
-        self.mirror: Mirror | None = None
+        self.mirror: MirrorProcess | None = None
         self.result: Any = None
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._serve, daemon=True)
@@ -65,14 +65,15 @@ class Running:
             self._loop = asyncio.get_running_loop()
             self._stop = asyncio.Event()
 
-            def ready(mirror: Mirror, server: Any) -> None:
+            def ready(mirror: MirrorProcess, server: Any) -> None:
                 self.mirror, self.url = mirror, server.url
                 self._ready.set()
 
-            with Store(self.db) as store:
-                self.result = await run_proxy(store, self.plans, self.settings, load_pricing(), self.upstreams,
-                                              port=0, suite=self.suite, on_ready=ready, stop=self._stop,
-                                              retry=RetryPolicy(max_attempts=1, timeout_s=10), drain_s=10)
+            config = MirrorConfig(db=str(self.db), candidates=self.plans, settings=self.settings,
+                                  upstreams=self.upstreams, suite_path=self.suite,
+                                  retry=RetryPolicy(max_attempts=1, timeout_s=10), drain_s=10,
+                                  server_log_dir=str(self.db.parent))
+            self.result = await run_proxy(config, port=0, on_ready=ready, stop=self._stop)
         try:
             asyncio.run(go())
         except BaseException as exc:  # surfaced by __exit__
@@ -81,7 +82,7 @@ class Running:
 
     def __enter__(self) -> Running:
         self._thread.start()
-        assert self._ready.wait(30), "the proxy did not start"
+        assert self._ready.wait(90), "the proxy did not start"
         if self.error:
             raise self.error
         return self
@@ -92,7 +93,9 @@ class Running:
         if self.error:
             raise self.error
 
-    def status(self) -> dict[str, Any]:
+    def status(self, settle: float = 0.3) -> dict[str, Any]:
+        """The status page's JSON, after `settle` seconds for the mirror's process to catch up."""
+        time.sleep(settle)
         with urllib.request.urlopen(self.url + "/shadow/status") as response:
             return json.load(response)
 
@@ -281,8 +284,7 @@ def test_the_stop_rule_says_fail_once_a_clearly_worse_candidate_has_been_seen_en
         verdicts = []
         for i in range(12):
             chat(proxy.url, f"mail {i}")
-            time.sleep(0.05)
-            verdicts.append(proxy.status()["candidates"][0]["verdict"])
+            verdicts.append(proxy.status(settle=0.15)["candidates"][0]["verdict"])
         page = urllib.request.urlopen(proxy.url + "/shadow").read().decode()
         line = proxy.mirror.status_line()
     assert verdicts[0] == "inconclusive" and verdicts[-1] == "fail"
@@ -299,13 +301,11 @@ def test_a_suite_attached_judges_with_its_scorers_against_the_incumbents_answer(
         'id = "local:smollm2-135m"\nrole = "candidate"\n[gate]\nmargin = 0.1\n')
     (suite / "prompt.j2").write_text("{{ text }}")
     (suite / "cases.jsonl").write_text('{"id": "a", "text": "x", "gold": {"total": "1", "date": "2020-01-01"}}\n')
-    from harness.suite.load import load_suite
-
     def candidate_says(body: dict[str, Any]) -> Reply:
         return Reply(text='{"total": "10.00", "date": "02/01/2020"}')
 
     incumbent = lambda body: Reply(text='{"total": "10", "date": "2020-01-02"}')  # noqa: E731
-    with mirrored(tmp_path / "p.duckdb", incumbent, candidate_says, suite=load_suite(suite)) as proxy:
+    with mirrored(tmp_path / "p.duckdb", incumbent, candidate_says, suite=str(suite)) as proxy:
         chat(proxy.url, "invoice 1")
         time.sleep(0.3)
         status = proxy.status()
@@ -444,9 +444,22 @@ def _proxy_process(db: Path, upstream: str, candidate: str, *extra: str) -> subp
     return subprocess.Popen(
         [sys.executable, "-m", "harness.cli", "proxy", "--upstream", upstream, "--candidate",
          "openai-compatible:test-model", "--port", "0", "--db", str(db), "--status-every", "0.2", *extra],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
         env={**os.environ, "OPENAI_COMPATIBLE_BASE_URL": candidate, "PYTHONUNBUFFERED": "1"},
     )
+
+
+def _kill_all(process: subprocess.Popen[str]) -> None:
+    """SIGKILL the proxy and its mirror process alike, as an OOM kill or a lost machine would."""
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(process.pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
 
 
 def _wait_ready(process: subprocess.Popen[str]) -> str:
@@ -479,8 +492,7 @@ def test_a_proxy_killed_with_sigkill_keeps_every_answer_and_resumes(tmp_path: Pa
         while len(candidate.completed) + len(candidate.requests) < 6 and time.monotonic() < deadline:
             time.sleep(0.05)
         time.sleep(0.3)  # the candidate's answers journaled
-        process.kill()
-        process.wait()
+        _kill_all(process)
         journals = list(tmp_path.glob("p.journal/*.jsonl"))
         assert journals  # killed before a clean stop: the journal is still there
         run_id = journals[0].stem
@@ -507,8 +519,7 @@ def test_a_new_proxy_stores_what_a_killed_one_journaled_and_marks_it_interrupted
         while len(candidate.requests) < 3 and time.monotonic() < deadline:
             time.sleep(0.05)
         time.sleep(0.3)
-        process.kill()
-        process.wait()
+        _kill_all(process)
         (killed,) = [p.stem for p in tmp_path.glob("p.journal/*.jsonl")]
         fresh = _proxy_process(db, upstream.base_url, candidate.base_url)
         _wait_ready(fresh)
@@ -518,6 +529,31 @@ def test_a_new_proxy_stores_what_a_killed_one_journaled_and_marks_it_interrupted
         answers = store.query("SELECT count(*) AS n FROM responses WHERE run_id = ?", [killed])["n"][0]
     assert (run["status"], run["n_cases"], answers) == ("interrupted", 3, 6)
     assert f"harness proxy --resume {killed}" in run["status_reason"]
+
+
+def test_when_only_the_front_dies_the_mirror_stores_everything_and_marks_the_run(tmp_path: Path) -> None:
+    db = tmp_path / "p.duckdb"
+    with OpenAIServer(labels) as upstream, OpenAIServer(labels) as candidate:
+        process = _proxy_process(db, upstream.base_url, candidate.base_url)
+        url = _wait_ready(process)
+        for i in range(3):
+            chat(url, f"mail {i}")
+        process.kill()  # the front alone: its mirror process sees the socket close
+        process.wait()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(process.pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.1)
+    with Store(db, read_only=True) as store:
+        run_id = store.latest_run()
+        run = store.run(run_id)
+        answers = store.query("SELECT count(*) AS n FROM responses WHERE run_id = ?", [run_id])["n"][0]
+    assert (run["status"], run["n_cases"], answers) == ("interrupted", 3, 6)
+    assert "front process went away" in run["status_reason"]
+    assert not list(tmp_path.glob("p.journal/*.jsonl"))  # all of it in DuckDB
 
 
 @pytest.mark.parametrize(("args", "says"), [

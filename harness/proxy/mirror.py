@@ -1,12 +1,13 @@
-"""The shadow side of `harness proxy`: which captured requests are copied to the candidates, the copies' calls
-off the caller's path, scoring without gold, storing it all as a run, and the stop rule as traffic flows.
+"""The shadow side of `harness proxy`: the copies' calls to the candidates, scoring without gold, storing it all as
+a run, and the stop rule as traffic flows. It runs in a process of its own (`proxy.worker`), so that none of this
+work shares an event loop, or a CPU's time slice, with the bytes passed to the caller.
 
-The caller's side (`proxy.server`) hands each chat request to `Mirror.offer` before passing it upstream (a few
-microseconds: sampling, the per-minute cap, room in every candidate's queue), and its answer bytes to
-`Mirror.answered` once the caller has them. Everything else happens in tasks of the mirror's own: reading the
-answer, redacting, scoring, journaling and writing (`run.runner.Recorder`), and the candidates' calls, at most
-`concurrency` in flight each. A copy that finds a full queue is dropped and counted; a candidate's failure is
-recorded on its case and never reaches the caller.
+`Mirror.offer` takes a chat request the caller's side chose to copy (sampled, under the cap, with room: see
+`proxy.worker.MirrorProcess`), reads it and keeps it when it is for the mirrored incumbent model; `Mirror.answered`
+takes the incumbent's answer bytes once the caller has them. The answer is read, redacted, scored and recorded
+(`run.runner.Recorder`: journal first, then DuckDB), then the copy goes to every candidate's queue, where workers
+(at most `concurrency` a candidate) call it, score its answer against the incumbent's and record it. A candidate's
+failure is recorded on its case and never reaches the caller.
 """
 
 from __future__ import annotations
@@ -14,10 +15,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from harness.analysis.intervals import wilson_interval
@@ -64,19 +65,21 @@ class ProxySettings:
 
 @dataclass
 class Counts:
-    """What the proxy saw, for the status page and the incumbent's stored stats."""
+    """What the proxy saw, for the status page and the incumbent's stored stats. The caller's side counts the
+    first seven (`proxy.worker`), the mirror the rest."""
 
     requests: int = 0  # every request passed through
     chat: int = 0  # chat requests (OpenAI chat completions, Anthropic messages)
-    mirrored: int = 0  # copied to the candidates and stored as cases
     not_sampled: int = 0
     over_cap: int = 0  # over the per-minute cap
-    dropped: int = 0  # a candidate's queue was full
+    dropped: int = 0  # the copies waiting had reached --queue
     too_large: int = 0  # body over max_body: passed through, not stored
+    upstream_errors: int = 0  # the upstream could not be reached, or answered with an error status
+    caller_closed: int = 0  # the caller closed its connection before the answer ended
+    mirrored: int = 0  # copied to the candidates and stored as cases
     other_model: int = 0  # for another model than the mirrored incumbent
     unreadable: int = 0  # a chat request the proxy could not read (not JSON, no messages)
     unsupported: int = 0  # tools, several choices, images or audio: a copy would not ask the same (wire.Unsupported)
-    upstream_errors: int = 0  # the upstream failed or answered with an error status
 
     def as_dict(self) -> dict[str, int]:
         return dict(self.__dict__)
@@ -91,7 +94,9 @@ class _Copy:
     captured: Captured
     received: float  # time.perf_counter() when the request arrived
     received_at: datetime
-    reference: asyncio.Future[tuple[Case, bool]]  # the case with the incumbent's answer as gold, and whether usable
+    case: Case | None = None  # with the incumbent's answer as gold, once it has been read
+    usable: bool = False  # whether that answer can serve as the reference
+    left: int = 0  # candidates yet to answer it
 
 
 @dataclass
@@ -123,6 +128,7 @@ class Mirror:
         retry: RetryPolicy | None = None,
         drain_s: float = 30.0,
         server_log_dir: Any = None,
+        on_done: Callable[[], Any] | None = None,
     ) -> None:
         self.store = store
         self.plans = candidates
@@ -134,6 +140,7 @@ class Mirror:
         self.retry = retry
         self.drain_s = drain_s
         self.server_log_dir = server_log_dir
+        self.on_done = on_done  # called once a copy is finished with (every candidate answered, or not kept)
         self.counts = Counts()
         self.redactor = Redactor(settings.redact)
         self.policy = suite.spec.gate if suite is not None else GateSpec()
@@ -141,8 +148,6 @@ class Mirror:
         self.run_id = ""
         self.incumbent: ProviderPlan | None = None
         self.judged = {plan.name: _Judged() for plan in candidates}
-        self._random = random.Random(settings.seed)
-        self._minute = (0, 0)  # (minute number, copies in it)
         self._numbers = itertools.count(1)
         self._queues: dict[str, asyncio.Queue[_Copy]] = {}
         self._providers: dict[str, Any] = {}
@@ -154,62 +159,53 @@ class Mirror:
         self._writer: Any = None
         self.result: RunResult | None = None
 
-    # -- the caller's path: nothing here awaits ------------------------------------------------------------------
+    # -- what the caller's side hands over -------------------------------------------------------------------------
 
-    def offer(self, api: str, body: bytes, received: float) -> _Copy | None:
-        """Whether to copy this chat request: a `_Copy` queued for every candidate, or None (not sampled, over
-        the cap, a queue full, too large, another model, unreadable), counted either way."""
+    def offer(self, api: str, body: bytes, received: float, received_at: datetime) -> _Copy | None:
+        """A copy of this chat request (`received`: its `time.perf_counter()`), or None when it is not one to
+        mirror (unreadable, unsupported, for another model), counted either way."""
         counts = self.counts
-        counts.chat += 1
-        if len(body) > self.settings.max_body:
-            counts.too_large += 1
-            return None
-        if self.settings.sample < 1.0 and self._random.random() >= self.settings.sample:
-            counts.not_sampled += 1
-            return None
-        if self.settings.per_minute is not None:
-            minute = int(time.monotonic() // 60)
-            number, used = self._minute if self._minute[0] == minute else (minute, 0)
-            if used >= self.settings.per_minute:
-                counts.over_cap += 1
-                return None
-            self._minute = (number, used + 1)
-        if any(queue.full() for queue in self._queues.values()):
-            counts.dropped += 1
-            return None
         try:
             captured = parse_request(api, body)
         except Unsupported:
             counts.unsupported += 1
-            return None
+            return self._finished(None)
         except (ValueError, TypeError):
             counts.unreadable += 1
-            return None
+            return self._finished(None)
         name = f"{api}:{captured.model}"
         if self.incumbent is None:
             self._start_incumbent(name)
         elif name != self.incumbent.name:
             counts.other_model += 1
-            return None
+            return self._finished(None)
         number = next(self._numbers)
-        copy = _Copy(f"req-{number:06d}", number - 1, captured, received, datetime.now(UTC),
-                     asyncio.get_running_loop().create_future())
         counts.mirrored += 1
-        for queue in self._queues.values():
-            queue.put_nowait(copy)
-        return copy
+        return _Copy(f"req-{number:06d}", number - 1, captured, received, received_at, left=len(self.plans))
 
-    def answered(self, copy: _Copy, status: int, headers: Any, chunks: list[tuple[float, bytes]] | None,
+    def answered(self, copy: _Copy, status: int, headers: dict[str, str], chunks: list[tuple[float, bytes]] | None,
                  failure: str | None = None) -> None:
-        """The incumbent's answer to `copy` as the caller got it (`chunks`: the body's pieces and when each
-        arrived), or the `failure` that stopped it; read and stored in a task of the mirror's own."""
+        """The incumbent's answer to `copy` as the caller got it (`chunks`: the body's pieces and when each arrived;
+        `headers`: its Content-Type and Content-Encoding), or the `failure` that stopped it: read, stored, then the
+        copy goes to the candidates."""
         task = asyncio.get_running_loop().create_task(self._record_incumbent(copy, status, headers, chunks, failure))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def _finished(self, copy: _Copy | None) -> None:
+        if self.on_done is not None:
+            self.on_done()
+
     # -- the mirror's own tasks ------------------------------------------------------------------------------------
 
     async def __aenter__(self) -> Mirror:
+        try:
+            return await self._enter()
+        except BaseException:
+            await self._stack.aclose()  # the candidates' servers started so far
+            raise
+
+    async def _enter(self) -> Mirror:
         stack = self._stack
         for plan in self.plans:
             if plan.server is not None:
@@ -254,7 +250,7 @@ class Mirror:
         self._writer = self.store.writer(journal=self.store.journal_path(self.run_id))
         self._recorder = Recorder(self.run_id, None, self.scorers, self._writer, self.pricing, "off", self.result, None)
         for plan in self.plans:
-            self._queues[plan.name] = asyncio.Queue(maxsize=self.settings.queue)
+            self._queues[plan.name] = asyncio.Queue()  # bounded by the caller's side (--queue copies waiting)
             for _ in range(plan.concurrency):
                 self._workers.append(asyncio.create_task(self._work(plan)))
         return self
@@ -299,7 +295,7 @@ class Mirror:
         if insert and self.run_id:
             self.store.insert("run_providers", [provider_row(self.run_id, None, plan, self.pricing)])
 
-    async def _record_incumbent(self, copy: _Copy, status: int, headers: Any,
+    async def _record_incumbent(self, copy: _Copy, status: int, headers: dict[str, str],
                                 chunks: list[tuple[float, bytes]] | None, failure: str | None) -> None:
         plan = self.incumbent
         assert plan is not None and self._recorder is not None
@@ -321,11 +317,12 @@ class Mirror:
         if answer.error:
             self.counts.upstream_errors += 1
         answer = self._redacted(answer)
-        case, usable = self._case(copy, answer)
-        if not copy.reference.done():
-            copy.reference.set_result((case, usable))
-        scores = self._incumbent_scores(case, answer, usable)
-        self._recorder.record(plan, case, answer, None, None, scores=scores, joined={"cases": [self._case_row(case)]})
+        copy.case, copy.usable = self._case(copy, answer)
+        scores = self._incumbent_scores(copy.case, answer, copy.usable)
+        self._recorder.record(plan, copy.case, answer, None, None, scores=scores,
+                              joined={"cases": [self._case_row(copy.case)]})
+        for queue in self._queues.values():
+            queue.put_nowait(copy)
 
     def _case(self, copy: _Copy, answer: Completion) -> tuple[Case, bool]:
         """The stored case of `copy`: its messages (redacted), what the request asked, and the incumbent's answer
@@ -376,7 +373,8 @@ class Mirror:
             try:
                 answer = await provider.complete(copy.captured.request(copy.case_id))
                 answer = self._redacted(answer)
-                case, usable = await copy.reference
+                case, usable = copy.case, copy.usable
+                assert case is not None
                 if usable:
                     scores = score_completion(self.scorers, case, answer)
                 else:
@@ -393,6 +391,9 @@ class Mirror:
                     judged.failures += not passed
             finally:
                 self._inflight -= 1
+                copy.left -= 1
+                if copy.left == 0:
+                    self._finished(copy)
 
     def _redacted(self, answer: Completion) -> Completion:
         if not self.redactor.patterns and answer.error is None:

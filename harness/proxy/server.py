@@ -21,8 +21,8 @@ import aiohttp
 from aiohttp import web
 
 from harness.errors import HarnessError
-from harness.proxy.mirror import Mirror
 from harness.proxy.wire import api_of
+from harness.proxy.worker import MirrorProcess
 
 # never forwarded either way (RFC 9110 7.6.1), plus what aiohttp sets itself
 _HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection", "te",
@@ -53,7 +53,7 @@ class ProxyServer:
     """`async with ProxyServer(mirror, upstreams, host, port) as proxy:` serves on `proxy.url` until the block ends.
     `upstreams`: {"openai": base URL ending in /v1, "anthropic": root URL}. `mirror` None: a plain pass-through."""
 
-    def __init__(self, mirror: Mirror | None, upstreams: dict[str, str], host: str = "127.0.0.1",
+    def __init__(self, mirror: MirrorProcess | None, upstreams: dict[str, str], host: str = "127.0.0.1",
                  port: int = 8787) -> None:
         self.mirror = mirror
         self.upstreams = upstreams
@@ -109,10 +109,11 @@ class ProxyServer:
             return self._status(path)
         body = await request.read()
         mirror = self.mirror
-        if mirror is not None:
-            mirror.counts.requests += 1
+        counts = mirror.counts if mirror is not None else None
+        if counts is not None:
+            counts.requests += 1
         api = api_of(path) if request.method == "POST" else None
-        copy = mirror.offer(api, body, received) if mirror is not None and api is not None else None
+        ticket = mirror.offer(api, body, received) if mirror is not None and api is not None else None
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP}
         if "Accept-Encoding" in headers:
             accepted = [c for c in headers.pop("Accept-Encoding").split(",") if c.split(";")[0].strip() in _READABLE]
@@ -120,45 +121,49 @@ class ProxyServer:
                 headers["Accept-Encoding"] = ",".join(accepted).strip()
         assert self._session is not None
         response: web.StreamResponse | None = None
-        chunks: list[tuple[float, bytes]] | None = [] if copy is not None else None
+        chunks: list[tuple[float, bytes]] | None = [] if ticket is not None else None
         try:
             async with self._session.request(request.method, self._target(api, path, request.query_string),
                                              data=body, headers=headers, allow_redirects=False) as upstream:
+                if counts is not None and upstream.status >= 400:
+                    counts.upstream_errors += 1
                 response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
                 for key, value in upstream.headers.items():
                     if key.lower() not in _HOP:
                         response.headers.add(key, value)
-                if upstream.content_length is not None and "Content-Encoding" not in upstream.headers:
+                if upstream.content_length is not None:
                     response.content_length = upstream.content_length
-                elif upstream.content_length is not None:
-                    response.headers["Content-Length"] = str(upstream.content_length)
                 await response.prepare(request)
                 async for piece in upstream.content.iter_any():
                     await response.write(piece)
                     if chunks is not None:
                         chunks.append((time.perf_counter(), piece))
                 await response.write_eof()
-                if copy is not None:
-                    mirror.answered(copy, upstream.status, upstream.headers, chunks)
-                    copy = None
+                if ticket is not None:
+                    mirror.answered(ticket, upstream.status, upstream.headers, chunks)
+                    ticket = None
                 return response
-        except (aiohttp.ClientError, TimeoutError, ConnectionError) as exc:
-            if mirror is not None:
-                mirror.counts.upstream_errors += 1
+        except (aiohttp.ClientError, TimeoutError) as exc:  # the upstream failed: unreachable, or cut off
+            if counts is not None:
+                counts.upstream_errors += 1
             if response is not None and response.prepared:
-                if copy is not None:  # what came before the upstream broke off, read as the truncated answer it is
-                    mirror.answered(copy, response.status, response.headers, chunks)
-                    copy = None
+                if ticket is not None:  # what came before the upstream broke off, read as the truncated answer it is
+                    mirror.answered(ticket, response.status, response.headers, chunks)
+                    ticket = None
                 raise  # the caller has a status already: end its connection, as the upstream ended ours
-            if copy is not None:
-                mirror.answered(copy, 0, {}, None, failure=f"{type(exc).__name__}: {exc}")
-                copy = None
+            if ticket is not None:
+                mirror.answered(ticket, 0, {}, None, failure=f"{type(exc).__name__}: {exc}")
+                ticket = None
             message = {"error": {"message": f"shadow proxy: the upstream could not be reached ({type(exc).__name__})",
                                  "type": "upstream_unreachable"}}
             return web.json_response(message, status=502)
+        except ConnectionError:  # the caller went away mid-answer
+            if counts is not None:
+                counts.caller_closed += 1
+            raise
         finally:
-            if copy is not None:  # the caller went away mid-answer
-                mirror.answered(copy, 0, {}, None, failure="the caller closed the connection before the answer ended")
+            if ticket is not None:
+                mirror.answered(ticket, 0, {}, None, failure="the caller closed the connection before the answer ended")
 
     def _status(self, path: str) -> web.Response:
         data: dict[str, Any] = self.mirror.status() if self.mirror is not None else {"mirroring": False}
