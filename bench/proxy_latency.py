@@ -13,13 +13,13 @@ Contenders (each server and proxy a process of its own, all on loopback):
 The proxies are started as a user starts one (`python -m harness.cli proxy ... --candidate vllm:bench-model
 --base-url CANDIDATE`).
 
-Each round runs every contender for one block (`block_s` seconds at `rate` requests/s), in an order rotated round
-by round, so that the machine's other work hits all alike; a warm-up block of each comes first and is discarded.
-Per block: the CPU of the contender's process (utime + stime from /proc/PID/stat, every thread, until the block's
-last copy is done), the proxy's `/shadow/status` counts (requests, mirrored, dropped), and how late the client's
-own loop sent each request (send lag): the client, the upstream, the candidates and the proxies share this
-machine's cores. Every answer is also compared byte for byte with the upstream's (the zero-latency server sends the
-same bytes to every request).
+Each round runs every contender for one block (`block_s` seconds at `rate` requests/s), in an order rotated round by
+round, so that the machine's other work hits all alike; a warm-up block of each comes first and is discarded. Per
+block: the CPU of the contender's processes (utime + stime from /proc/PID/stat, every thread, the proxy's mirror
+process included, until the block's last copy is done), the proxy's `/shadow/status` counts (requests, mirrored,
+dropped), and how late the client's own loop sent each request (send lag): the client, the upstream, the candidates
+and the proxies share this machine's cores. Every answer is also compared byte for byte with the upstream's (the
+zero-latency server sends the same bytes to every request).
 
 Part `proxy` of `make bench` (`python -m bench.run --only proxy`); alone: `python -m bench.proxy_latency
 [--quick] [--record]` (`--record` merges the result into docs/benchmarks.json and .md). Every process it starts
@@ -85,12 +85,21 @@ def _die_with_parent() -> None:  # pragma: no cover  (runs in the child between 
 
 
 def cpu_s(pid: int) -> float | None:
-    """CPU time (user + system, every thread) process `pid` has used so far, from /proc."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
+    """CPU time (user + system, every thread) process `pid` and the processes under it (the proxy's mirror process)
+    have used so far, from /proc; None when `pid` is gone."""
+    stats: dict[int, list[str]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                stats[int(entry.name)] = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+    if pid not in stats:
         return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tree, grew = {pid}, True
+    while grew:
+        below = {p for p, fields in stats.items() if int(fields[1]) in tree} - tree
+        grew = bool(below)
+        tree |= below
+    return sum(int(stats[p][11]) + int(stats[p][12]) for p in tree) / os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
@@ -409,8 +418,9 @@ async def _drive(targets: dict[str, str], hops: dict[str, Any], proxies: dict[st
                                   expected)
             wall = time.perf_counter() - begin
             used = cpu_now(name)
-            after = await asyncio.to_thread(proxy.status) if proxy else None
             await settle(name)
+            # counted once settled: the mirror process reports what it took a moment after the caller's side
+            after = await asyncio.to_thread(proxy.status) if proxy else None
             # the proxy's CPU to the last copy of the block's requests (the slow candidate's queue emptied)
             hop = hops.get(name)
             used["proxy"] = hop.cpu_s() if hop is not None else None

@@ -421,7 +421,7 @@ def proxy_section(r: dict[str, Any]) -> list[str]:
         "upstream, the candidate servers and the proxy under test (the others idle), so every figure here includes "
         "their contention for the CPUs. During the fast candidate's blocks the upstream was busy "
         f"{_share(busy.get('upstream'))} of a core, the fast candidate {_share(busy.get('candidate-fast'))}, the proxy "
-        f"{_share(fast.get('proxy_cpu_busy'))} (its DuckDB writer thread included) and the client "
+        f"{_share(fast.get('proxy_cpu_busy'))} (its mirror process and DuckDB writer thread included) and the client "
         f"{_n(fast.get('client_cpu_ms_per_request'), 3)} ms of CPU a request. The client kept its schedule: send "
         f"lag p99 at most {_n(lag)} ms (worst {_n(worst)} ms) in any contender's blocks; TTFT and total include it "
         f"alike for every contender. Load average {_n((load.get('before') or [None])[0])} before, "
@@ -449,8 +449,11 @@ def _mirroring_cost(contenders: dict[str, Any]) -> list[str]:
         f"{_n(alone['proxy_cpu_ms_per_request'], 3)} against {_n(floor['proxy_cpu_ms_per_request'], 3)} ms of CPU a "
         f"request). Mirroring adds {_n(p50)} ms at p50 and {_n(p99)} ms at p99 on top, and takes the proxy's CPU to "
         f"{_n(fast['proxy_cpu_ms_per_request'], 3)} ms a request: the copies' work (the incumbent's answer parsed, "
-        "scored and stored; the candidate's call made and its answer parsed) runs in the same process and on the same "
-        "event loop as the bytes passed to the caller, so it delays them whenever the two coincide.",
+        "scored and stored; the candidate's call made and its answer parsed) runs in the proxy's mirror process, "
+        "not on the event loop that passes the bytes to the caller, which only samples, counts and hands each copy "
+        "over as one frame on a socket; on 2 cores that work still competes with everything else for the CPUs. "
+        "What remains of the added latency is the hop itself: an aiohttp server and client in one Python process, "
+        "whose floor the minimal forwarder shows.",
         "",
     ]
 
