@@ -8,6 +8,7 @@ the answer's bytes once the caller has them; everything else (reading both answe
 scoring, DuckDB) is the child's CPU time, not the caller's. The child sends back its status (counts, agreement, the
 stop rule) a few times a second, which the status page and the terminal line show.
 
+The child runs at a lower scheduling priority (`NICENESS`): on a busy machine its work waits, not the callers'.
 The child ignores Ctrl-C (the terminal sends it to both processes): the caller's side stops serving first, then
 tells the child to drain and mark the run. If the caller's side dies, the child sees its socket close, drains and
 marks the run `interrupted`; if both are killed, the next proxy stores what the journal holds.
@@ -19,6 +20,7 @@ import asyncio
 import contextlib
 import itertools
 import multiprocessing
+import os
 import pickle
 import random
 import signal
@@ -36,6 +38,7 @@ from harness.providers.resilience import RetryPolicy
 from harness.proxy.mirror import Counts, ProxySettings
 
 _HEADER = struct.Struct("!I")
+NICENESS = 10  # the mirror process's scheduling priority below the caller's side (nice(2))
 STATUS_EVERY_S = 0.05  # the child sends its status at most this often, when something changed
 CALLER_COUNTS = ("requests", "chat", "not_sampled", "over_cap", "dropped", "too_large", "upstream_errors",
                  "caller_closed")
@@ -222,6 +225,8 @@ class MirrorProcess:
 def _child(sock: socket.socket, config: MirrorConfig, finished: Any) -> None:
     """The child process: the `Mirror`, fed by the caller's side over `sock`."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the caller's side decides when to stop
+    with contextlib.suppress(OSError):  # when the CPUs are busy, the bytes passed to callers go first
+        os.nice(NICENESS)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_mirror(sock, config, finished))
 
