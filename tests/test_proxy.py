@@ -30,6 +30,7 @@ from openai_server import OpenAIServer, Reply
 
 from harness.analysis.outcomes import outcome_table, run_providers
 from harness.cli import main
+from harness.errors import HarnessError
 from harness.providers.plan import plan_provider
 from harness.providers.resilience import RetryPolicy
 from harness.proxy.mirror import ProxySettings
@@ -46,8 +47,9 @@ class Running:
     """A proxy serving in a thread of its own (its own event loop), stopped when the `with` block ends."""
 
     def __init__(self, db: Path, upstreams: dict[str, str], candidates: list[str], base_url: str | None = None,
-                 concurrency: int | None = None, **settings: Any) -> None:
+                 concurrency: int | None = None, drain_s: float = 10, **settings: Any) -> None:
         self.db = db
+        self.drain_s = drain_s
         self.upstreams = upstreams
         self.plans = [plan_provider(ProviderSpec(id=c, role="candidate", base_url=base_url, concurrency=concurrency))
                       for c in candidates]
@@ -71,7 +73,7 @@ class Running:
 
             config = MirrorConfig(db=str(self.db), candidates=self.plans, settings=self.settings,
                                   upstreams=self.upstreams, suite_path=self.suite,
-                                  retry=RetryPolicy(max_attempts=1, timeout_s=10), drain_s=10,
+                                  retry=RetryPolicy(max_attempts=1, timeout_s=10), drain_s=self.drain_s,
                                   server_log_dir=str(self.db.parent))
             self.result = await run_proxy(config, port=0, on_ready=ready, stop=self._stop)
         try:
@@ -385,7 +387,8 @@ def test_a_dead_candidate_never_reaches_the_caller_and_the_run_is_not_called_com
     assert all(status == 200 for status, _, _ in answers)
     assert result.status == "failed" and "vllm:test-model answered no case" in result.reason
     (seen,) = status_then["candidates"]
-    assert (seen["judged"], seen["infrastructure_errors"], seen["verdict"]) == (0, 4, "inconclusive")
+    assert (seen["judged"], seen["infrastructure_errors"], seen["verdict"]) == (0, 4, "invalid")
+    assert "failed for infrastructure reasons" in seen["stop_rule"]
     with Store(tmp_path / "p.duckdb", read_only=True) as store:
         errors = store.query("SELECT error_kind FROM responses WHERE provider = 'vllm:test-model'")
     assert list(errors["error_kind"]) == ["connection"] * 4
@@ -401,6 +404,83 @@ def test_an_unreachable_upstream_is_a_502_for_the_caller_and_an_error_on_the_cas
     with Store(tmp_path / "p.duckdb", read_only=True) as store:
         rows = store.query("SELECT provider, error_kind FROM responses ORDER BY provider")
     assert dict(zip(rows["provider"], rows["error_kind"], strict=True))["openai:gpt-test"] == "connection"
+    # the upstream failed throughout: nothing was measured, and the run says so
+    assert proxy.result.status == "failed" and "openai:gpt-test answered no case" in proxy.result.reason
+
+
+def test_copies_still_waiting_when_the_proxy_stops_make_the_run_interrupted(tmp_path: Path) -> None:
+    hung = lambda body: Reply(text='{"label": "spam"}', delay_s=3)  # noqa: E731
+    with mirrored(tmp_path / "p.duckdb", labels, hung, drain_s=0.5) as proxy:
+        for i in range(2):
+            chat(proxy.url, f"mail {i}")
+    assert proxy.result.status == "interrupted", proxy.result.reason
+    assert "2 copies were still waiting for a candidate after the 0.5 s drain" in proxy.result.reason
+
+
+def test_calls_are_routed_to_the_vendor_they_are_for_and_only_chat_calls_are_copied(tmp_path: Path) -> None:
+    with AnthropicServer(lambda body: Reply(text="Paris")) as claude, OpenAIServer(labels) as gpt, \
+            OpenAIServer(labels) as candidate, \
+            Running(tmp_path / "p.duckdb", {"openai": gpt.base_url, "anthropic": claude.base_url},
+                    ["openai-compatible:test-model"], base_url=candidate.base_url) as proxy:
+        keys = {"x-api-key": "sk-ant-KEY", "anthropic-version": "2023-06-01"}
+        models = urllib.request.urlopen(urllib.request.Request(proxy.url + "/v1/models", headers=keys))
+        assert json.load(models)["data"][0]["id"] == "claude-test"  # the Anthropic model list, with its key
+        openai_models = urllib.request.urlopen(proxy.url + "/v1/models")
+        assert json.load(openai_models)["data"][0]["id"] == "test-model"
+        threads = urllib.request.Request(proxy.url + "/v1/threads/t1/messages", data=b'{"role": "user"}',
+                                         method="POST", headers={"Authorization": "Bearer sk-openai"})
+        with pytest.raises(urllib.error.HTTPError):  # the OpenAI server has no Assistants API: a 404 from it
+            urllib.request.urlopen(threads)
+        deep = b'{"model": "gpt-test", "messages": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+        assert chat(proxy.url, "fine")[0] == 200
+        request = urllib.request.Request(proxy.url + "/v1/chat/completions", data=deep, method="POST")
+        with contextlib.suppress(urllib.error.HTTPError):
+            urllib.request.urlopen(request)
+        assert chat(proxy.url, "still fine")[0] == 200
+        counts = proxy.status()["counts"]
+    assert not any("sk-ant-KEY" in json.dumps(headers) for headers in gpt.headers)  # never sent to OpenAI
+    assert all(headers.get("authorization") != "Bearer sk-openai" for headers in claude.headers)
+    assert (counts["mirrored"], counts["unreadable"]) == (2, 1)  # the deep one could not be read, and the run went on
+    assert proxy.result.status == "completed"
+
+
+def test_a_caller_that_hangs_up_is_counted_as_such_and_no_gzip_is_sent_to_one_that_did_not_ask(tmp_path: Path) -> None:
+    stalled = lambda body: Reply(text='{"label": "spam"}', chunks=4, stall_s=1.0)  # noqa: E731
+    with raw_upstream() as upstream, OpenAIServer(labels) as candidate, OpenAIServer(stalled) as slow, \
+            Running(tmp_path / "p.duckdb", {"openai": upstream, "anthropic": upstream},
+                    ["openai-compatible:test-model"], base_url=candidate.base_url) as proxy, \
+            Running(tmp_path / "q.duckdb", {"openai": slow.base_url, "anthropic": slow.base_url},
+                    ["openai-compatible:test-model"], base_url=candidate.base_url) as hang:
+        host, port = proxy.url.split("//")[1].split(":")
+        conn = http.client.HTTPConnection(host, int(port))
+        conn.putrequest("POST", "/v1/chat/completions", skip_accept_encoding=True)
+        body = json.dumps({"model": "gpt-test", "messages": [{"role": "user", "content": "gzip"}]}).encode()
+        conn.putheader("Content-Length", str(len(body)))
+        conn.endheaders(body)
+        plain = conn.getresponse()
+        assert plain.getheader("Content-Encoding") is None and plain.read() == JSON_BODY
+        host, port = hang.url.split("//")[1].split(":")
+        conn = http.client.HTTPConnection(host, int(port))
+        conn.request("POST", "/v1/chat/completions", body=json.dumps(
+            {"model": "gpt-test", "stream": True, "messages": [{"role": "user", "content": "x"}]}))
+        conn.getresponse().read(20)
+        conn.close()  # mid-answer: the upstream is stalled for a second after its first piece
+        time.sleep(1.5)
+        counts = hang.status()["counts"]
+    assert (counts["caller_closed"], counts["upstream_errors"]) == (1, 0)
+
+
+def test_a_gate_margin_the_stop_rule_cannot_judge_is_refused_at_start(tmp_path: Path) -> None:
+    suite = tmp_path / "s"
+    suite.mkdir()
+    (suite / "suite.toml").write_text(
+        'name = "s"\ntask = "traffic"\n[prompt]\nmessages_field = "messages"\n[output]\nformat = "text"\n'
+        '[[scorers]]\nkind = "agreement"\n[[providers]]\nid = "local:smollm2-135m"\nrole = "candidate"\n'
+        '[gate]\nmargin = 0.0\n')
+    (suite / "cases.jsonl").write_text('{"id": "a", "messages": [{"role": "user", "content": "x"}], "gold": "y"}\n')
+    with pytest.raises(HarnessError, match=r"margin = 0.0 leaves the stop rule nothing to judge"), \
+            mirrored(tmp_path / "p.duckdb", labels, labels, suite=str(suite)):
+        pass
 
 
 # -- privacy ---------------------------------------------------------------------------------------------------------
@@ -499,8 +579,11 @@ def test_a_proxy_killed_with_sigkill_keeps_every_answer_and_resumes(tmp_path: Pa
         again = _proxy_process(db, upstream.base_url, candidate.base_url, "--resume", run_id)
         url = _wait_ready(again)
         chat(url, "mail 6")
-        time.sleep(0.3)
+        time.sleep(0.5)
+        with urllib.request.urlopen(url + "/shadow/status") as response:
+            judged = json.load(response)["candidates"][0]["judged"]
         out, _ = _stop(again)
+    assert judged == 7  # the stop rule goes on from the six judged before the kill
     assert f"proxy run {run_id} completed" in out
     with Store(db, read_only=True) as store:
         rows = store.query("SELECT case_id, count(*) AS n FROM responses GROUP BY case_id ORDER BY case_id")

@@ -21,6 +21,7 @@ from harness.store import queries
 from harness.store.db import Store
 
 LOG_FILE = "incumbent.jsonl"
+UNLIMITED_TOKENS = 4096  # max_tokens of an exported suite whose calls set none
 
 
 @dataclass(frozen=True)
@@ -127,8 +128,9 @@ def _suite_toml(name: str, run_id: str, run: dict[str, Any], incumbent: str, can
         lines += ["", "[[providers]]", f"id = {_toml(candidate['id'])}", 'role = "candidate"']
         if candidate.get("base_url"):
             lines.append(f"base_url = {_toml(candidate['base_url'])}")
+    # a call that set no limit had the API's own (long) one: the candidate must not be cut short where it was not
     lines += ["", "[params]", f"temperature = {float(params.get('temperature', 0.0))}",
-              f"max_tokens = {int(params.get('max_tokens', 256))}"]
+              f"max_tokens = {int(params.get('max_tokens', UNLIMITED_TOKENS))}"]
     return "\n".join(lines) + "\n"
 
 

@@ -22,6 +22,7 @@ from datetime import datetime
 from typing import Any
 
 from harness.analysis.intervals import wilson_interval
+from harness.analysis.outcomes import outcome_table
 from harness.analysis.sequential import Sequential, sequential_verdict
 from harness.errors import HarnessError
 from harness.pricing import PricingTable
@@ -66,16 +67,17 @@ class ProxySettings:
 @dataclass
 class Counts:
     """What the proxy saw, for the status page and the incumbent's stored stats. The caller's side counts the
-    first seven (`proxy.worker`), the mirror the rest."""
+    first nine (`proxy.worker`), the mirror the rest."""
 
     requests: int = 0  # every request passed through
     chat: int = 0  # chat requests (OpenAI chat completions, Anthropic messages)
     not_sampled: int = 0
     over_cap: int = 0  # over the per-minute cap
-    dropped: int = 0  # the copies waiting had reached --queue
+    dropped: int = 0  # --queue copies were already waiting for the candidates
     too_large: int = 0  # body over max_body: passed through, not stored
     upstream_errors: int = 0  # the upstream could not be reached, or answered with an error status
     caller_closed: int = 0  # the caller closed its connection before the answer ended
+    mirror_down: int = 0  # copies not made because the mirror's process had died
     mirrored: int = 0  # copied to the candidates and stored as cases
     other_model: int = 0  # for another model than the mirrored incumbent
     unreadable: int = 0  # a chat request the proxy could not read (not JSON, no messages)
@@ -144,6 +146,10 @@ class Mirror:
         self.counts = Counts()
         self.redactor = Redactor(settings.redact)
         self.policy = suite.spec.gate if suite is not None else GateSpec()
+        if not 0 < self.policy.margin < 1:
+            where = suite.path / "suite.toml" if suite else "the gate"
+            raise HarnessError(f"{where}: [gate] margin = {self.policy.margin} leaves the stop rule nothing to "
+                               "judge; give a margin above 0 and below 1, e.g. 0.02")
         self.scorers: list[Scorer] = build_scorers(suite) if suite is not None else [AgreementScorer()]
         self.run_id = ""
         self.incumbent: ProviderPlan | None = None
@@ -154,6 +160,7 @@ class Mirror:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._workers: list[asyncio.Task[Any]] = []
         self._inflight = 0  # copies a candidate worker has taken and not yet stored
+        self._pending: set[str] = set()  # copies with the incumbent's answer stored, not yet every candidate's
         self._stack = contextlib.AsyncExitStack()
         self._recorder: Recorder | None = None
         self._writer: Any = None
@@ -170,7 +177,7 @@ class Mirror:
         except Unsupported:
             counts.unsupported += 1
             return self._finished(None)
-        except (ValueError, TypeError):
+        except (ValueError, TypeError, RecursionError):  # not JSON, the wrong shape, nested thousands deep
             counts.unreadable += 1
             return self._finished(None)
         name = f"{api}:{captured.model}"
@@ -231,6 +238,7 @@ class Mirror:
                 self._start_incumbent(incumbents[0], insert=False)
             done = queries.case_ids(self.store, self.resume)
             self._numbers = itertools.count(len(done) + 1)
+            self._reload_judged()
         else:
             recovered = recover_dead_runs(self.store)
             self.run_id = self.store.start_run(host_provenance(
@@ -274,15 +282,48 @@ class Mirror:
                 reason = None
                 if self.run_id:
                     self._store_stats()
-                    failed, degraded = answer_status(self.store, self.run_id, [plan.name for plan in self.plans])
-                    if status == "completed" and (failed or degraded):
-                        status = "failed" if failed else "degraded"
-                        reason = "; ".join(failed + degraded)
+                    status, reason = self._final_status(status)
                     self.store.update_run(self.run_id, {"n_cases": queries.count_cases(self.store, self.run_id)})
                     self.store.finish_run(self.run_id, status, reason)
                 if self.result is not None:
                     self.result.status, self.result.reason = status, reason
                 await self._stack.aclose()
+
+    def _reload_judged(self) -> None:
+        """A resumed run's stop rule goes on from its stored pairs: one sequence for the whole run, however many
+        sessions it takes (a fresh count each session would let a user resume until a verdict came)."""
+        table = outcome_table(self.store, self.run_id).frame
+        incumbent = table[table["role"] == "incumbent"].set_index("case_id")["status"]
+        for plan in self.plans:
+            mine = table[(table["provider"] == plan.name) & table["case_id"].map(incumbent.get).eq("pass")]
+            infra = (mine["status"] == "error") & mine["error_kind"].map(
+                lambda kind: is_infrastructure_error(failure_kind(kind)))
+            judged = self.judged[plan.name]
+            judged.errors = int(infra.sum())
+            judged.n = int((~infra & (mine["status"] != "no answer")).sum())
+            judged.failures = int((~infra & mine["status"].isin(["fail", "error"])).sum())
+
+    def _final_status(self, status: str) -> tuple[str, str | None]:
+        """The run's status as it stops: `failed` when a candidate (or the upstream) answered none of its cases for
+        infrastructure reasons, or a candidate has no answer at all; `interrupted` when copies were still waiting
+        for a candidate after the drain; `degraded` above `DEGRADED_SHARE` of infrastructure failures."""
+        names = [plan.name for plan in self.plans] + ([self.incumbent.name] if self.incumbent else [])
+        failed, degraded = answer_status(self.store, self.run_id, names)
+        cases = queries.count_cases(self.store, self.run_id)
+        answered = queries.answers_by_provider(self.store, self.run_id)
+        for plan in self.plans:  # (with copies still waiting, a slow candidate may simply not have got there)
+            if cases and not answered.get(plan.name) and not self._pending \
+                    and not any(line.startswith(plan.name) for line in failed):
+                failed.append(f"{plan.name} answered none of the {cases} copies")
+        if self._pending:
+            waiting = f"{len(self._pending)} copies were still waiting for a candidate after the {self.drain_s:g} s " \
+                      "drain and are not stored"
+            return ("failed" if failed else "interrupted"), "; ".join([*failed, waiting, *degraded])
+        if failed:
+            return "failed", "; ".join(failed + degraded)
+        if degraded and status == "completed":
+            return "degraded", "; ".join(degraded)
+        return status, None
 
     def _busy(self) -> bool:
         return self._inflight > 0 or any(not queue.empty() for queue in self._queues.values())
@@ -321,6 +362,7 @@ class Mirror:
         scores = self._incumbent_scores(copy.case, answer, copy.usable)
         self._recorder.record(plan, copy.case, answer, None, None, scores=scores,
                               joined={"cases": [self._case_row(copy.case)]})
+        self._pending.add(copy.case_id)
         for queue in self._queues.values():
             queue.put_nowait(copy)
 
@@ -389,15 +431,16 @@ class Mirror:
                     passed = answer.error is None and all(
                         s.passed for _, s in scores if s.metric == "case_pass") and bool(scores)
                     judged.failures += not passed
-            finally:
-                self._inflight -= 1
-                copy.left -= 1
-                if copy.left == 0:
-                    self._finished(copy)
+            except BaseException:  # stopped mid-call (the drain ran out), or a bug: the copy stays pending, so the
+                self._inflight -= 1  # run cannot end as completed
+                raise
+            self._inflight -= 1
+            copy.left -= 1
+            if copy.left == 0:
+                self._pending.discard(copy.case_id)
+                self._finished(copy)
 
     def _redacted(self, answer: Completion) -> Completion:
-        if not self.redactor.patterns and answer.error is None:
-            return answer
         return replace(answer, text=self.redactor.text(answer.text),
                        error=self.redactor.text(answer.error) if answer.error else None)
 
@@ -426,6 +469,16 @@ class Mirror:
         return {name: sequential_verdict(j.failures, j.n, self.policy.margin, self.policy.confidence)
                 for name, j in self.judged.items()}
 
+    def _too_many_errors(self, judged: _Judged) -> str | None:
+        """Why the stop rule cannot speak for a candidate: more of its copies failed for infrastructure reasons
+        than the gate allows (`max_infra_error_rate`): the ones it answered may not be the hard ones."""
+        seen = judged.n + judged.errors
+        if not seen or judged.errors / seen <= self.policy.max_infra_error_rate:
+            return None
+        return (f"invalid: {judged.errors:,} of {seen:,} copies ({judged.errors / seen:.0%}) failed for "
+                f"infrastructure reasons, over the gate's {self.policy.max_infra_error_rate:.0%}: no verdict on "
+                "quality until the candidate's server answers")
+
     def status(self) -> dict[str, Any]:
         """What the status page shows, as JSON-ready data."""
         candidates = []
@@ -437,8 +490,10 @@ class Mirror:
                 "provider": name, "judged": judged.n, "disagreements": judged.failures, "agreement": agreement,
                 "infrastructure_errors": judged.errors,
                 "agreement_interval_95": list(interval) if interval else None,
-                "disagreement_anytime_interval": [verdict.low, verdict.high], "verdict": verdict.verdict,
-                "stop_rule": verdict.describe(), "queued": self._queues[name].qsize() if name in self._queues else 0,
+                "disagreement_anytime_interval": [verdict.low, verdict.high],
+                "verdict": "invalid" if self._too_many_errors(judged) else verdict.verdict,
+                "stop_rule": self._too_many_errors(judged) or verdict.describe(),
+                "queued": self._queues[name].qsize() if name in self._queues else 0,
             })
         return {
             "run_id": self.run_id, "name": self.settings.name, "reference": REFERENCE,
@@ -452,8 +507,9 @@ class Mirror:
         parts = [f"{c.requests:,} requests, {c.mirrored:,} mirrored"
                  + (f", {c.dropped:,} dropped (queue full)" if c.dropped else "")]
         for name, verdict in self.verdicts().items():
-            errors = self.judged[name].errors
-            parts.append(f"{name}: {verdict.describe()}" + (f"; {errors:,} calls failed (server)" if errors else ""))
+            judged = self.judged[name]
+            said = self._too_many_errors(judged) or verdict.describe()
+            parts.append(f"{name}: {said}" + (f"; {judged.errors:,} calls failed (server)" if judged.errors else ""))
         return " | ".join(parts)
 
 

@@ -18,10 +18,11 @@ import urllib.parse
 from typing import Any
 
 import aiohttp
+import yarl
 from aiohttp import web
 
 from harness.errors import HarnessError
-from harness.proxy.wire import api_of
+from harness.proxy.wire import api_of, is_anthropic
 from harness.proxy.worker import MirrorProcess
 
 # never forwarded either way (RFC 9110 7.6.1), plus what aiohttp sets itself
@@ -71,7 +72,10 @@ class ProxyServer:
         # no total timeout: a stream lasts as long as the upstream streams; no pool limit: the caller sets the pace
         self._session = aiohttp.ClientSession(
             auto_decompress=False, timeout=aiohttp.ClientTimeout(total=None, sock_connect=30),
-            connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300), skip_auto_headers=("User-Agent",),
+            connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
+            # only the caller's headers go upstream: none of the client's defaults (Accept-Encoding: gzip would
+            # bring the caller a compressed body it never asked for)
+            skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
         )
         app = web.Application(client_max_size=MAX_REQUEST)
         app.router.add_route("*", "/{tail:.*}", self._handle)
@@ -95,8 +99,9 @@ class ProxyServer:
         if self._session is not None:
             await self._session.close()
 
-    def _target(self, api: str | None, path: str, query: str) -> str:
-        if api == "anthropic":
+    def _target(self, anthropic: bool, path: str, query: str) -> str:
+        """The upstream URL of a request for `path` (as the caller encoded it) and `query`."""
+        if anthropic:
             url = self.upstreams["anthropic"] + path
         else:
             url = self.upstreams["openai"] + (path[3:] if path.startswith("/v1/") or path == "/v1" else path)
@@ -115,6 +120,8 @@ class ProxyServer:
         api = api_of(path) if request.method == "POST" else None
         ticket = mirror.offer(api, body, received) if mirror is not None and api is not None else None
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP}
+        raw_path = request.rel_url.raw_path  # as the caller encoded it: %2F in a model name stays %2F
+        target = self._target(is_anthropic(path, request.headers), raw_path, request.rel_url.raw_query_string)
         if "Accept-Encoding" in headers:
             accepted = [c for c in headers.pop("Accept-Encoding").split(",") if c.split(";")[0].strip() in _READABLE]
             if accepted:
@@ -123,8 +130,8 @@ class ProxyServer:
         response: web.StreamResponse | None = None
         chunks: list[tuple[float, bytes]] | None = [] if ticket is not None else None
         try:
-            async with self._session.request(request.method, self._target(api, path, request.query_string),
-                                             data=body, headers=headers, allow_redirects=False) as upstream:
+            async with self._session.request(request.method, yarl.URL(target, encoded=True), data=body,
+                                             headers=headers, allow_redirects=False) as upstream:
                 if counts is not None and upstream.status >= 400:
                     counts.upstream_errors += 1
                 response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
@@ -135,7 +142,12 @@ class ProxyServer:
                     response.content_length = upstream.content_length
                 await response.prepare(request)
                 async for piece in upstream.content.iter_any():
-                    await response.write(piece)
+                    try:
+                        await response.write(piece)
+                    except ConnectionResetError:  # the caller went away mid-answer (aiohttp's is a ClientError too)
+                        if counts is not None:
+                            counts.caller_closed += 1
+                        return response  # `finally` records the copy's failure; nothing more can be sent
                     if chunks is not None:
                         chunks.append((time.perf_counter(), piece))
                 await response.write_eof()
@@ -157,10 +169,6 @@ class ProxyServer:
             message = {"error": {"message": f"shadow proxy: the upstream could not be reached ({type(exc).__name__})",
                                  "type": "upstream_unreachable"}}
             return web.json_response(message, status=502)
-        except ConnectionError:  # the caller went away mid-answer
-            if counts is not None:
-                counts.caller_closed += 1
-            raise
         finally:
             if ticket is not None:
                 mirror.answered(ticket, 0, {}, None, failure="the caller closed the connection before the answer ended")

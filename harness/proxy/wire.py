@@ -40,14 +40,20 @@ class Captured:
                        json_output=self.json_output, case_id=case_id)
 
 
+CHAT_PATHS = {"/v1/chat/completions": "openai", "/chat/completions": "openai", "/v1/messages": "anthropic"}
+
+
 def api_of(path: str) -> str | None:
-    """Which API a request path is a chat call of ("openai", "anthropic"), or None for any other path."""
-    path = path.rstrip("/")
-    if path.endswith("/chat/completions"):
-        return "openai"
-    if path.endswith("/messages") and not path.endswith("/batches/messages"):
-        return "anthropic"
-    return None
+    """Which API a request path is a chat call of ("openai", "anthropic"), or None for any other path (the
+    Assistants API's `/v1/threads/.../messages`, `/v1/messages/count_tokens`, `/v1/models`...)."""
+    return CHAT_PATHS.get(path.rstrip("/"))
+
+
+def is_anthropic(path: str, headers: Any) -> bool:
+    """Whether a request is for the Anthropic API, whatever its path and method: its SDKs send `anthropic-version`
+    with every request, and its paths start with `/v1/messages` (count_tokens, batches). Everything else is the
+    OpenAI API's."""
+    return "anthropic-version" in headers or path == "/v1/messages" or path.startswith("/v1/messages/")
 
 
 class Unsupported(ValueError):

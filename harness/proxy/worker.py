@@ -2,11 +2,11 @@
 `Mirror` (`proxy.mirror`) runs in a child process, fed over a socket pair.
 
 The caller's side decides, in a few microseconds and without awaiting, whether a chat request is copied: its body
-under `max_body`, sampled, under the per-minute cap, and fewer than `queue` copies waiting (a counter the child
-keeps in shared memory). A copy is one pickled frame to the child as the request goes upstream, and one more with
-the answer's bytes once the caller has them; everything else (reading both answers, the candidates' calls,
-scoring, DuckDB) is the child's CPU time, not the caller's. The child sends back its status (counts, agreement, the
-stop rule) a few times a second, which the status page and the terminal line show.
+under `max_body`, sampled, under the per-minute cap; and once the caller has the answer, whether fewer than `queue`
+copies are waiting for the candidates (a counter the child keeps in shared memory). A copy is then one pickled frame
+to the child, the request and the answer's bytes together; everything else (reading both answers, the candidates'
+calls, scoring, DuckDB) is the child's CPU time, not the caller's. The child sends back its status (counts,
+agreement, the stop rule) a few times a second, which the status page and the terminal line show.
 
 The child runs at a lower scheduling priority (`NICENESS`): on a busy machine its work waits, not the callers'.
 The child ignores Ctrl-C (the terminal sends it to both processes): the caller's side stops serving first, then
@@ -41,7 +41,7 @@ _HEADER = struct.Struct("!I")
 NICENESS = 10  # the mirror process's scheduling priority below the caller's side (nice(2))
 STATUS_EVERY_S = 0.05  # the child sends its status at most this often, when something changed
 CALLER_COUNTS = ("requests", "chat", "not_sampled", "over_cap", "dropped", "too_large", "upstream_errors",
-                 "caller_closed")
+                 "caller_closed", "mirror_down")
 
 
 @dataclass
@@ -86,6 +86,8 @@ class MirrorProcess:
         self._minute = (0, 0)  # (minute number, copies in it)
         self._tickets = itertools.count(1)
         self._offered = 0
+        self._waiting: dict[int, tuple[str, bytes, float, datetime]] = {}  # copies whose answer is still coming
+        self.dead = False  # the mirror's process stopped while the proxy served
         self._finished = multiprocessing.get_context("spawn").RawValue("q", 0)  # copies the child is done with
         self._status: dict[str, Any] = {}
         self._writer: asyncio.StreamWriter | None = None
@@ -97,7 +99,8 @@ class MirrorProcess:
     # -- the caller's path -----------------------------------------------------------------------------------------
 
     def offer(self, api: str, body: bytes, received: float) -> int | None:
-        """A ticket when this chat request is copied (sent to the child), else None; counted either way."""
+        """A ticket when this chat request is to be copied (its answer's bytes are then to be kept for `answered`),
+        else None: too large, not sampled, over the per-minute cap; counted either way."""
         counts, settings = self.counts, self.settings
         counts.chat += 1
         if len(body) > settings.max_body:
@@ -113,19 +116,25 @@ class MirrorProcess:
                 counts.over_cap += 1
                 return None
             self._minute = (number, used + 1)
-        if self._offered - self._finished.value >= settings.queue:
-            counts.dropped += 1
-            return None
-        self._offered += 1
         ticket = next(self._tickets)
-        self._send(("offer", ticket, api, body, received, datetime.now(UTC)))
+        self._waiting[ticket] = (api, body, received, datetime.now(UTC))
         return ticket
 
     def answered(self, ticket: int, status: int, headers: Any, chunks: list[tuple[float, bytes]] | None,
                  failure: str | None = None) -> None:
-        """The incumbent's answer to the copy `ticket` (see `Mirror.answered`), sent to the child."""
+        """The incumbent's answer to copy `ticket` (see `Mirror.answered`): the copy goes to the mirror's process
+        as one frame, unless `queue` copies are already waiting for the candidates there (dropped, counted) or that
+        process has died (counted)."""
+        api, body, received, received_at = self._waiting.pop(ticket)
+        if self.dead:
+            self.counts.mirror_down += 1
+            return
+        if self._offered - self._finished.value >= self.settings.queue:
+            self.counts.dropped += 1
+            return
+        self._offered += 1
         wanted = {key: headers.get(key) for key in ("Content-Type", "Content-Encoding")} if headers else {}
-        self._send(("answered", ticket, status, wanted, chunks, failure))
+        self._send(("copy", api, body, received, received_at, status, wanted, chunks, failure))
 
     def _send(self, message: tuple[Any, ...]) -> None:
         if self._writer is None or self._writer.is_closing():
@@ -146,7 +155,8 @@ class MirrorProcess:
         """One line for the terminal: traffic, then each candidate's agreement and the stop rule."""
         status = self.status()
         c = status["counts"]
-        parts = [f"{c.get('requests', 0):,} requests, {c.get('mirrored', 0):,} mirrored"
+        dead = ["THE MIRROR PROCESS DIED: no copies are made (restart the proxy)"] if self.dead else []
+        parts = [*dead, f"{c.get('requests', 0):,} requests, {c.get('mirrored', 0):,} mirrored"
                  + (f", {c['dropped']:,} dropped (queue full)" if c.get("dropped") else "")]
         for candidate in status.get("candidates", []):
             errors = candidate.get("infrastructure_errors")
@@ -218,8 +228,14 @@ class MirrorProcess:
                 elif kind == "done":
                     self._done.set_result(ProxyResult(**value))
         except (asyncio.IncompleteReadError, ConnectionError):
+            self.dead = True
             if not self._ready.done():
                 self._ready.set_result(("error", "the proxy's mirror process stopped before it started"))
+            if not self._done.done():  # it died (killed, out of memory): what it had journaled is recovered later
+                code = self._process.exitcode if self._process is not None else None
+                self._done.set_result(ProxyResult(self.run_id, "failed", "the proxy's mirror process died (exit "
+                                                  f"status {code}) while serving; copies after that were not made"))
+                self._status = {**self._status, "mirror": "dead"}
 
 
 def _child(sock: socket.socket, config: MirrorConfig, finished: Any) -> None:
@@ -257,10 +273,11 @@ async def _mirror(sock: socket.socket, config: MirrorConfig, finished: Any) -> N
         await writer.drain()
         return
     with store:
-        mirror = Mirror(store, config.candidates, config.settings, load_pricing(config.pricing_files),
-                        upstreams=config.upstreams, suite=suite, resume=config.resume, retry=config.retry,
-                        drain_s=config.drain_s, server_log_dir=Path(config.server_log_dir or "."), on_done=done_one)
         try:
+            mirror = Mirror(store, config.candidates, config.settings, load_pricing(config.pricing_files),
+                            upstreams=config.upstreams, suite=suite, resume=config.resume, retry=config.retry,
+                            drain_s=config.drain_s, server_log_dir=Path(config.server_log_dir or "."),
+                            on_done=done_one)
             await mirror.__aenter__()
         except Exception as exc:  # a HarnessError says what to fix; anything else is said as it is
             send(("error", str(exc) if isinstance(exc, HarnessError) else f"the mirror could not start: "
@@ -268,8 +285,8 @@ async def _mirror(sock: socket.socket, config: MirrorConfig, finished: Any) -> N
             await writer.drain()
             return
         send(("ready", mirror.run_id))
-        copies: dict[int, Any] = {}
         reason = None
+        broken = None
 
         async def publish() -> None:
             last = None
@@ -290,16 +307,15 @@ async def _mirror(sock: socket.socket, config: MirrorConfig, finished: Any) -> N
                     reason = ("the proxy's front process went away; the copies in flight were drained (go on with "
                               f"it: harness proxy --resume {mirror.run_id})")
                     break
-                if message[0] == "offer":
-                    _, ticket, api, body, received, received_at = message
-                    copy = mirror.offer(api, body, received, received_at)
-                    if copy is not None:
-                        copies[ticket] = copy
-                elif message[0] == "answered":
-                    _, ticket, status, headers, chunks, failure = message
-                    copy = copies.pop(ticket, None)
-                    if copy is not None:
-                        mirror.answered(copy, status, headers, chunks, failure)
+                if message[0] == "copy":
+                    _, api, body, received, received_at, status, headers, chunks, failure = message
+                    try:
+                        copy = mirror.offer(api, body, received, received_at)
+                        if copy is not None:
+                            mirror.answered(copy, status, headers, chunks, failure)
+                    except Exception as exc:  # a bug must stop the run as failed, never leave it "completed"
+                        broken = f"the mirror failed on a copy: {type(exc).__name__}: {exc}"[:300]
+                        break
                 elif message[0] == "stop":
                     for key, value in message[1].items():  # the caller's side's counts, stored with the run
                         setattr(mirror.counts, key, value)
@@ -309,7 +325,10 @@ async def _mirror(sock: socket.socket, config: MirrorConfig, finished: Any) -> N
             await mirror.__aexit__(None, None, None)
             result = mirror.result
             status, why = (result.status, result.reason) if result is not None else ("failed", None)
-            if reason and status == "completed":
+            if broken:
+                status, why = "failed", "; ".join(filter(None, [broken, why]))
+                store.finish_run(mirror.run_id, status, why)
+            elif reason and status == "completed":
                 status, why = "interrupted", reason
                 store.finish_run(mirror.run_id, status, why)
             send(("status", mirror.status()))

@@ -278,6 +278,13 @@ def captured_traffic(store: Store, run_id: str, incumbent: str) -> list[dict[str
     ).to_dict("records")
 
 
+def answers_by_provider(store: Store, run_id: str) -> dict[str, int]:
+    """How many answers each provider of `run_id` has stored, failed ones included."""
+    rows = store.con.execute("SELECT provider, count(*) FROM responses WHERE run_id = ? GROUP BY provider",
+                             [run_id]).fetchall()
+    return {provider: int(n) for provider, n in rows}
+
+
 def dead_proxy_runs(store: Store) -> list[str]:
     """Proxy runs still marked `running`: a proxy killed before it could mark its run (one file has one writer,
     so no other proxy is serving them)."""
