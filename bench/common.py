@@ -10,6 +10,7 @@ import os
 import platform
 import resource
 import statistics
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -138,3 +139,36 @@ def load_results(path: Path) -> dict[str, Any]:
     except (OSError, ValueError):
         return {}
     return data if "parts" in data else {}  # a file of the old layout is replaced
+
+
+def cpu_s(pid: int) -> float | None:
+    """CPU time (user + system, every thread) process `pid` and the processes under it (a proxy's mirror process)
+    have used so far, from /proc; None when `pid` is gone."""
+    stats: dict[int, list[str]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                stats[int(entry.name)] = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+    if pid not in stats:
+        return None
+    tree, grew = {pid}, True
+    while grew:
+        below = {p for p, fields in stats.items() if int(fields[1]) in tree} - tree
+        grew = bool(below)
+        tree |= below
+    return sum(int(stats[p][11]) + int(stats[p][12]) for p in tree) / os.sysconf("SC_CLK_TCK")
+
+
+def stop_process(process: subprocess.Popen[Any] | None) -> None:
+    """Stop `process` (SIGTERM, then SIGKILL after 10 s) and close its stdout pipe, if it has one."""
+    if process is None:
+        return
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    if process.stdout is not None:
+        process.stdout.close()

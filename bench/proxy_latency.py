@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import servers
-from bench.common import ROOT, load_results, log, percentile, record_part, summary, target
+from bench.common import ROOT, cpu_s, load_results, log, percentile, record_part, stop_process, summary, target
 
 RATE = 200.0  # requests a second (the issue's)
 TARGET_ADDED_P99_MS = 1.0  # p99 the proxy may add to TTFT and to total latency, mirroring on
@@ -82,24 +82,6 @@ def _die_with_parent() -> None:  # pragma: no cover  (runs in the child between 
     no server or proxy outlives it (a proxy takes SIGTERM as Ctrl-C: it drains and exits)."""
     with contextlib.suppress(Exception):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
-
-
-def cpu_s(pid: int) -> float | None:
-    """CPU time (user + system, every thread) process `pid` and the processes under it (the proxy's mirror process)
-    have used so far, from /proc; None when `pid` is gone."""
-    stats: dict[int, list[str]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError):
-                stats[int(entry.name)] = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-    if pid not in stats:
-        return None
-    tree, grew = {pid}, True
-    while grew:
-        below = {p for p, fields in stats.items() if int(fields[1]) in tree} - tree
-        grew = bool(below)
-        tree |= below
-    return sum(int(stats[p][11]) + int(stats[p][12]) for p in tree) / os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
@@ -283,17 +265,7 @@ class Forwarder:
 
     def stop(self) -> None:
         process, self.process = self.process, None
-        if process is None:
-            return
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        if process.stdout is not None:
-            process.stdout.close()
+        stop_process(process)
 
 
 # --------------------------------------------------------------------------------------------------- client

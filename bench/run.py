@@ -43,6 +43,7 @@ from bench.common import (
     peak_rss_kib,
     percentile,
     rss_mb,
+    stop_process,
     summary,
     target,
     write_docs,
@@ -436,12 +437,7 @@ def llama_server(plan: Any, tmp: Path, threads: int) -> Iterator[str]:
             time.sleep(0.25)
         yield url
     finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
 
 
 # -------------------------------------------------------------------------------------------------- storage

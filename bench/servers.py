@@ -19,17 +19,15 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
 import signal
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
-from pathlib import Path
 from typing import Any
 
-from bench.common import ROOT
+from bench.common import ROOT, cpu_s, stop_process
 
 MODEL = "bench-model"
 CHUNKS = 20
@@ -217,27 +215,11 @@ class ServerProcess:
         raise RuntimeError(f"the {self.kind} benchmark server on port {self.port} does not answer")
 
     def cpu_s(self) -> float | None:
-        if self.process is None:
-            return None
-        try:
-            fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            return None
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return cpu_s(self.process.pid) if self.process is not None else None
 
     def stop(self) -> None:
         process, self.process = self.process, None
-        if process is None:
-            return
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        if process.stdout is not None:
-            process.stdout.close()
+        stop_process(process)
 
     def __enter__(self) -> ServerProcess:
         return self.start()
