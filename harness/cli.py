@@ -213,14 +213,15 @@ def _parser() -> argparse.ArgumentParser:
                        help="the OpenAI API (or compatible) the calls go to, a base URL ending in /v1 "
                             "(default https://api.openai.com/v1)")
     proxy.add_argument("--anthropic-upstream", default="https://api.anthropic.com",
-                       help="where /v1/messages calls go (default https://api.anthropic.com)")
+                       help="where Anthropic calls go (/v1/messages..., or any with anthropic-version; default "
+                            "https://api.anthropic.com)")
     proxy.add_argument("--suite", dest="proxy_suite", metavar="DIR",
                        help="judge with this suite's scorers (the incumbent's answer as the reference) and gate "
                             "margin, instead of agreement alone")
     proxy.add_argument("--sample", type=_share, default=1.0, help="share of chat calls copied, 0.0-1.0 (default 1)")
     proxy.add_argument("--per-minute", type=_positive, help="at most this many copies a minute")
     proxy.add_argument("--queue", type=_positive, default=1000,
-                       help="copies waiting per candidate before new ones are dropped (default 1000)")
+                       help="copies waiting for the candidates before new ones are dropped (default 1000)")
     proxy.add_argument("--max-body", type=_positive, default=1_000_000, metavar="BYTES",
                        help="larger request bodies are passed through but neither copied nor stored")
     proxy.add_argument("--redact", action="append", default=[], metavar="PATTERN",
@@ -237,7 +238,7 @@ def _parser() -> argparse.ArgumentParser:
     proxy.add_argument("--status-every", type=float, default=10.0, metavar="SECONDS",
                        help="how often the status line is printed (default 10)")
     proxy.set_defaults(func=cmd_proxy)
-    proxy_sub = proxy.add_subparsers(dest="action", metavar="ACTION")
+    proxy_sub = proxy.add_subparsers(dest="action", metavar="[export]", title="actions (none: serve)")
     export = proxy_sub.add_parser("export", help="write a proxy run's captured traffic as a suite folder")
     export.add_argument("run", metavar="RUN_ID", nargs="?", help="the proxy run (default: the latest)")
     export.add_argument("--out", required=True, metavar="DIR", help="the suite folder to write (must not exist)")
