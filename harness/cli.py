@@ -31,7 +31,8 @@ from harness.providers.plan import plan_provider, resolve_served_models
 from harness.providers.server import ManagedServer
 from harness.report.html import render_report, run_counts
 from harness.run.cache import MODES, explain
-from harness.run.rescore import rescore
+from harness.run.judging import judge_run, plan_judges
+from harness.run.rescore import judging_cases, rescore, rescored_pass_rates, store_metrics
 from harness.run.runner import resumable_cases, shadow_run
 from harness.run.targets import (
     SUITES_DIR,
@@ -47,6 +48,7 @@ from harness.selfcheck import ADVICE, unreliable_reason
 from harness.store import queries
 from harness.store.db import Store, damaged
 from harness.suite.load import load_suite
+from harness.suite.spec import JUDGE_KINDS
 from harness.terminal import printable
 
 DEFAULT_DB = "runs/shadow.duckdb"
@@ -116,10 +118,14 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("--db", default=DEFAULT_DB)
     explain.set_defaults(func=cmd_cache_explain, command="cache explain")
 
-    score = sub.add_parser("score", help="re-score a stored run's answers with the suite's current scorers (no calls)")
+    score = sub.add_parser("score", help="re-score a stored run's answers with the suite's current scorers (no model "
+                           "called, except a judge for verdicts it has not given before)")
     score.add_argument("run_id", nargs="?", help="run id (default: the latest run)")
     score.add_argument("--suite", help="score with the suite in this folder (default: where the run's suite was); "
                        "without a run id, its latest run")
+    score.add_argument("--base-url", help="a running server for a local:/vllm: judge (else the harness starts one)")
+    score.add_argument("--cache", choices=["replay", "off"], default="replay",
+                       help="judge verdicts: re-use those already given to the same request (replay), or ask again")
     score.add_argument("--db", default=DEFAULT_DB)
     score.add_argument("--reports", default="reports")
     score.set_defaults(func=cmd_score, command="score")
@@ -364,6 +370,8 @@ def _run(args: argparse.Namespace, open_store: Callable[[], Store]) -> int:
     for plan in plans:
         state = f"skipped: {plan.reason}" if plan.status == "skipped" else plan.describe_endpoint()
         print(f"  {plan.spec.role:<9} {plan.name}  ({state})")
+    judges = plan_judges(suite, base_url=args.base_url)
+    _print_judges(judges)
 
     started: dict[str, str] = {}
     bars: list[Any] = []
@@ -378,7 +386,7 @@ def _run(args: argparse.Namespace, open_store: Callable[[], Store]) -> int:
         result = asyncio.run(_cancel_on_sigterm(shadow_run(
             suite, plans, store, limit=args.limit, progress=lambda k: bars and bars[0].update(k),
             server_log_dir=Path(args.db).parent, on_started=on_started, cache_mode=cache_mode,
-            pricing=pricing, resume=run_id,
+            pricing=pricing, resume=run_id, judges=judges,
         )))
     except (KeyboardInterrupt, asyncio.CancelledError):
         for bar in bars:
@@ -402,6 +410,7 @@ def _run(args: argparse.Namespace, open_store: Callable[[], Store]) -> int:
     for name, stats in result.stats.items():
         if stats.get("summary"):
             print(f"  {name}: {printable(stats['summary'], one_line=True)}")
+    _print_judging(result.judging)
     _print_summary(store, result.run_id, result.n_cases)
     _print_metrics(store, result.run_id)
     _print_scorer_errors(store, result.run_id)
@@ -414,6 +423,25 @@ def _run(args: argparse.Namespace, open_store: Callable[[], Store]) -> int:
               f"{_base_url_arg(args)}", file=sys.stderr)
         return 1
     return 0
+
+
+def _print_judges(judges: dict[str, Any]) -> None:
+    """One line per judge scorer: the judge that will judge, or why none can."""
+    for scorer, plan in judges.items():
+        state = f"skipped: {plan.reason}" if plan.status != "ready" else plan.describe_endpoint()
+        print(f"  {'judge':<9} {plan.name if plan.status == 'ready' else 'none'}  ({state}) for scorer {scorer}")
+
+
+def _print_judging(reports: list[Any]) -> None:
+    """What each judge did: calls, cache, outputs that were no verdict, failed calls, cost."""
+    for r in reports:
+        cost = "cost unknown (no price)" if r.cost_usd is None else f"${r.cost_usd:.4f}"
+        who = r.judge or "no judge"
+        against = f", against the {r.against}" if r.against else ""
+        print(f"judge {r.scorer} ({who}{against}): {r.calls} calls, {r.cached} from the cache, {r.invalid} not a "
+              f"verdict, {r.errors} failed, {cost}")
+        for note in r.notes:
+            print(f"  {printable(note, one_line=True)}", file=sys.stderr)
 
 
 def _base_url_arg(args: argparse.Namespace) -> str:
@@ -528,9 +556,21 @@ def cmd_score(args: argparse.Namespace) -> int:
     with Store(args.db) as store:
         run_id = run_to_use(store, args.run_id, "score", args.suite if not args.run_id else None)
         result = rescore(store, run_id, args.suite)
+        judged = any(s.kind in JUDGE_KINDS for s in result.suite.spec.scorers)
         print(f"run {run_id}: re-scored {result.scored} answers of suite '{result.suite.name}' with "
-              f"{', '.join(s.name or s.kind for s in result.suite.spec.scorers)} (no model called)"
+              f"{', '.join(s.name or s.kind for s in result.suite.spec.scorers)}"
+              + (" (no model called)" if not judged else "")
               + (f"; {result.failed_calls} failed calls have no answer to score" if result.failed_calls else ""))
+        if judged:
+            judges = plan_judges(result.suite, base_url=args.base_url)
+            _print_judges(judges)
+            reports = asyncio.run(judge_run(
+                store, run_id, result.suite, judging_cases(store, run_id, result.suite), judges=judges,
+                cache_mode=args.cache, server_log_dir=Path(args.db).parent,
+            ))
+            store_metrics(store, run_id, result.suite, build_scorers(result.suite))
+            _print_judging(reports)
+            result.pass_rates = rescored_pass_rates(store, run_id, result.pass_rates)
         if result.gold_changed:
             print(f"  gold changed since the run for {len(result.gold_changed)} case(s): "
                   f"{', '.join(result.gold_changed[:5])}{' ...' if len(result.gold_changed) > 5 else ''}")

@@ -122,6 +122,29 @@ def rescore(store: Store, run_id: str, suite_path: str | Path | None = None) -> 
     return result
 
 
+def judging_cases(store: Store, run_id: str, suite: Suite) -> list[Case]:
+    """The cases of `run_id` for its judges: as the models were shown them (stored), with the suite's current
+    fields, reference and `judge_labels` where the suite still has the case."""
+    current = {case.id: case for case in suite.cases}
+    out = []
+    for case in stored_cases(store, run_id):
+        now = current.get(case.id)
+        if now is not None:
+            case = Case(id=case.id, input=now.input, gold=now.gold, line=case.line, messages=case.messages,
+                        context=case.context)
+        out.append(case)
+    return out
+
+
+def rescored_pass_rates(
+    store: Store, run_id: str, rates: dict[str, tuple[float | None, float | None]]
+) -> dict[str, tuple[float | None, float | None]]:
+    """`rates` (provider: (before, after)) with each `after` read again from the stored scores (after judging)."""
+    scores = store.table("scores", run_id)
+    n = len(store.table("cases", run_id))
+    return {provider: (before, _pass_rate(scores, provider, n)) for provider, (before, _) in rates.items()}
+
+
 def _pass_rate(scores: pd.DataFrame, provider: str, n_cases: int) -> float | None:
     if scores.empty or not n_cases:
         return None

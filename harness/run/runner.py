@@ -35,7 +35,9 @@ from harness.providers.resilience import AdaptiveLimiter, Resilient, RetryPolicy
 from harness.providers.server import ManagedServer
 from harness.providers.watch import EndpointBreaker, ServerWatch
 from harness.run.cache import MODES, cache_key, cache_parts
+from harness.run.judging import JudgeReport, judge_run
 from harness.scoring.base import Scorer
+from harness.scoring.judges import is_judged
 from harness.scoring.parse import same_answer
 from harness.scoring.registry import aggregate_metrics, build_scorers, score_completion
 from harness.selfcheck import COLUMNS as SELFCHECK_COLUMNS
@@ -70,6 +72,7 @@ class RunResult:
     # the client's own CPU and event-loop lag while calls were in flight (None: no call was made)
     selfcheck: SelfCheck | None = None
     reason: str | None = None  # why the status is failed or degraded
+    judging: list[JudgeReport] = field(default_factory=list)  # what each judge scorer's judge did
 
 
 def provenance(
@@ -202,8 +205,10 @@ async def shadow_run(
     pricing: PricingTable | None = None,
     resume: str | None = None,
     retry: RetryPolicy | None = None,
+    judges: dict[str, ProviderPlan] | None = None,
 ) -> RunResult:
-    """Run `suite` on every ready plan, storing each response and its scores as it arrives.
+    """Run `suite` on every ready plan, storing each response and its scores as it arrives; then, for a suite with
+    judge scorers, have the judges (`judges`, else `judging.plan_judges(suite)`) judge the answers.
 
     With `resume`, fill in stored run `resume` instead: only its case x provider pairs with no stored answer
     are done (answers a killed run had journaled are recovered first, never asked for again).
@@ -289,6 +294,13 @@ async def shadow_run(
                 for job in jobs:
                     if job.cases:
                         group.create_task(_drive(job, recorder))
+            if any(is_judged(scorer) for scorer in scorers):
+                finished, writer = writer, None
+                finished.close()  # every answer in DuckDB before the judges read them
+                result.judging = await judge_run(
+                    store, run_id, suite, cases, judges=judges, pricing=pricing, cache_mode=cache_mode,
+                    running=plans, server_log_dir=server_log_dir, retry=retry,
+                )
             status = "completed"
         except (asyncio.CancelledError, KeyboardInterrupt):
             status = "interrupted"

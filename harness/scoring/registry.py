@@ -24,6 +24,9 @@ SCORERS: dict[str, str] = {
     "line_items": "harness.scoring.items:LineItemsScorer",
     "clauses": "harness.scoring.clauses:ClausesScorer",
     "agreement": "harness.scoring.agreement:AgreementScorer",
+    "pairwise": "harness.scoring.judges:PairwiseScorer",
+    "rubric": "harness.scoring.judges:RubricScorer",
+    "reference": "harness.scoring.reference:ReferenceScorer",
 }
 
 

@@ -245,6 +245,35 @@ MIGRATIONS: list[tuple[str, str]] = [
         ALTER TABLE runs ADD COLUMN reference VARCHAR;    -- NULL: the suite's gold; incumbent: its answers
         """,
     ),
+    (
+        "judgements",
+        # judge scorers (pairwise, rubric): every call to the judge model, the cache of its verdicts
+        """
+        CREATE TABLE judgements (
+            run_id VARCHAR NOT NULL,
+            scorer VARCHAR NOT NULL,       -- the judge scorer's name
+            judge VARCHAR NOT NULL,        -- the judge's provider id
+            case_id VARCHAR NOT NULL,
+            provider VARCHAR,              -- the provider whose answer was judged; NULL for a human-labelled example
+            item VARCHAR NOT NULL,         -- ab / ba (pairwise orders), one (rubric); label N ... for an example
+            verdict VARCHAR,               -- A, B, tie, or a rubric score; NULL when the output was not a verdict
+            parsed JSON,                   -- the judge's answer as read (score, criteria...)
+            invalid VARCHAR,               -- why the judge's output is not a verdict
+            human VARCHAR,                 -- the human label of an example
+            text VARCHAR,                  -- what the judge wrote
+            model VARCHAR,
+            error VARCHAR,
+            error_kind VARCHAR,
+            input_tokens INTEGER,
+            output_tokens INTEGER,
+            latency_ms DOUBLE,
+            cost_usd DOUBLE,               -- of the call, also when answered from the cache (what a fresh run pays)
+            cached BOOLEAN,                -- answered from an earlier run's judgement
+            cache_key VARCHAR,
+            judged_at TIMESTAMPTZ
+        );
+        """,
+    ),
 ]
 
 # New files stay readable by every DuckDB since 1.0 (the `duckdb` CLI, DBeaver...), not only by this version.
@@ -252,6 +281,7 @@ CONNECT_CONFIG = {"storage_compatibility_version": "v1.0.0"}
 
 TABLES = (
     "runs", "run_providers", "cases", "responses", "samples", "scores", "metrics", "load_tests", "load_requests",
+    "judgements",
 )
 
 
@@ -481,6 +511,50 @@ class Store:
         finally:
             self.con.unregister("_keys")
         return {row["cache_key"]: row for row in rows}
+
+    def cached_judgements(self, keys: list[str]) -> dict[str, dict[str, Any]]:
+        """For each cache key, the newest stored judge call with that key that did not fail."""
+        if not keys:
+            return {}
+        self.con.register("_keys", pa.table({"cache_key": list(dict.fromkeys(keys))}))
+        try:
+            cursor = self.con.execute(
+                "SELECT j.* FROM judgements j JOIN _keys USING (cache_key) WHERE j.error IS NULL "
+                "QUALIFY row_number() OVER (PARTITION BY j.cache_key ORDER BY j.judged_at DESC) = 1"
+            )
+            columns = [d[0] for d in cursor.description]
+            rows = [dict(zip(columns, values, strict=True)) for values in cursor.fetchall()]
+        finally:
+            self.con.unregister("_keys")
+        return {row["cache_key"]: row for row in rows}
+
+    def put_judgement(self, row: dict[str, Any]) -> None:
+        """Store one judge call, replacing the run's earlier one of the same scorer, case, provider and item."""
+        with self._transaction():
+            self.con.execute(
+                "DELETE FROM judgements WHERE run_id = ? AND scorer = ? AND case_id = ? AND item = ? AND "
+                "provider IS NOT DISTINCT FROM ?",
+                [row["run_id"], row["scorer"], row["case_id"], row["item"], row.get("provider")],
+            )
+            _insert(self.con, "judgements", [row])
+
+    def replace_judged_scores(self, run_id: str, scorers: list[str], rows: list[dict[str, Any]],
+                              keep: set[tuple[str, str, str | None, str]] | None = None) -> None:
+        """Swap the scores of judge scorers `scorers` in run `run_id` for `rows` in one transaction; with `keep`
+        ((scorer, case, provider, item) of the judge calls that made them), drop the run's other judge calls of
+        those scorers (left from an earlier judging, e.g. of a case no longer judged)."""
+        with self._transaction():
+            for scorer in scorers:
+                self.con.execute("DELETE FROM scores WHERE run_id = ? AND scorer = ?", [run_id, scorer])
+            _insert(self.con, "scores", rows)
+            if keep is not None:
+                stored = self.con.execute(
+                    "SELECT scorer, case_id, provider, item FROM judgements WHERE run_id = ?", [run_id]).fetchall()
+                for scorer, case_id, provider, item in stored:
+                    if scorer in scorers and (scorer, case_id, provider, item) not in keep:
+                        self.con.execute(
+                            "DELETE FROM judgements WHERE run_id = ? AND scorer = ? AND case_id = ? AND item = ? "
+                            "AND provider IS NOT DISTINCT FROM ?", [run_id, scorer, case_id, item, provider])
 
     def put_metrics(self, run_id: str, rows: list[dict[str, Any]]) -> None:
         """Replace the run's aggregate metrics with `rows` (provider, scorer, metric, value, detail)."""
@@ -850,7 +924,7 @@ def _append(con: duckdb.DuckDBPyConnection, table: str, batch: pa.Table) -> None
 
 JSON_COLUMNS = frozenset(
     {"params", "package_versions", "input", "gold", "messages", "detail", "cache_parts", "spec", "pricing", "stats",
-     "context", "scorers"}
+     "context", "scorers", "parsed"}
 )
 
 

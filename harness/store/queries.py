@@ -302,3 +302,28 @@ def latest_proxy_run(store: Store) -> str | None:
     rows = store.con.execute(
         "SELECT run_id FROM runs WHERE reference = 'incumbent' ORDER BY started_at DESC LIMIT 1").fetchall()
     return rows[0][0] if rows else None
+
+
+def answers_for_judging(store: Store, run_id: str) -> pd.DataFrame:
+    """The stored answers of `run_id` a judge reads: case_id, provider, role, text, error."""
+    return store.query(
+        "SELECT r.case_id, r.provider, p.role, r.text, r.error FROM responses r JOIN run_providers p "
+        "ON p.run_id = r.run_id AND p.provider = r.provider WHERE r.run_id = ?", [run_id])
+
+
+def ready_roles(store: Store, run_id: str) -> dict[str, str]:
+    """Provider -> role of the providers of `run_id` that ran, incumbents first."""
+    rows = store.con.execute(
+        "SELECT provider, role FROM run_providers WHERE run_id = ? AND status = 'ready' "
+        "ORDER BY role = 'incumbent' DESC, rowid", [run_id]).fetchall()
+    return dict(rows)
+
+
+def judgements_of(store: Store, run_id: str, scorer: str | None = None) -> list[dict[str, Any]]:
+    """The stored judge calls of `run_id` (of judge scorer `scorer` only, when given), as dicts."""
+    if "judgements" not in store.tables():
+        return []
+    sql = "SELECT * FROM judgements WHERE run_id = ?" + (" AND scorer = ?" if scorer else "")
+    frame = store.query(sql, [run_id, scorer] if scorer else [run_id])
+    return [{k: (None if not isinstance(v, (list, dict)) and pd.isna(v) else v) for k, v in row.items()}
+            for row in frame.to_dict("records")]

@@ -25,7 +25,7 @@ import jinja2.meta
 from pydantic import ValidationError
 
 from harness.errors import SuiteError
-from harness.suite.spec import PROVIDER_KINDS, CasesSpec, ContextSpec, ScorerSpec, SuiteSpec
+from harness.suite.spec import JUDGE_KINDS, PROVIDER_KINDS, CasesSpec, ContextSpec, ScorerSpec, SuiteSpec
 
 
 @dataclass(frozen=True)
@@ -97,6 +97,9 @@ class Suite:
     response_schema: dict[str, Any] | None
     hash: str
     labels: list[str] | None = None
+    # judge scorers' instructions: scorer name -> the text of its `rubric` template (not in `hash`: a changed
+    # rubric re-judges stored answers with `harness score`, it does not make them incomparable)
+    rubrics: dict[str, str] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -140,6 +143,7 @@ def load_suite(path: str | Path) -> Suite:
     except jinja2.TemplateSyntaxError as exc:
         raise SuiteError(f"{template_path} line {exc.lineno}: template syntax error: {exc.message}") from None
 
+    rubrics = _load_rubrics(path, spec, env, config)
     rows, place, numbers, cases_hash = _read_rows(path, spec.cases)
     shared = {**spec.prompt.vars, **({"labels": labels} if labels else {})}
     _check_scorer_data(spec, rows, place, numbers, config)
@@ -152,7 +156,56 @@ def load_suite(path: str | Path) -> Suite:
         digest.update(hashlib.sha256(part).digest())
     return Suite(
         path=path, spec=spec, cases=cases, response_schema=schema, hash=digest.hexdigest()[:16], labels=labels,
+        rubrics=rubrics,
     )
+
+
+def _load_rubrics(path: Path, spec: SuiteSpec, env: jinja2.Environment, config: Path) -> dict[str, str]:
+    """Each judge scorer's rubric template, read and syntax-checked (scorer name -> text)."""
+    out = {}
+    for index, scorer in enumerate(spec.scorers):
+        if scorer.kind not in JUDGE_KINDS or not scorer.rubric:
+            continue
+        file = path / scorer.rubric
+        text = read_suite_file(file, config, f"scorers[{index}].rubric")
+        try:
+            env.parse(text)
+        except jinja2.TemplateSyntaxError as exc:
+            raise SuiteError(f"{file} line {exc.lineno}: template syntax error: {exc.message}") from None
+        out[scorer.name or scorer.kind] = text
+    return out
+
+
+JUDGE_LABEL_FIELD = "judge_labels"
+PAIRWISE_LABELS = ("a", "b", "tie")
+
+
+def check_judge_labels(labels: Any, where: str, spec: SuiteSpec) -> None:
+    """SuiteError unless a case's `judge_labels` is a list of labelled examples the suite's judges can be checked
+    on: `{"kind": "pairwise", "a": TEXT, "b": TEXT, "label": "a" | "b" | "tie"}` or `{"kind": "rubric", "answer":
+    TEXT, "label": SCORE}` with a whole-number score on the rubric scorer's scale."""
+    fix = ('e.g. [{"kind": "pairwise", "a": "...", "b": "...", "label": "a"}, '
+           '{"kind": "rubric", "answer": "...", "label": 4}]')
+    if not isinstance(labels, list):
+        raise SuiteError(f"{where}: '{JUDGE_LABEL_FIELD}' must be a list of labelled examples, {fix}")
+    scales = [s.scale for s in spec.scorers if s.kind == "rubric"]
+    for number, item in enumerate(labels):
+        at = f"{where}: {JUDGE_LABEL_FIELD}[{number}]"
+        kind = item.get("kind") if isinstance(item, dict) else None
+        if kind == "pairwise":
+            if not isinstance(item.get("a"), str) or not isinstance(item.get("b"), str):
+                raise SuiteError(f"{at}: a pairwise example needs the two answers as text in 'a' and 'b'")
+            if item.get("label") not in PAIRWISE_LABELS:
+                raise SuiteError(f"{at}: label must be \"a\", \"b\" or \"tie\" (the better answer), "
+                                 f"not {item.get('label')!r}")
+        elif kind == "rubric":
+            if not isinstance(item.get("answer"), str):
+                raise SuiteError(f"{at}: a rubric example needs the answer as text in 'answer'")
+            score, top = item.get("label"), max(scales, default=10)
+            if isinstance(score, bool) or not isinstance(score, int) or not 1 <= score <= top:
+                raise SuiteError(f"{at}: label must be a whole score from 1 to {top}, not {score!r}")
+        else:
+            raise SuiteError(f"{at}: kind must be \"pairwise\" or \"rubric\", {fix}")
 
 
 def _load_labels(path: Path, spec: SuiteSpec) -> list[str] | None:
@@ -556,7 +609,7 @@ def _build_cases(
         where = f"{place} {number}"
         for name in (id_field, gold_field, *variables):
             # null, an empty CSV cell and a field that is not there are one thing here
-            if row.get(name) is None:
+            if row.get(name) is None and not (name == gold_field and spec.task == "generation"):
                 used = f"; {template_path.name} uses it" if name in variables else ""
                 raise SuiteError(f"{where}: missing field '{name}'{used}")
         for name in field_names:
@@ -587,8 +640,10 @@ def _build_cases(
             context = fit_context(long, spec.context)[1]
         if spec.prompt.messages_field:
             _check_messages(row[spec.prompt.messages_field], f"{where}: '{spec.prompt.messages_field}'")
+        if row.get(JUDGE_LABEL_FIELD) is not None:
+            check_judge_labels(row[JUDGE_LABEL_FIELD], where, spec)
         inputs = {k: v for k, v in row.items() if k != gold_field}
-        case = _PromptedCase(case_id, inputs, row[gold_field], number, context, prompt)
+        case = _PromptedCase(case_id, inputs, row.get(gold_field), number, context, prompt)
         try:
             prompt.messages(case)  # rendered once now, so that a bad template stops the suite here
         except jinja2.UndefinedError as exc:

@@ -9,7 +9,11 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 FieldType = Literal["text", "amount", "date", "exact"]
-ScorerKind = Literal["fields", "exact", "label", "line_items", "clauses", "python", "agreement"]
+ScorerKind = Literal["fields", "exact", "label", "line_items", "clauses", "python", "agreement", "pairwise", "rubric",
+                     "reference"]
+# reference-based measures of a free-text answer (`reference` scorer): normalised exact match, ROUGE-1 F (token
+# F1) and ROUGE-L F, both from Google's rouge-score package
+ReferenceMeasure = Literal["exact", "token_f1", "rouge_l"]
 
 
 class _Strict(BaseModel):
@@ -72,7 +76,13 @@ SCORER_KEYS: dict[str, set[str]] = {
     "clauses": {"categories", "text_field"},
     "python": {"function", "threshold", "options"},
     "agreement": set(),
+    "pairwise": {"judge", "rubric", "judge_max_tokens"},
+    "rubric": {"judge", "rubric", "scale", "criteria", "pass_score", "judge_max_tokens"},
+    "reference": {"measure", "threshold"},
 }
+
+# judge scorers: a judge model reads the answers (after every provider has answered), not the scorer itself
+JUDGE_KINDS = ("pairwise", "rubric")
 
 
 class ScorerSpec(_Strict):
@@ -93,10 +103,21 @@ class ScorerSpec(_Strict):
     function: str | None = None  # python: "module:function", the module looked up in the suite folder first
     threshold: float | None = None  # python: a number returned passes at or above this
     options: dict[str, Any] = {}  # python: keyword arguments for the function
+    # pairwise, rubric: the judge, a provider id, or a list of them of which the first that can run is used
+    # (e.g. an API judge when its key is set, else the bundled model)
+    judge: list[str] = []
+    rubric: str | None = None  # pairwise, rubric: the judge's instructions, a Jinja template in the suite folder
+    scale: int = Field(default=5, ge=2, le=10)  # rubric: scores run from 1 to `scale`
+    criteria: list[str] = []  # rubric: criteria the judge marks met or not, each reported apart
+    pass_score: float | None = None  # rubric: an answer passes at or above this score (default: 4 of 5, 8 of 10...)
+    judge_max_tokens: int = Field(default=200, ge=8, le=8192)  # pairwise, rubric: the most the judge may write
+    measure: ReferenceMeasure = "rouge_l"  # reference: the measure that decides a case (with `threshold`)
 
     @model_validator(mode="before")
     @classmethod
     def _keys_of_kind(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("judge"), str):
+            data = {**data, "judge": [data["judge"]]}
         if isinstance(data, dict) and data.get("kind") in SCORER_KEYS:
             allowed = SCORER_KEYS[data["kind"]] | {"kind", "name"}
             for key in data:
@@ -113,6 +134,25 @@ class ScorerSpec(_Strict):
             raise ValueError("a 'python' scorer needs function = \"module:function\", e.g. \"checks:has_total\"")
         if self.kind == "line_items" and "name" not in self.item_fields:
             raise ValueError("item_fields must include 'name', the field items are matched on")
+        if self.kind in JUDGE_KINDS:
+            if not self.judge:
+                raise ValueError(f"a '{self.kind}' scorer needs judge = \"kind:model\" (e.g. \"anthropic:"
+                                 "claude-3-5-haiku-latest\"), or a list of them, the first that can run judging")
+            if not self.rubric:
+                raise ValueError(f"a '{self.kind}' scorer needs rubric = \"FILE.j2\", the judge's instructions "
+                                 "(a Jinja template in the suite folder)")
+            for judge in self.judge:
+                kind, sep, model = judge.partition(":")
+                if not sep or not model or kind not in PROVIDER_KINDS or kind == "log":
+                    raise ValueError(f"judge {judge!r} must look like 'kind:model' with a kind of "
+                                     f"{', '.join(k for k in PROVIDER_KINDS if k != 'log')}")
+        if self.kind == "rubric":
+            if self.pass_score is None:
+                self.pass_score = float(max(2, round(self.scale * 0.8)))
+            if not 1 <= self.pass_score <= self.scale:
+                raise ValueError(f"pass_score {self.pass_score:g} is outside the scale 1 to {self.scale}")
+        if self.kind == "reference" and self.threshold is not None and not 0 <= self.threshold <= 1:
+            raise ValueError(f"threshold {self.threshold:g} must be between 0 and 1 for a 'reference' scorer")
         if self.name is None:
             self.name = self.kind
         return self
@@ -137,7 +177,7 @@ class ProviderSpec(_Strict):
     """A provider taking part in the run, named `kind:model`."""
 
     id: str
-    role: Literal["incumbent", "candidate"]
+    role: Literal["incumbent", "candidate", "judge"]  # judge: made by the harness for a judge scorer's `judge`
     base_url: str | None = None
     concurrency: int | None = Field(default=None, ge=1, le=1024)
     params: dict[str, Any] = {}
@@ -218,7 +258,8 @@ class SuiteSpec(_Strict):
     name: str
     description: str = ""
     version: str = "1"
-    task: Literal["extraction", "classification", "review", "traffic"]
+    # generation: free text, judged by a judge model (pairwise, rubric) and against a reference where cases have one
+    task: Literal["extraction", "classification", "review", "traffic", "generation"]
     cases: CasesSpec = CasesSpec()
     prompt: PromptSpec = PromptSpec()
     context: ContextSpec | None = None
@@ -243,6 +284,9 @@ class SuiteSpec(_Strict):
     @field_validator("providers")
     @classmethod
     def _roles(cls, providers: list[ProviderSpec]) -> list[ProviderSpec]:
+        if any(p.role == "judge" for p in providers):
+            raise ValueError("role = 'judge' is not for [[providers]]: name a judge in its scorer, "
+                             "judge = \"kind:model\"")
         ids = [p.id for p in providers]
         if len(set(ids)) != len(ids):
             raise ValueError("each provider id may appear once")
