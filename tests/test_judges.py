@@ -153,3 +153,16 @@ def test_pairwise_judge_asks_both_orders_and_counts_only_agreeing_verdicts(serve
     ba = next(t for t in shown if "better reply 1" in t and _answer(t, "A") == "better reply 1")
     assert _answer(ab, "A") == _answer(ba, "B") == "incumbent reply 1"
 
+
+
+def test_gate_is_invalid_when_the_judge_left_answers_unjudged(served, tmp_path, capsys):
+    suite = write_suite(tmp_path)
+    assert _run(suite, tmp_path, served) == 0
+    capsys.readouterr()
+    code = main(["gate", "--db", str(tmp_path / "s.duckdb"), "--out", str(tmp_path / "g")])
+    out = capsys.readouterr().out
+    assert code == 2, out
+    assert "gave no verdict on 1 of 5" in out
+    assert "judge pairwise (openai:judge-model): against the incumbent, 1 won, 2 tied, 1 lost, 1 unjudged" in out
+    assert "orders disagreed on 33%" in out
+    assert "agreement with humans 100%" in out and "on 2 labelled examples" in out

@@ -17,7 +17,8 @@ from xml.etree import ElementTree
 
 import pandas as pd
 
-from harness.analysis.gate import FAIL, INCONCLUSIVE, NOT_APPLICABLE, PASS, Check, GateResult, evaluate
+from harness.analysis.gate import FAIL, INCONCLUSIVE, INVALID, NOT_APPLICABLE, PASS, Check, GateResult, evaluate
+from harness.analysis.judging import JudgeSummary, judge_summaries
 from harness.analysis.outcomes import OutcomeTable, outcome_table, per_case_metric, run_providers
 from harness.analysis.summary import summarize
 from harness.errors import HarnessError
@@ -78,7 +79,53 @@ def gate_run(
                       failures=failures, excluded=excluded)
     result.stats.update(run_id=run_id, baseline=baseline, suite=run["suite"])
     _refuse_unreliable_latency(result, rates)
+    _judge_checks(result, judge_summaries(store, run_id), candidate, policy)
     return result
+
+
+def _judge_checks(result: GateResult, summaries: list[JudgeSummary], candidate: str, policy: GateSpec) -> None:
+    """The judges' part of the verdict: a run whose judge left more than `max_infra_error_rate` of the candidate's
+    answers unjudged is invalid (it measured the judge, not the candidate); a pairwise judge whose orders disagree
+    on more than `max_judge_inconsistency` of the cases, or (with `min_judge_kappa`) one that is unvalidated or
+    agrees with the humans less than that, makes the verdict inconclusive at best. Every judged figure is shown
+    with the judge's consistency and agreement with humans in `stats.judges`."""
+    if not summaries:
+        return
+    shown = []
+    for s in summaries:
+        agreement = s.human
+        shown.append({
+            "scorer": s.scorer, "kind": s.kind, "judges": s.judges, "against": s.against,
+            "outcomes": s.outcomes.get(candidate), "inconsistent_rate": s.inconsistent_rate,
+            "validated": s.validated, "human_examples": agreement.n if agreement else 0,
+            "human_accuracy": agreement.accuracy if agreement else None,
+            "human_kappa": agreement.kappa if agreement else None,
+        })
+        counts = s.outcomes.get(candidate)
+        if counts:
+            unjudged, total = counts["unjudged"], sum(counts.values())
+            if total and unjudged / total > policy.max_infra_error_rate and result.verdict != INVALID:
+                result.verdict = INVALID
+                result.reason = (f"the judge of '{s.scorer}' gave no verdict on {unjudged} of {total} of {candidate}'s "
+                                 f"answers (above max_infra_error_rate {policy.max_infra_error_rate:g}): the run "
+                                 "measured the judge, not the candidate; see `harness report` and fix the judge")
+        rate = s.inconsistent_rate
+        if s.kind == "pairwise" and rate is not None:
+            ok = rate <= policy.max_judge_inconsistency
+            result.checks.append(Check(
+                f"judge consistency ({s.scorer})", ok, rate, policy.max_judge_inconsistency,
+                f"the two orders disagreed on {s.inconsistent} of {s.judged_both} judged cases"
+                + ("" if ok else ": the judge reads positions more than answers, and its ties would pass anything"),
+                inconclusive=not ok))
+        if policy.min_judge_kappa is not None:
+            kappa = agreement.kappa if agreement else None
+            ok = kappa is not None and kappa >= policy.min_judge_kappa
+            detail = (f"Cohen's kappa {kappa:.2f} against {agreement.n} human-labelled examples" if kappa is not None
+                      else "unvalidated: no human-labelled examples (judge_labels) with a defined kappa")
+            result.checks.append(Check(f"judge agreement with humans ({s.scorer})", ok, kappa,
+                                       policy.min_judge_kappa, detail, inconclusive=not ok))
+    result.stats["judges"] = shown
+    result.settle()
 
 
 def _same_log(endpoints: dict[str, str], a: str, b: str) -> str | None:
@@ -225,8 +272,31 @@ def verdict_text(result: GateResult) -> str:
                      f"p = {s['mcnemar_p']:.3g}")
     if s.get("method") and result.verdict != "invalid":
         lines.append(f"  info  {s['method']}")
+    lines.extend(f"  info  {line}" for line in judge_lines(s.get("judges") or []))
     lines.extend(f"  warning: {w}" for w in result.warnings)
     return "\n".join(lines)
+
+
+def judge_lines(judges: list[dict[str, Any]]) -> list[str]:
+    """One line per judge scorer of a gate's `stats.judges`: what it found and how far it can be trusted."""
+    lines = []
+    for j in judges:
+        who = ", ".join(j["judges"]) or "no judge"
+        line = f"judge {j['scorer']} ({who})"
+        counts = j.get("outcomes")
+        if counts:
+            line += (f": against the {j.get('against') or 'incumbent'}, {counts['win']} won, {counts['tie']} tied, "
+                     f"{counts['loss']} lost, {counts['unjudged']} unjudged")
+        if j.get("inconsistent_rate") is not None:
+            line += f"; orders disagreed on {j['inconsistent_rate']:.0%}"
+        if j.get("validated"):
+            kappa = j.get("human_kappa")
+            line += (f"; agreement with humans {j['human_accuracy']:.0%}, kappa "
+                     f"{'undefined' if kappa is None else f'{kappa:.2f}'} on {j['human_examples']} labelled examples")
+        else:
+            line += "; unvalidated (no human labels)"
+        lines.append(line)
+    return lines
 
 
 def _word(result: GateResult, check: Check) -> str:

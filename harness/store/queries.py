@@ -327,3 +327,16 @@ def judgements_of(store: Store, run_id: str, scorer: str | None = None) -> list[
     frame = store.query(sql, [run_id, scorer] if scorer else [run_id])
     return [{k: (None if not isinstance(v, (list, dict)) and pd.isna(v) else v) for k, v in row.items()}
             for row in frame.to_dict("records")]
+
+
+def scores_with_detail(store: Store, run_id: str, scorers: list[str]) -> list[dict[str, Any]]:
+    """The score rows of `scorers` in `run_id` (case_id, provider, scorer, metric, value, passed, detail parsed)."""
+    if not scorers:
+        return []
+    frame = store.query(
+        "SELECT case_id, provider, scorer, metric, value, passed, detail FROM scores WHERE run_id = ? "
+        "AND list_contains(?, scorer)", [run_id, scorers])
+    rows = frame.to_dict("records")
+    for row in rows:
+        row["detail"] = json.loads(row["detail"]) if isinstance(row["detail"], str) else {}
+    return rows

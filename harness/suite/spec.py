@@ -247,6 +247,11 @@ class GateSpec(_Strict):
     # above this share of cases failing for infrastructure reasons (connection, timeout, 5xx...) a side makes the
     # run invalid: no verdict on quality
     max_infra_error_rate: float = Field(default=0.05, ge=0, le=1)
+    # judge scorers: above this share of cases whose two pairwise orders disagree, the judge mostly reads positions
+    # (its ties would pass anything): inconclusive. Above `max_infra_error_rate` of the candidate's answers left
+    # unjudged (the judge failed or wrote no verdict), the run is invalid.
+    max_judge_inconsistency: float = Field(default=0.5, ge=0, le=1)
+    min_judge_kappa: float | None = Field(default=None, ge=-1, le=1)  # agreement with human labels required
     # resamples of the paired bootstrap the gate used before its score test; accepted so older suites load, unused
     bootstrap: int = Field(default=2000, ge=200, le=100_000)
     seed: int = 0  # of the cascade's cross-fitting folds
