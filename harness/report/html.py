@@ -19,6 +19,7 @@ import markupsafe
 import pandas as pd
 
 from harness.analysis.intervals import wilson_interval
+from harness.analysis.judging import JudgeSummary, judge_summaries
 from harness.analysis.outcomes import (
     ERROR,
     FAIL,
@@ -156,6 +157,7 @@ def report_data(store: Store, run_id: str) -> dict[str, Any]:
     ranked = _ranked_cases(table, incumbent, candidates)
     failing = [c for c, is_failing in ranked if is_failing]
     taxonomy = table.taxonomy()
+    judges = judge_summaries(store, run_id)
     return {
         "run": run,
         "providers": providers.to_dict("records"),
@@ -168,7 +170,8 @@ def report_data(store: Store, run_id: str) -> dict[str, Any]:
                                     for row in providers.to_dict("records")) if note],
         "field_names": field_names,
         "field_table": field_table,
-        **_metric_sections(store.table("metrics", run_id), order),
+        **_judged_metrics(_metric_sections(store.table("metrics", run_id), order), judges),
+        "judges": judges,
         "context_note": _context_note(store, run_id),
         "paired": _paired(store, table, incumbent, candidates),
         "taxonomy": _taxonomy(taxonomy, order),
@@ -472,6 +475,25 @@ def _metric_sections(metrics: pd.DataFrame, order: list[str]) -> dict[str, Any]:
         if found and found[0].detail.get("pairs"):
             out["confused"].append({"provider": p, "pairs": found[0].detail["pairs"][:10]})
     return out
+
+
+def trust_note(summary: JudgeSummary) -> str:
+    """How far a judge can be trusted, in a few words, to stand beside each of its numbers."""
+    human = summary.human
+    if human is None or not human.n:
+        return "judge unvalidated"
+    kappa = "undefined" if human.kappa is None else f"{human.kappa:.2f}"
+    return f"judge agrees with humans {human.accuracy:.0%}, kappa {kappa}, n = {human.n}"
+
+
+def _judged_metrics(sections: dict[str, Any], judges: list[JudgeSummary]) -> dict[str, Any]:
+    """`sections` with each judge scorer's metrics named with how far its judge can be trusted."""
+    notes = {j.scorer: trust_note(j) for j in judges}
+    for row in sections["metric_table"]:
+        scorer = row["name"].split(" · ", 1)[0]
+        if scorer in notes:
+            row["name"] = f"{row['name']} ({notes[scorer]})"
+    return sections
 
 
 def _context_note(store: Store, run_id: str) -> str | None:

@@ -17,7 +17,9 @@ from harness.store.db import Store
 # the keys of a score's detail the queries below read, parsed once per row
 _DETAIL = ('{"scorer_error": "VARCHAR", "gold": "JSON", "pred": "JSON", "outcome": "VARCHAR", "grounded": "JSON", '
            '"quote": "JSON", "pred_present": "JSON", "missing": "JSON", "extra": "JSON", "tp": "VARCHAR", '
-           '"n_gold": "VARCHAR", "problem": "VARCHAR"}')
+           '"n_gold": "VARCHAR", "problem": "VARCHAR", "verdict": "VARCHAR", "judge_error": "VARCHAR", '
+           '"score": "VARCHAR", "consistent": "VARCHAR", "against": "VARCHAR", "measure": "VARCHAR", '
+           '"value": "DOUBLE"}')
 
 
 def _scores(pick: bool) -> str:
@@ -40,6 +42,10 @@ SELECT case_id, provider, metric, passed, d,
   CASE
     WHEN metric = 'case_pass' THEN CASE
       WHEN coalesce(d.scorer_error, '') <> '' THEN ['scorer error']
+      WHEN d.verdict = 'loss' THEN ['judged worse']
+      WHEN d.verdict = 'unjudged' THEN ['judge gave no verdict']
+      WHEN d.verdict = 'scored' AND NOT passed THEN ['low rubric score']
+      WHEN d.measure IS NOT NULL AND NOT passed THEN ['far from the reference']
       WHEN d.gold IS NOT NULL AND d.pred IS NOT NULL AND NOT passed
         THEN [CASE WHEN d.pred->>'$' = '(invalid)' THEN 'invalid label' ELSE 'wrong label' END] END
     WHEN metric = 'valid_json' AND NOT passed THEN ['invalid JSON']
@@ -103,25 +109,41 @@ WHERE c.run_id = $run
 # whether it is right, `outcome` how it was judged.
 _CELLS = """
 SELECT case_id, provider, seq, metric LIKE 'field.%' AS is_field,
-  CASE WHEN metric = 'case_pass' THEN 'scorer ' || scorer WHEN metric LIKE 'field.%' THEN metric[7:]
+  CASE WHEN metric = 'case_pass' AND coalesce(d.scorer_error, '') = '' AND d.verdict IS NOT NULL THEN 'judge ' || scorer
+       WHEN metric = 'case_pass' AND coalesce(d.scorer_error, '') = '' AND d.measure IS NOT NULL
+         THEN 'reference ' || scorer
+       WHEN metric = 'case_pass' THEN 'scorer ' || scorer WHEN metric LIKE 'field.%' THEN metric[7:]
        WHEN metric LIKE 'clause.%' THEN 'clause: ' || metric[8:] ELSE 'line items' END AS name,
-  CASE WHEN metric = 'case_pass' THEN to_json(d.scorer_error)
+  CASE WHEN metric = 'case_pass' AND coalesce(d.scorer_error, '') = '' AND d.verdict IS NOT NULL THEN to_json(
+         CASE d.verdict WHEN 'scored' THEN 'score ' || d.score
+                        WHEN 'unjudged' THEN 'no verdict: ' || coalesce(d.judge_error, 'the judge gave none')
+                        ELSE d.verdict || CASE WHEN d.consistent = 'false' THEN ' (the two orders disagreed)'
+                                               ELSE '' END || ' against the ' || coalesce(d.against, 'incumbent') END)
+       WHEN metric = 'case_pass' AND coalesce(d.scorer_error, '') = '' AND d.measure IS NOT NULL
+         THEN to_json(printf('%s %.2f', d.measure, d.value))
+       WHEN metric = 'case_pass' THEN to_json(d.scorer_error)
        WHEN metric LIKE 'field.%' THEN coalesce(d.pred, 'null'::JSON)
        WHEN metric LIKE 'clause.%' THEN to_json(CASE
          WHEN d.pred_present::VARCHAR = 'true' THEN CASE WHEN quote <> '' THEN quote ELSE 'present, no quote' END
          WHEN quote <> '' THEN 'absent, yet quoted: ' || quote ELSE 'absent' END)
        ELSE json_object('matched', concat(d.tp, ' of ', d.n_gold), 'missing', coalesce(d.missing, '[]'::JSON),
                         'extra', coalesce(d.extra, '[]'::JSON)) END AS pred,
-  coalesce(CASE WHEN metric = 'case_pass' THEN false
+  coalesce(CASE WHEN metric = 'case_pass' AND coalesce(d.scorer_error, '') = ''
+                     AND (d.verdict IS NOT NULL OR d.measure IS NOT NULL) THEN passed
+                WHEN metric = 'case_pass' THEN false
                 WHEN metric LIKE 'clause.%' THEN passed AND NOT coalesce(hallucinated, false)
                 ELSE passed END, false) AS ok,
-  CASE WHEN metric = 'case_pass' THEN 'scorer error' WHEN metric LIKE 'clause.%' AND hallucinated
+  CASE WHEN metric = 'case_pass' AND coalesce(d.scorer_error, '') = '' AND d.verdict IS NOT NULL THEN d.verdict
+       WHEN metric = 'case_pass' AND coalesce(d.scorer_error, '') = '' AND d.measure IS NOT NULL
+         THEN CASE WHEN passed THEN 'close' ELSE 'far' END
+       WHEN metric = 'case_pass' THEN 'scorer error' WHEN metric LIKE 'clause.%' AND hallucinated
        THEN 'hallucinated quote' WHEN metric = 'items.f1' THEN coalesce(d.problem, printf('F1 %.2f', value))
        ELSE d.outcome END AS outcome
 FROM (SELECT *, coalesce(CASE WHEN json_type(d.quote) = 'ARRAY' THEN array_to_string(CAST(d.quote AS VARCHAR[]),
                                                                                      ' | ')
                               ELSE d.quote->>'$' END, '') AS quote FROM sc)
 WHERE (metric = 'case_pass' AND coalesce(d.scorer_error, '') <> '')
+   OR (metric = 'case_pass' AND (d.verdict IS NOT NULL AND d.verdict <> 'baseline' OR d.measure IS NOT NULL))
    OR metric LIKE 'field.%' OR metric LIKE 'clause.%' OR metric = 'items.f1'
 """
 
