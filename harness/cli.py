@@ -566,7 +566,7 @@ def cmd_score(args: argparse.Namespace) -> int:
             _print_judges(judges)
             reports = asyncio.run(judge_run(
                 store, run_id, result.suite, judging_cases(store, run_id, result.suite), judges=judges,
-                cache_mode=args.cache, server_log_dir=Path(args.db).parent,
+                fresh=args.cache == "off", server_log_dir=Path(args.db).parent,
             ))
             store_metrics(store, run_id, result.suite, build_scorers(result.suite))
             _print_judging(reports)

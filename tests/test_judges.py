@@ -166,3 +166,177 @@ def test_gate_is_invalid_when_the_judge_left_answers_unjudged(served, tmp_path, 
     assert "judge pairwise (openai:judge-model): against the incumbent, 1 won, 2 tied, 1 lost, 1 unjudged" in out
     assert "orders disagreed on 33%" in out
     assert "agreement with humans 100%" in out and "on 2 labelled examples" in out
+
+
+def test_rubric_judge_scores_every_answer_with_its_criteria(served, tmp_path):
+    suite = write_suite(tmp_path, rubric_scorer=True)
+    assert _run(suite, tmp_path, served) == 0
+    scores = _scores(tmp_path, "rubric")
+    better = scores[("c1", "local:cand")]
+    assert better["case_pass"][1] is True and better["rubric.score"][0] == 1.0  # 5 of 5
+    assert better["rubric.polite"][0] == 1.0
+    worse = scores[("c2", "local:cand")]
+    assert worse["case_pass"][1] is False and worse["rubric.score"][0] == pytest.approx(0.25)  # 2 of 5
+    assert ("c0", "openai:gpt-4o-mini") in scores  # the incumbent is judged too
+    con = duckdb.connect(str(tmp_path / "s.duckdb"), read_only=True)
+    mean = con.execute("SELECT value FROM metrics WHERE scorer = 'rubric' AND provider = 'local:cand' "
+                       "AND metric = 'rubric.mean_score'").fetchone()[0]
+    con.close()
+    assert mean == pytest.approx((2 + 5 + 2 + 2 + 2) / 5)
+
+
+def test_invalid_judge_output_is_recorded_and_fails_the_case(served, tmp_path):
+    suite = write_suite(tmp_path)
+    assert _run(suite, tmp_path, served) == 0
+    con = duckdb.connect(str(tmp_path / "s.duckdb"), read_only=True)
+    rows = con.execute("SELECT item, verdict, invalid, text FROM judgements WHERE case_id = 'c4' "
+                       "ORDER BY item").fetchall()
+    kinds = con.execute("SELECT 1 FROM scores WHERE case_id = 'c4' AND provider = 'local:cand'").fetchall()
+    con.close()
+    assert [r[0] for r in rows] == ["ab", "ba"]
+    assert all(r[1] is None and r[2] and r[3] == "I think the first one, probably." for r in rows)
+    assert kinds
+
+
+def test_verdicts_are_cached_and_rejudged_only_when_the_rubric_changes(served, tmp_path, capsys):
+    suite = write_suite(tmp_path)
+    assert _run(suite, tmp_path, served) == 0
+    first = judge_calls(served)
+    db = str(tmp_path / "s.duckdb")
+    # a second run: the models' answers and the judge's verdicts all come from the cache
+    assert _run(suite, tmp_path, served) == 0
+    assert judge_calls(served) == first
+    # harness score re-judges from the cache: no new call, the same verdicts
+    before = _scores(tmp_path)
+    capsys.readouterr()
+    assert main(["score", "--db", db, "--reports", str(tmp_path / "r")]) == 0
+    out = capsys.readouterr().out
+    assert judge_calls(served) == first
+    assert "0 calls, 12 from the cache" in out
+    assert {k: v["case_pass"][1] for k, v in _scores(tmp_path).items()} == \
+        {k: v["case_pass"][1] for k, v in before.items()}
+    # a changed rubric is another request: every verdict is asked for again
+    (suite / "rubric.j2").write_text(RUBRIC + "Be strict.\n")
+    assert main(["score", "--db", db, "--reports", str(tmp_path / "r")]) == 0
+    assert judge_calls(served) == 2 * first
+    # --cache off asks again whatever is stored
+    assert main(["score", "--db", db, "--reports", str(tmp_path / "r"), "--cache", "off"]) == 0
+    assert judge_calls(served) == 3 * first
+
+
+def test_a_failed_judge_leaves_cases_unjudged_and_harness_score_fills_them_in(tmp_path, monkeypatch, capsys):
+    down = {"judge": True}
+
+    def flaky(body: dict) -> Reply:
+        if body["model"] == "judge-model" and down["judge"]:
+            return Reply(status=400, error_message="judge refused")
+        return responder(body)
+
+    with OpenAIServer(flaky) as server:
+        monkeypatch.setenv("OPENAI_API_KEY", "sk-test-secret")
+        monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
+        suite = write_suite(tmp_path)
+        assert _run(suite, tmp_path, server) == 0
+        out = capsys.readouterr().out
+        assert "12 failed" in out
+        verdicts = {k[0]: v["case_pass"][2]["verdict"] for k, v in _scores(tmp_path).items() if k[1] == "local:cand"}
+        assert verdicts == {"c0": "tie", "c1": "unjudged", "c2": "unjudged", "c3": "unjudged", "c4": "unjudged"}
+        assert main(["gate", "--db", str(tmp_path / "s.duckdb"), "--out", str(tmp_path / "g")]) == 2
+        down["judge"] = False
+        assert main(["score", "--db", str(tmp_path / "s.duckdb"), "--reports", str(tmp_path / "r")]) == 0
+    verdicts = {k[0]: v["case_pass"][2]["verdict"] for k, v in _scores(tmp_path).items() if k[1] == "local:cand"}
+    assert verdicts == {"c0": "tie", "c1": "win", "c2": "loss", "c3": "tie", "c4": "unjudged"}
+
+
+def test_no_judge_that_can_run_is_said_plainly_and_judges_nothing(tmp_path, monkeypatch, capsys):
+    with OpenAIServer(responder) as server:
+        monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
+        monkeypatch.setenv("OPENAI_API_KEY", "sk-test-secret")
+        monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+        suite = write_suite(tmp_path, judge="anthropic:other-without-key")
+        assert _run(suite, tmp_path, server) == 0
+        assert judge_calls(server) == 0
+    captured = capsys.readouterr()
+    assert "judge     none  (skipped: anthropic:needs-a-key: ANTHROPIC_API_KEY is not set" in captured.out
+    assert "no judge could run" in captured.err
+    verdicts = {v["case_pass"][2]["verdict"] for k, v in _scores(tmp_path).items() if k[1] == "local:cand"}
+    assert verdicts == {"unjudged", "tie"}  # the identical pair ties without a judge; the rest are unjudged
+
+
+def test_without_an_incumbent_the_candidate_is_judged_against_the_reference(tmp_path, monkeypatch, capsys):
+    with OpenAIServer(responder) as server:
+        monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+        monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+        suite = write_suite(tmp_path, judge="openai-compatible:judge-model")
+        monkeypatch.setenv("OPENAI_COMPATIBLE_BASE_URL", server.base_url)
+        assert _run(suite, tmp_path, server) == 0
+        shown = [b["messages"][-1]["content"] for b in server.requests if b["model"] == "judge-model"]
+    assert "against the reference" in capsys.readouterr().out
+    assert any(_answer(t, "A") == "reference reply 1" and _answer(t, "B") == "better reply 1" for t in shown)
+    scores = _scores(tmp_path)
+    assert scores[("c1", "local:cand")]["case_pass"][2]["against"] == "reference"
+    assert scores[("c1", "local:cand")]["case_pass"][2]["verdict"] == "win"
+
+
+def test_report_shows_judges_their_consistency_and_trust(served, tmp_path):
+    suite = write_suite(tmp_path, rubric_scorer=True)
+    assert _run(suite, tmp_path, served) == 0
+    html = next((tmp_path / "r").rglob("index.html")).read_text()
+    section = html[html.index('id="judges"'):html.index('id="decision"')]
+    assert 'id="judge-pairwise" data-validated="1"' in section
+    assert "<td>local:cand</td><td class=\"num\">1</td><td class=\"num\">2</td><td class=\"num\">1</td>" in section
+    assert "The orders disagreed on <b>1 of 3</b>" in section
+    assert "agreed with the humans on 100.0%" in section
+    assert "judge agrees with humans 100%" in html  # beside the judged metrics
+    assert "judged worse" in html  # the failed case's kind
+    assert "sk-test-secret" not in html
+    assert b"sk-test-secret" not in (tmp_path / "s.duckdb").read_bytes()
+
+
+def test_agreement_with_humans_is_accuracy_and_cohens_kappa():
+    from harness.analysis.judging import _agreement
+
+    agreement = _agreement(["a", "a", "b", "b"], ["a", "b", "b", "b"], ["a", "b", "tie", "no verdict"], None)
+    # observed 3/4; by chance: humans half a, judge a quarter a -> 0.5 * 0.25 + 0.5 * 0.75 = 0.5
+    assert agreement.accuracy == 0.75 and agreement.kappa == pytest.approx(0.5)
+    # quadratic weights: a near miss on a 1-5 scale costs less than a far one
+    near = _agreement(["5", "4", "2", "1"], ["4", "4", "2", "1"], None, "quadratic")
+    far = _agreement(["5", "4", "2", "1"], ["1", "4", "2", "1"], None, "quadratic")
+    assert near.accuracy == far.accuracy == 0.75 and near.kappa > far.kappa
+    # a verdict missing counts against accuracy and is left out of the weighted kappa
+    missing = _agreement(["5", "1", "3"], ["5", "no verdict", "3"], None, "quadratic")
+    assert missing.accuracy == pytest.approx(2 / 3) and missing.no_verdict == 1 and missing.kappa == 1.0
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    (('judge = ["anthropic:needs-a-key", "openai:judge-model"]', ""), "needs judge ="),
+    (('rubric = "rubric.j2"', 'rubric = "nope.j2"'), "nope.j2"),
+    (('judge = ["anthropic:needs-a-key", "openai:judge-model"]', 'judge = "log:x.jsonl"'), "must look like"),
+])
+def test_bad_judge_configuration_is_a_one_line_error(tmp_path, capsys, edit, message):
+    suite = write_suite(tmp_path)
+    toml = suite / "suite.toml"
+    toml.write_text(toml.read_text().replace(*edit))
+    assert main(["validate", str(suite)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+
+
+def test_bad_judge_labels_name_the_line_and_the_fix(tmp_path, capsys):
+    suite = write_suite(tmp_path)
+    rows = [json.loads(line) for line in (suite / "cases.jsonl").read_text().splitlines()]
+    rows[2]["judge_labels"] = [{"kind": "pairwise", "a": "x", "b": "y", "label": "A is better"}]
+    (suite / "cases.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["validate", str(suite)]) == 2
+    err = capsys.readouterr().err
+    assert "line 3" in err and "judge_labels[0]" in err and '"a", "b" or "tie"' in err
+
+
+def test_a_generation_case_may_have_no_reference(tmp_path):
+    from harness.suite.load import load_suite
+
+    suite = write_suite(tmp_path)
+    rows = [json.loads(line) for line in (suite / "cases.jsonl").read_text().splitlines()]
+    del rows[0]["reference"]
+    (suite / "cases.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert load_suite(suite).cases[0].gold is None

@@ -50,9 +50,11 @@ import pandas as pd
 from harness.analysis import cascade, paired
 from harness.analysis.cost import CostModel, Measured, cost_model, estimate, measure
 from harness.analysis.gate import FAIL, INCONCLUSIVE, INVALID, PASS, GateResult
+from harness.analysis.judging import judge_summaries
 from harness.analysis.verdict import gate_run
 from harness.errors import HarnessError
 from harness.pricing import PricingTable
+from harness.store import queries
 from harness.store.db import Store
 from harness.suite.profile import Profile
 from harness.suite.spec import GateSpec
@@ -96,6 +98,8 @@ class Analysis:
     hybrid_api_cost_per_case: float | None = None  # USD over all cases, of the cross-fitted routing
     hybrid_interval: tuple[float, float] | None = None  # monthly USD at the ends of that spend's 95% interval
     factors: list[Factor] = field(default_factory=list)
+    # the judges' cost per 1,000 cases of the shadow run (None: a judge had no price), apart from serving
+    judge_cost_per_1k: dict[str, float | None] = field(default_factory=dict)
     decision: str = "stay"
     reason: str = ""
     warnings: list[str] = field(default_factory=list)
@@ -118,6 +122,7 @@ class Analysis:
                             self.hybrid_interval),
                         "curve": None if curve is None else curve.to_dict(orient="records")},
             "factors": [vars(f) for f in self.factors],
+            "judge_cost_per_1k": self.judge_cost_per_1k,
             "decision": self.decision, "reason": self.reason, "warnings": self.warnings,
         }
 
@@ -166,9 +171,18 @@ def analyse(
         cascade_crossfit=cross, hybrid_api_cost_per_case=None if routed is None else routed[0],
         hybrid_interval=interval, warnings=list(measured.warnings),
     )
+    analysis.judge_cost_per_1k = judge_costs(store, run_id)
     analysis.factors = factors(analysis)
     analysis.decision, analysis.reason = recommend(analysis)
     return analysis
+
+
+def judge_costs(store: Store, run_id: str) -> dict[str, float | None]:
+    """Judge scorer -> what its judge cost per 1,000 cases of run `run_id` (every call at its price, those the
+    cache answered included: what a fresh run pays); None when the judge has no price."""
+    n_cases = max(1, queries.count_cases(store, run_id))
+    return {s.scorer: None if s.cost_usd is None else 1000 * s.cost_usd / n_cases
+            for s in judge_summaries(store, run_id)}
 
 
 def factors(a: Analysis) -> list[Factor]:
@@ -410,6 +424,9 @@ def cost_text(a: Analysis, *, hybrid_detail: bool = True) -> str:
         lines += _hybrid_lines(a, hybrid_detail)
     else:
         lines.append(f"hybrid: not simulated ({a.cascade_error or 'no threshold keeps quality within the margin'})")
+    for scorer, per_1k in a.judge_cost_per_1k.items():
+        shown = "unknown (the judge has no price)" if per_1k is None else f"${per_1k:,.4f} per 1,000 cases"
+        lines.append(f"judge cost ({scorer}): {shown}: what evaluating costs, apart from serving")
     lines += [f"warning: {w}" for w in a.warnings]
     return "\n".join(lines)
 

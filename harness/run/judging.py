@@ -120,12 +120,14 @@ async def judge_run(
     running: list[ProviderPlan] | None = None,
     server_log_dir: Path | None = None,
     retry: RetryPolicy | None = None,
+    fresh: bool = False,
 ) -> list[JudgeReport]:
     """Judge the stored answers of run `run_id` to `cases` with `suite`'s judge scorers and store their scores.
 
     `judges`: `plan_judges(suite)` unless given. `running`: the run's provider plans, whose started servers a
-    judge of the same model reuses. `cache_mode` `off` calls the judge again for everything. Returns one report
-    per judge scorer ([] for a suite without one)."""
+    judge of the same model reuses. A verdict this run already stored for the same request is kept (a resume does
+    not pay twice); `cache_mode` `off` takes none from other runs; `fresh` asks the judge again for everything.
+    Returns one report per judge scorer ([] for a suite without one)."""
     scorers = [s for s in build_scorers(suite) if is_judged(s)]
     if not scorers:
         return []
@@ -151,8 +153,8 @@ async def judge_run(
             items, settled = _items(scorer, cases, texts, incumbents, candidates, report)
             if plan.status == "ready":
                 try:
-                    await _ask(store, run_id, plan, items, report, pricing, cache_mode, stack, running or [],
-                               server_log_dir, retry)
+                    await _ask(store, run_id, plan, items, report, pricing, "fresh" if fresh else cache_mode,
+                               stack, running or [], server_log_dir, retry)
                 except HarnessError as exc:  # e.g. the judge's server would not start: the answers stay
                     report.reason = str(exc)
                     report.notes.append(f"the judge failed ({exc}): cases without a verdict are unjudged")
@@ -230,7 +232,7 @@ async def _ask(
     retry: RetryPolicy | None,
 ) -> None:
     """Get a verdict for every item: from this run's stored calls, the cache, or the judge (stored as each
-    returns)."""
+    returns). `cache_mode` `fresh`: from the judge only."""
     if not items:
         return
     scorer = items[0].scorer
@@ -238,8 +240,8 @@ async def _ask(
                         json_output=True, case_id=i.case.id) for i in items]
     keys = [cache_key(cache_parts(plan, r)) for r in requests]
     stored = {(row["case_id"], row["provider"] if isinstance(row["provider"], str) else None, row["item"]): row
-              for row in queries.judgements_of(store, run_id, scorer.name)}
-    cached = store.cached_judgements(keys) if cache_mode != "off" else {}
+              for row in queries.judgements_of(store, run_id, scorer.name)} if cache_mode != "fresh" else {}
+    cached = store.cached_judgements(keys) if cache_mode == "replay" else {}
     price = pricing.lookup(plan.request_model, provider_id=plan.name)
     todo: list[tuple[_Item, Request, str]] = []
     for item, request, key in zip(items, requests, keys, strict=True):
