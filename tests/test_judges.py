@@ -340,3 +340,56 @@ def test_a_generation_case_may_have_no_reference(tmp_path):
     del rows[0]["reference"]
     (suite / "cases.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert load_suite(suite).cases[0].gold is None
+
+
+def _more_cases(suite: Path, n: int) -> None:
+    rows = [{"id": f"c{i}", "text": f"message {i}", "reference": f"reference reply {i}"} for i in range(n)]
+    (suite / "cases.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_gate_passes_a_candidate_the_judge_never_finds_worse(tmp_path, monkeypatch, capsys):
+    def better(body: dict) -> Reply:
+        if body["model"] == "judge-model":
+            return judge_reply(body)
+        index = re.search(r"message (\d+)", body["messages"][-1]["content"]).group(1)
+        return Reply(text=f"incumbent reply {index}" if body["model"] == "gpt-4o-mini" else f"better reply {index}")
+
+    with OpenAIServer(better) as server:
+        monkeypatch.setenv("OPENAI_API_KEY", "sk-test-secret")
+        monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
+        suite = write_suite(tmp_path)
+        _more_cases(suite, 40)
+        assert _run(suite, tmp_path, server, "--all") == 0
+    capsys.readouterr()
+    code = main(["gate", "--db", str(tmp_path / "s.duckdb"), "--out", str(tmp_path / "g")])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "40 won, 0 tied, 0 lost" in out and "unvalidated (no human labels)" in out
+    # the same run with a judge required to be validated: inconclusive (exit 3), saying why
+    toml = suite / "suite.toml"
+    toml.write_text(toml.read_text().replace("margin = 0.2", "margin = 0.2\nmin_judge_kappa = 0.6"))
+    code = main(["gate", "--db", str(tmp_path / "s.duckdb"), "--out", str(tmp_path / "g"), "--suite", str(suite)])
+    out = capsys.readouterr().out
+    assert code == 3 and "unvalidated: no human-labelled examples" in out
+
+
+def test_without_an_incumbent_the_gate_holds_the_candidate_to_the_references(tmp_path, monkeypatch, capsys):
+    def position_biased(body: dict) -> Reply:
+        if body["model"] == "judge-model":
+            return Reply(text='{"winner": "A"}')  # reads positions, not answers
+        index = re.search(r"message (\d+)", body["messages"][-1]["content"]).group(1)
+        return Reply(text=f"candidate reply {index}")
+
+    with OpenAIServer(position_biased) as server:
+        monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+        monkeypatch.setenv("OPENAI_COMPATIBLE_BASE_URL", server.base_url)
+        suite = write_suite(tmp_path, judge="openai-compatible:judge-model")
+        _more_cases(suite, 40)
+        assert _run(suite, tmp_path, server, "--all") == 0
+    capsys.readouterr()
+    code = main(["gate", "--db", str(tmp_path / "s.duckdb"), "--out", str(tmp_path / "g")])
+    out = capsys.readouterr().out
+    # every case a tie (the orders always disagree): win-or-tie is 100%, yet the gate does not pass
+    assert "against the reference answers" in out and "0 won, 40 tied, 0 lost" in out
+    assert code == 3, out
+    assert "INCONCLUSIVE  judge consistency (pairwise): the two orders disagreed on 40 of 40" in out

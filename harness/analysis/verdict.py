@@ -23,6 +23,7 @@ from harness.analysis.outcomes import OutcomeTable, outcome_table, per_case_metr
 from harness.analysis.summary import summarize
 from harness.errors import HarnessError
 from harness.selfcheck import ADVICE, unreliable_reason
+from harness.store import queries
 from harness.store.db import Store
 from harness.store.queries import latest_load
 from harness.suite.spec import GateSpec
@@ -42,6 +43,8 @@ def gate_run(
             raise HarnessError(f"baseline {baseline} is of suite '{base['suite']}', run {run_id} of '{run['suite']}'")
         reference = run_providers(store, baseline).candidate(candidate)
         reference_table = outcome_table(store, baseline)
+    elif not providers.incumbents and _judged_against_reference(store, run_id):
+        return _gate_against_references(store, run_id, run, table, candidate, policy)
     else:
         reference = providers.incumbent(instead="gate against an earlier run with --baseline RUN_ID")
         reference_table = table
@@ -126,6 +129,34 @@ def _judge_checks(result: GateResult, summaries: list[JudgeSummary], candidate: 
                                        policy.min_judge_kappa, detail, inconclusive=not ok))
     result.stats["judges"] = shown
     result.settle()
+
+
+def _judged_against_reference(store: Store, run_id: str) -> bool:
+    """Whether a pairwise judge of `run_id` compared the candidate with the cases' reference answers (no incumbent
+    ran)."""
+    return any(s.kind == "pairwise" and s.against == "reference" for s in judge_summaries(store, run_id))
+
+
+def _gate_against_references(
+    store: Store, run_id: str, run: dict[str, Any], table: OutcomeTable, candidate: str, policy: GateSpec
+) -> GateResult:
+    """The gate of a run where no incumbent ran but a pairwise judge compared the candidate with the cases'
+    reference answers: the references are the bar, passing every case that has one; the candidate must pass (win
+    or tie under the judge, and every other scorer) within the margin."""
+    with_reference = set(queries.cases_with_gold(store, run_id))
+    cases = [c for c in table.cases if c in with_reference]
+    mine = {c: v for c, v in per_case_metric(store, table, candidate, policy.metric).items() if c in with_reference}
+    theirs = dict.fromkeys(cases, 1.0)
+    excluded = {"no reference answer": len(table.cases) - len(cases)} if len(cases) < len(table.cases) else {}
+    failures = {"candidate": Counter(k for c, k in table.failures(candidate).items() if c in with_reference),
+                "incumbent": Counter()}
+    result = evaluate(policy, mine, theirs, n_cases=len(cases), rates=_rates(store, table, candidate, mine),
+                      slices=None, names=(candidate, "the reference answers"), failures=failures, excluded=excluded)
+    result.stats.update(run_id=run_id, baseline=None, suite=run["suite"], reference="reference answers")
+    result.warnings.append("no incumbent ran: the candidate was judged against the cases' reference answers, "
+                           "not against the API it would replace")
+    _judge_checks(result, judge_summaries(store, run_id), candidate, policy)
+    return result
 
 
 def _same_log(endpoints: dict[str, str], a: str, b: str) -> str | None:

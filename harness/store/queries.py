@@ -340,3 +340,10 @@ def scores_with_detail(store: Store, run_id: str, scorers: list[str]) -> list[di
     for row in rows:
         row["detail"] = json.loads(row["detail"]) if isinstance(row["detail"], str) else {}
     return rows
+
+
+def cases_with_gold(store: Store, run_id: str) -> list[str]:
+    """The ids of `run_id`'s cases that have a gold value (a reference answer), in run order."""
+    rows = store.con.execute("SELECT case_id FROM cases WHERE run_id = ? AND gold IS NOT NULL AND gold::VARCHAR "
+                             "<> 'null' ORDER BY position", [run_id]).fetchall()
+    return [case_id for (case_id,) in rows]
