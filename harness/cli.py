@@ -139,7 +139,8 @@ def _parser() -> argparse.ArgumentParser:
     gate.add_argument("--metric", help="override gate.metric (pass_rate, field.total, items.f1...)")
     for option, kind in (("margin", float), ("confidence", float), ("min-score", float), ("max-invalid-rate", float),
                          ("max-error-rate", float), ("max-latency-p95-ms", float), ("max-ttft-p95-ms", float),
-                         ("max-cost-per-1k", float), ("max-slice-drop", float), ("max-infra-error-rate", float)):
+                         ("max-cost-per-1k", float), ("max-slice-drop", float), ("max-infra-error-rate", float),
+                         ("max-judge-inconsistency", float), ("min-judge-kappa", float)):
         gate.add_argument(f"--{option}", type=kind, help=f"override gate.{option.replace('-', '_')}")
     gate.add_argument("--out", help="folder for gate.json and junit.xml (default: beside the run's report)")
     gate.add_argument("--db", default=DEFAULT_DB)

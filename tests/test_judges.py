@@ -433,3 +433,49 @@ def test_bundled_model_answers_and_judges_the_replies_suite(tmp_path):
                           env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert gate.returncode in (1, 3), gate.stdout + gate.stderr  # a verdict against the references, not an error
     assert "against the reference answers" in gate.stdout
+
+
+def test_an_anthropic_judge_over_the_messages_api_is_priced_as_judge_cost(tmp_path, monkeypatch, capsys):
+    from anthropic_server import AnthropicReply, AnthropicServer
+
+    seen: list[dict] = []
+
+    def anthropic_judge(body: dict) -> AnthropicReply:
+        seen.append(body)
+        content = body["messages"][-1]["content"]
+        text = content if isinstance(content, str) else "".join(part.get("text", "") for part in content)
+        verdict = judge_reply({"messages": [{"role": "user", "content": text}]})
+        return AnthropicReply(text=verdict.text)
+
+    with OpenAIServer(responder) as server, AnthropicServer(anthropic_judge) as judge:
+        monkeypatch.setenv("OPENAI_API_KEY", "sk-test-secret")
+        monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
+        monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test-secret")
+        monkeypatch.setenv("ANTHROPIC_BASE_URL", judge.base_url)
+        suite = write_suite(tmp_path, judge="anthropic:claude-sonnet-4-5")
+        toml = suite / "suite.toml"
+        toml.write_text(toml.read_text().replace('"anthropic:needs-a-key", ', ""))
+        assert _run(suite, tmp_path, server) == 0
+        assert judge_calls(server) == 0  # the Anthropic judge judged, not the OpenAI one
+    out = capsys.readouterr().out
+    assert len(seen) == 12 and all(body["output_config"]["format"]["type"] == "json_schema" for body in seen)
+    assert "judge pairwise (anthropic:claude-sonnet-4-5, against the incumbent): 12 calls" in out
+    assert "cost unknown" not in out.split("judge pairwise")[1].splitlines()[0]  # priced by the pricing table
+    verdicts = {k[0]: v["case_pass"][2]["verdict"] for k, v in _scores(tmp_path).items() if k[1] == "local:cand"}
+    assert verdicts == {"c0": "tie", "c1": "win", "c2": "loss", "c3": "tie", "c4": "unjudged"}
+    capsys.readouterr()
+    profile = str(ROOT / "suites" / "invoices" / "profile.toml")
+    assert main(["cost", str(suite), "--db", str(tmp_path / "s.duckdb"), "--profile", profile]) == 0
+    assert re.search(r"judge cost \(pairwise\): \$[0-9.]+ per 1,000 cases", capsys.readouterr().out)
+
+
+def test_the_replies_suite_judges_with_an_api_when_its_key_is_set():
+    from harness.run.judging import plan_judges
+    from harness.suite.load import load_suite
+
+    suite = load_suite(ROOT / "suites" / "replies")
+    with_key = plan_judges(suite, env={"ANTHROPIC_API_KEY": "sk-ant-x"})
+    offline = plan_judges(suite, env={})
+    assert {p.name for p in with_key.values()} == {"anthropic:claude-sonnet-4-5"}
+    assert {p.name for p in offline.values()} == {"local:smollm2-135m"}
+    assert all(p.status == "ready" for p in [*with_key.values(), *offline.values()])
