@@ -294,7 +294,31 @@ def xss_run(tmp_path_factory) -> Run:
 
 
 @pytest.fixture(scope="module")
-def chromium(e2e_run: Run, xss_run: Run) -> Iterator[Any]:
+def judged_report(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run of a generation suite judged pairwise by a scripted judge (tests/test_judges.py), one candidate answer
+    carrying a script payload: its report."""
+    from test_judges import responder, write_suite
+
+    tmp = tmp_path_factory.mktemp("judged")
+    suite = write_suite(tmp)
+
+    def with_payload(body: dict) -> Reply:
+        reply = responder(body)
+        if body["model"] != "judge-model" and "worse reply 2" in reply.text:
+            reply.text += " " + PAYLOADS[0]
+        return reply
+
+    with OpenAIServer(with_payload) as server, pytest.MonkeyPatch.context() as env:
+        env.setenv("OPENAI_API_KEY", "sk-test-secret")
+        env.setenv("OPENAI_BASE_URL", server.base_url)
+        env.delenv("ANTHROPIC_API_KEY", raising=False)
+        assert main(["run", str(suite), "--db", str(tmp / "s.duckdb"), "--reports", str(tmp / "r"),
+                     "--base-url", server.base_url, "--no-progress"]) == 0
+    return next((tmp / "r").rglob("index.html"))
+
+
+@pytest.fixture(scope="module")
+def chromium(e2e_run: Run, xss_run: Run, judged_report: Path) -> Iterator[Any]:
     """One Chromium for the module. It asks for the runs first: `harness run` calls asyncio.run(), which cannot
     run while playwright's sync API holds its event loop."""
     from playwright.sync_api import sync_playwright
@@ -676,3 +700,21 @@ def test_payloads_stay_text_without_javascript(open_report: Callable[..., Opened
     for payload in [*PAYLOADS, ALL_PAYLOADS, *PAYLOAD_IDS]:
         assert payload in text, payload
     assert opened.dialogs == []
+
+
+def test_a_judged_run_shows_its_judges_and_filters_on_their_verdicts(open_report: Callable[..., Opened],
+                                                                     judged_report: Path):
+    opened = open_report(judged_report)
+    page = opened.page
+    judges = page.inner_text("#judges ~ div.judge")
+    assert "each candidate against the incumbent" in judges
+    assert "The orders disagreed on 1 of 3 judged cases" in judges
+    assert "agreed with the humans on 100.0%" in judges
+    assert "judged worse" in _options(page, "#f-kind")
+    _set_filters(page, kind="judged worse")
+    assert _all_shown(page) == ["c2"]
+    _set_filters(page, kind="judge gave no verdict")
+    assert _all_shown(page) == ["c4"]
+    _set_filters(page, outcome="all")
+    assert page.evaluate("() => window.__xss") is None
+    assert not opened.errors and not opened.dialogs
