@@ -848,7 +848,12 @@ def cmd_proxy(args: argparse.Namespace) -> int:
                  if args.anthropic_upstream != "https://api.anthropic.com" else args.anthropic_upstream}
     suite_path = suite_folder(args.proxy_suite, "proxy") if args.proxy_suite else None
     if suite_path:
-        load_suite(suite_path)  # a bad suite is an error here, before the mirror starts
+        attached = load_suite(suite_path)  # a bad suite is an error here, before the mirror starts
+        judged = [s.name or s.kind for s in attached.spec.scorers if s.kind in JUDGE_KINDS]
+        if judged:
+            raise HarnessError(f"{suite_path}: scorer(s) {', '.join(judged)} need a judge model, which the proxy does "
+                               "not call on live traffic; attach a suite without them, or export the traffic "
+                               "(`harness proxy export`) and run it with the judges")
     plans = []
     for candidate in args.candidate:
         try:

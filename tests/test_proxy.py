@@ -644,6 +644,7 @@ def test_when_only_the_front_dies_the_mirror_stores_everything_and_marks_the_run
     (["--upstream", closed_port_url()], "cannot connect to 127.0.0.1"),
     (["--redact", "(unclosed"], "--redact '(unclosed': not a regular expression"),
     ([], "name a candidate"),
+    (["--suite", "suites/replies"], "need a judge model, which the proxy does not call on live traffic"),
 ])
 def test_bad_start_up_input_is_one_line_and_exit_2(tmp_path: Path, capsys: Any, args: list[str], says: str) -> None:
     with OpenAIServer(labels) as upstream:
