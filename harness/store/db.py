@@ -354,6 +354,10 @@ class Store:
             check_file(self.path)
             self.con = duckdb.connect(str(self.path), read_only=read_only, config=CONNECT_CONFIG)
             self.con.execute("SET TimeZone = 'UTC'")
+        except duckdb.IOException as exc:
+            if "could not read enough bytes" in str(exc).lower():  # the catalog lies past where the file stops
+                raise damaged(self.path, exc) from None
+            raise StoreError(f"{self.path}: cannot open the DuckDB file: {_first_line(exc)}") from None
         except duckdb.Error as exc:
             raise StoreError(f"{self.path}: cannot open the DuckDB file: {_first_line(exc)}") from None
         if not read_only:
