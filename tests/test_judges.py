@@ -479,3 +479,30 @@ def test_the_replies_suite_judges_with_an_api_when_its_key_is_set():
     assert {p.name for p in with_key.values()} == {"anthropic:claude-sonnet-4-5"}
     assert {p.name for p in offline.values()} == {"local:smollm2-135m"}
     assert all(p.status == "ready" for p in [*with_key.values(), *offline.values()])
+
+
+def test_gating_on_net_preference_weighs_wins_against_losses(tmp_path, monkeypatch, capsys):
+    """`gate.metric = "pairwise.preference"`: the candidate's mean preference (1 win, 0.5 tie, 0 loss) against the
+    incumbent's 0.5. A candidate better on 30 cases and worse on 6 of 40 does not pass the win-or-tie gate (it loses
+    15% of the cases, over the 10% margin) but passes on net preference."""
+    def mixed(body: dict) -> Reply:
+        if body["model"] == "judge-model":
+            return judge_reply(body)
+        index = int(re.search(r"message (\d+)", body["messages"][-1]["content"]).group(1))
+        if body["model"] == "gpt-4o-mini":
+            return Reply(text=f"incumbent reply {index}")
+        return Reply(text=f"{'worse' if index < 6 else 'better' if index < 36 else 'incumbent'} reply {index}")
+
+    with OpenAIServer(mixed) as server:
+        monkeypatch.setenv("OPENAI_API_KEY", "sk-test-secret")
+        monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
+        suite = write_suite(tmp_path)
+        _more_cases(suite, 40)
+        toml = suite / "suite.toml"
+        toml.write_text(toml.read_text().replace("margin = 0.2", "margin = 0.1"))
+        assert _run(suite, tmp_path, server, "--all") == 0
+    capsys.readouterr()
+    db = str(tmp_path / "s.duckdb")
+    assert main(["gate", "--db", db, "--out", str(tmp_path / "g")]) == 3  # cannot vouch: 15% lost
+    assert "30 won, 4 tied, 6 lost" in capsys.readouterr().out
+    assert main(["gate", "--db", db, "--out", str(tmp_path / "g"), "--metric", "pairwise.preference"]) == 0

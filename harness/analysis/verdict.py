@@ -146,7 +146,8 @@ def _gate_against_references(
     with_reference = set(queries.cases_with_gold(store, run_id))
     cases = [c for c in table.cases if c in with_reference]
     mine = {c: v for c, v in per_case_metric(store, table, candidate, policy.metric).items() if c in with_reference}
-    theirs = dict.fromkeys(cases, 1.0)
+    # the references pass every case; on net preference they tie with themselves, as an incumbent does
+    theirs = dict.fromkeys(cases, 0.5 if policy.metric == "pairwise.preference" else 1.0)
     excluded = {"no reference answer": len(table.cases) - len(cases)} if len(cases) < len(table.cases) else {}
     failures = {"candidate": Counter(k for c, k in table.failures(candidate).items() if c in with_reference),
                 "incumbent": Counter()}

@@ -354,7 +354,10 @@ def _score_rows(
     for case, provider, outcome, detail in settled:
         detail = {**detail, "judge": judge}
         if outcome == BASELINE:
-            out.append((case.id, provider, Score("case_pass", 1.0, True, detail)))
+            # the incumbent against itself: a tie, so that `gate.metric = "pairwise.preference"` tests the
+            # candidate's net preference (wins and losses weigh alike) against it
+            out += [(case.id, provider, Score("case_pass", 1.0, True, detail)),
+                    (case.id, provider, Score("pairwise.preference", 0.5, None, detail))]
         else:
             out += [(case.id, provider, s) for s in pairwise_scores(outcome, detail)]
     judged = [i for i in items if i.provider is not None]
