@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import difflib
 import json
+import math
 import os
 import re
 import signal
@@ -31,6 +32,8 @@ from harness.providers.plan import plan_provider, resolve_served_models
 from harness.providers.server import ManagedServer
 from harness.report.html import render_report, run_counts
 from harness.run.cache import MODES, explain
+from harness.run.decided import StopRule
+from harness.run.estimate import estimate_run
 from harness.run.judging import judge_run, plan_judges
 from harness.run.rescore import judging_cases, rescore, rescored_pass_rates, store_metrics
 from harness.run.runner import resumable_cases, shadow_run
@@ -106,6 +109,19 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--pricing", action="append", metavar="FILE", help="TOML file of prices overriding the built-in "
                      "table (repeatable; see README)")
+    run.add_argument("--estimate", action="store_true",
+                     help="say what the run would cost (calls, tokens, cost range per provider); calls nothing")
+    run.add_argument("--max-cost", type=_usd("--max-cost"), metavar="USD",
+                     help="spending ceiling of the run (resumes included): no call starts whose worst case would "
+                          "pass it; the run stops with status budget (default: the suite's [budget] max_cost)")
+    run.add_argument("--confirm-above", type=_usd("--confirm-above"), metavar="USD",
+                     help="at a terminal, ask before a run estimated above this (default: [budget] confirm_above)")
+    run.add_argument("--allow-unpriced", action="store_true",
+                     help="with a ceiling, call paid providers that have no price (their calls are not counted)")
+    run.add_argument("--until-decided", action="store_true",
+                     help="send the cases in a seeded random order and stop once the gate's non-inferiority question "
+                          "has an anytime-valid answer (pass or fail) for every candidate")
+    run.add_argument("--seed", type=int, default=0, help="order of the cases with --until-decided (default 0)")
     run.set_defaults(func=cmd_run, command="run")
 
     cache = sub.add_parser("cache", help="the response cache")
@@ -300,6 +316,20 @@ def suite_folder(value: str, command: str) -> str:
 ALL = 0  # --limit all
 
 
+def _usd(option: str) -> Callable[[str], float]:
+    def parse(value: str) -> float:
+        try:
+            number = float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{option} must be an amount in USD such as 5 or 0.50, not {value!r}") \
+                from None
+        if not math.isfinite(number) or number < 0:
+            raise argparse.ArgumentTypeError(f"{option} must be 0 or more USD, not {value}")
+        return number
+
+    return parse
+
+
 def _limit(value: str) -> int:
     if value.lower() == "all":
         return ALL
@@ -373,6 +403,30 @@ def _run(args: argparse.Namespace, open_store: Callable[[], Store]) -> int:
         print(f"  {plan.spec.role:<9} {plan.name}  ({state})")
     judges = plan_judges(suite, base_url=args.base_url)
     _print_judges(judges)
+    budget = suite.spec.budget
+    max_cost = args.max_cost if args.max_cost is not None else budget.max_cost
+    confirm_above = args.confirm_above if args.confirm_above is not None else budget.confirm_above
+    cases = resumable_cases(store, run_id, suite) if run_id else suite.cases[:n]
+    done = store.done_pairs(run_id) if run_id else set()
+    estimate = estimate_run(suite, plans, cases, pricing, store, cache_mode=cache_mode, done=done)
+    if args.estimate or estimate.paid:
+        print("estimate before the run:" if not args.estimate else "estimate (nothing is called):")
+        for line in estimate.lines():
+            print(line)
+        if max_cost is not None:
+            print(f"spending ceiling: ${max_cost:g}")
+    if args.estimate:
+        return 0
+    expected = estimate.total("expected")
+    figure = expected if expected is not None else estimate.total("high")
+    if confirm_above is not None and figure is not None and figure > confirm_above \
+            and sys.stdin.isatty() and sys.stdout.isatty():
+        answer = input(f"The run is estimated at ${figure:.4f}, above ${confirm_above:g}. Run it? [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            print("not run")
+            return 0
+    rule = StopRule(suite.spec.gate.metric, suite.spec.gate.margin, suite.spec.gate.confidence, args.seed) \
+        if args.until_decided else None
 
     started: dict[str, str] = {}
     bars: list[Any] = []
@@ -387,7 +441,8 @@ def _run(args: argparse.Namespace, open_store: Callable[[], Store]) -> int:
         result = asyncio.run(_cancel_on_sigterm(shadow_run(
             suite, plans, store, limit=args.limit, progress=lambda k: bars and bars[0].update(k),
             server_log_dir=Path(args.db).parent, on_started=on_started, cache_mode=cache_mode,
-            pricing=pricing, resume=run_id, judges=judges,
+            pricing=pricing, resume=run_id, judges=judges, max_cost=max_cost, allow_unpriced=args.allow_unpriced,
+            until_decided=rule,
         )))
     except (KeyboardInterrupt, asyncio.CancelledError):
         for bar in bars:
@@ -412,6 +467,7 @@ def _run(args: argparse.Namespace, open_store: Callable[[], Store]) -> int:
         if stats.get("summary"):
             print(f"  {name}: {printable(stats['summary'], one_line=True)}")
     _print_judging(result.judging)
+    _print_stop(store, result)
     _print_summary(store, result.run_id, result.n_cases)
     _print_metrics(store, result.run_id)
     _print_scorer_errors(store, result.run_id)
@@ -424,6 +480,29 @@ def _run(args: argparse.Namespace, open_store: Callable[[], Store]) -> int:
               f"{_base_url_arg(args)}", file=sys.stderr)
         return 1
     return 0
+
+
+def _print_stop(store: Store, result: Any) -> None:
+    """What a ceiling or --until-decided did: spent against the ceiling; the verdicts and what stopping saved."""
+    run = store.run(result.run_id)
+    spend = run.get("spend")
+    spend = json.loads(spend) if isinstance(spend, str) else None
+    if spend:
+        print(f"spent ${spend['spent']:.4f} of the ${spend['ceiling']:g} ceiling"
+              + ("; the ceiling was reached" if spend.get("reached") else ""))
+    rule = run.get("stop_rule")
+    rule = json.loads(rule) if isinstance(rule, str) else None
+    if not rule:
+        return
+    for name, verdict in rule["verdicts"].items():
+        print(f"until decided: {name}: {verdict['describe']}")
+    if result.status == "decided":
+        ready = [p for p in result.plans if p.status == "ready"]
+        asked = queries.count_responses(store, result.run_id)
+        unsent = result.n_cases * len(ready) - asked
+        spent = queries.run_spent(store, result.run_id)
+        saved = f", about ${spent / asked * unsent:.4f} at the cost per answer so far" if asked and spent else ""
+        print(f"stopped after {rule['decided_at']} of {result.n_cases} cases: {unsent} answers not asked for{saved}")
 
 
 def _print_judges(judges: dict[str, Any]) -> None:

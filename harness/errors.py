@@ -40,3 +40,8 @@ class ProfileError(HarnessError):
 
 class CostError(HarnessError):
     """The cost model cannot be computed from this run and profile (no price, no throughput...)."""
+
+
+class BudgetError(HarnessError):
+    """A spending ceiling cannot be kept as asked: it is below one call's worst case, or a paid provider has no
+    price. The message names the provider, the figures and the fix."""

@@ -178,6 +178,11 @@ class OutcomeTable:
                 out[case_id] = kind
         return out
 
+    def with_answer(self, provider: str) -> set[str]:
+        """The cases `provider` has a stored answer (or failed call) for."""
+        status = self.status(provider)
+        return set(status.index[status != NO_ANSWER])
+
     def with_error_kind(self, provider: str, kind: str) -> set[str]:
         """The cases whose answer of `provider` failed with error kind `kind` (e.g. `not_in_log`)."""
         rows = self.of(provider)

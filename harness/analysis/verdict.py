@@ -17,6 +17,7 @@ from xml.etree import ElementTree
 
 import pandas as pd
 
+from harness.analysis.anytime import paired_sequential_verdict
 from harness.analysis.gate import FAIL, INCONCLUSIVE, INVALID, NOT_APPLICABLE, PASS, Check, GateResult, evaluate
 from harness.analysis.judging import JudgeSummary, judge_summaries
 from harness.analysis.outcomes import OutcomeTable, outcome_table, per_case_metric, run_providers
@@ -36,6 +37,8 @@ def gate_run(
     run = store.run(run_id)
     providers = run_providers(store, run_id)
     candidate = providers.candidate(candidate)
+    if run.get("status") == "budget":
+        return _stopped_at_ceiling(run_id, run, policy)
     table = outcome_table(store, run_id)
     if baseline is not None:
         base = store.run(baseline)
@@ -59,6 +62,14 @@ def gate_run(
     mine = per_case_metric(store, table, candidate, policy.metric)
     theirs = per_case_metric(store, reference_table, reference, policy.metric)
     my_failures = table.failures(candidate)
+    rule = _stop_rule(run)
+    if rule is not None and baseline is None:
+        # --until-decided sent only some cases: the others were never asked for, they are not failures
+        sent = set(table.with_answer(candidate)) & set(table.with_answer(reference))
+        cases = [c for c in cases if c in sent]
+        mine = {c: v for c, v in mine.items() if c in sent}
+        theirs = {c: v for c, v in theirs.items() if c in sent}
+        my_failures = {c: k for c, k in my_failures.items() if c in sent}
     shared = set(cases)
     # the reference's every failed call is left out: a request it refused (a 400 for a parameter the API no longer
     # takes) says nothing of the candidate, and scoring it 0 would hand the candidate a win
@@ -83,7 +94,44 @@ def gate_run(
     result.stats.update(run_id=run_id, baseline=baseline, suite=run["suite"])
     _refuse_unreliable_latency(result, rates)
     _judge_checks(result, judge_summaries(store, run_id), candidate, policy)
+    if rule is not None and baseline is None:
+        _anytime_check(result, mine, theirs, policy, names)
     return result
+
+
+def _stop_rule(run: dict[str, Any]) -> dict[str, Any] | None:
+    """The `--until-decided` rule a run was made under (`runs.stop_rule`), or None."""
+    raw = run.get("stop_rule")
+    if isinstance(raw, str):
+        raw = json.loads(raw)
+    return raw if isinstance(raw, dict) else None
+
+
+def _stopped_at_ceiling(run_id: str, run: dict[str, Any], policy: GateSpec) -> GateResult:
+    """The verdict on a run stopped at its spending ceiling: inconclusive, as its answered cases are the ones that
+    came first, not a sample the margin can be vouched on."""
+    why = run.get("status_reason") or "stopped at its spending ceiling"
+    detail = f"run {run_id} {why}" if not str(why).startswith("run") else str(why)
+    check = Check("complete run", False, None, None, detail, inconclusive=True)
+    return GateResult(INCONCLUSIVE, [check], {"run_id": run_id, "suite": run.get("suite"), "metric": policy.metric,
+                                              "margin": policy.margin, "confidence": policy.confidence},
+                      reason=f"{detail}; then gate it again")
+
+
+def _anytime_check(result: GateResult, mine: dict[str, float], theirs: dict[str, float], policy: GateSpec,
+                   names: tuple[str, str]) -> None:
+    """An --until-decided run stopped when its answer was known: the fixed-sample test does not hold after such
+    a stop, so its non-inferiority check is replaced by the anytime-valid one the run stopped on."""
+    diffs = [mine[c] - theirs[c] for c in mine if c in theirs]
+    seq = paired_sequential_verdict(diffs, policy.margin, policy.confidence)
+    text = f"anytime-valid (--until-decided): {names[0]} vs {names[1]}: {seq.describe()}"
+    check = Check("non-inferiority", seq.verdict == PASS, seq.low, -policy.margin, text,
+                  inconclusive=seq.verdict == INCONCLUSIVE)
+    result.checks = [check if c.name == "non-inferiority" else c for c in result.checks]
+    result.stats["method"] = "anytime-valid paired test by betting (Waudby-Smith & Ramdas 2024), --until-decided"
+    result.stats["sequential"] = {"verdict": seq.verdict, "n": seq.n, "mean": seq.mean, "low": seq.low,
+                                  "high": seq.high}
+    result.settle()
 
 
 def _judge_checks(result: GateResult, summaries: list[JudgeSummary], candidate: str, policy: GateSpec) -> None:

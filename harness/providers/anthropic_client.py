@@ -125,26 +125,20 @@ class AnthropicMessages:
             if not stopped:
                 raise TruncatedStream("the stream ended before the answer did (no message_stop event)")
         except Exception as exc:  # every failure becomes a recorded error on this case
+            # a stream cut after message_start was billed for its input (and what it wrote): keep its usage
             return failed_completion(
                 exc, self._api_key, text="".join(parts), model=model or self.model, ttft_ms=ttft,
                 latency_ms=(time.perf_counter() - start) * 1000, finish_reason=finish, started_at=started_at,
+                **(_usage(usage) if usage.get("input_tokens") is not None else {}),
             )
-        cache_read = usage.get("cache_read_input_tokens") or 0
-        cache_write = usage.get("cache_creation_input_tokens") or 0
-        fresh = usage.get("input_tokens")
         return Completion(
             text="".join(parts),
             model=model or self.model,
-            # the harness counts all input tokens; Anthropic's input_tokens leaves out cache reads and writes
-            input_tokens=None if fresh is None else fresh + cache_read + cache_write,
-            output_tokens=usage.get("output_tokens"),
             ttft_ms=ttft,
             latency_ms=(time.perf_counter() - start) * 1000,
             finish_reason=finish,
-            usage_source="provider" if usage else None,
-            cached_input_tokens=cache_read,
-            cache_write_tokens=cache_write,
             started_at=started_at,
+            **_usage(usage),
         )
 
     async def aclose(self) -> None:
@@ -155,3 +149,16 @@ class AnthropicMessages:
 def from_plan(plan: ProviderPlan) -> AnthropicMessages:
     """The client of a ready `anthropic:` plan."""
     return AnthropicMessages(plan.name, plan.model, plan.api_key, plan.base_url, timeout=plan.timeout)
+
+
+def _usage(usage: dict[str, Any]) -> dict[str, Any]:
+    """`Completion` token fields from the stream's usage. The harness counts all input tokens; Anthropic's
+    `input_tokens` leaves out cache reads and writes."""
+    cache_read = usage.get("cache_read_input_tokens") or 0
+    cache_write = usage.get("cache_creation_input_tokens") or 0
+    fresh = usage.get("input_tokens")
+    return {
+        "input_tokens": None if fresh is None else fresh + cache_read + cache_write,
+        "output_tokens": usage.get("output_tokens"), "usage_source": "provider" if usage else None,
+        "cached_input_tokens": cache_read, "cache_write_tokens": cache_write,
+    }

@@ -64,6 +64,10 @@ class Completion:
     logprob_min: float | None = None
     margin_mean: float | None = None  # mean gap between the two likeliest tokens, over tokens that had two
     logprob_tokens: int | None = None
+    # usage the provider reported for earlier failed attempts of this answer (a cut stream, a timeout after tokens
+    # were sent), billed although retried: `Resilient` adds them up, the cost of the answer includes them
+    failed_input_tokens: int = 0
+    failed_output_tokens: int = 0
 
 
 class Provider(Protocol):

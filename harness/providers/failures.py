@@ -16,7 +16,10 @@ SERVER_EXITED = "server_exited"  # the managed model server died under the call 
 ENDPOINT_DOWN = "endpoint_down"  # an endpoint refused so many connections in a row that it is no longer called
 
 
-UNSTORED = frozenset({SERVER_EXITED, ENDPOINT_DOWN})  # answers the runner leaves out, for --resume to redo
+BUDGET = "budget"  # a call not started because the spending ceiling would be passed; never stored
+
+
+UNSTORED = frozenset({SERVER_EXITED, ENDPOINT_DOWN, BUDGET})  # answers the runner leaves out, for --resume to redo
 
 
 # error kinds that say the answer was never delivered: the server, network or account failed, not the model

@@ -134,6 +134,9 @@ class _OpenAIWire:
             exc, self._api_key, text="".join(stream.parts), model=stream.model or self.model, ttft_ms=stream.ttft,
             latency_ms=(time.perf_counter() - stream.start) * 1000, finish_reason=stream.finish,
             started_at=stream.started_at,
+            # usage sent before the failure (a stream cut after its usage chunk): what was billed
+            **({"input_tokens": stream.usage["prompt_tokens"], "output_tokens": stream.usage.get("completion_tokens"),
+                "usage_source": "provider"} if stream.usage.get("prompt_tokens") is not None else {}),
         )
 
     async def _completed(self, request: Request, stream: _Stream) -> Completion:

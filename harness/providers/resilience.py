@@ -17,6 +17,8 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 from harness.providers.base import Completion, Provider, Request
+from harness.providers.failures import BUDGET
+from harness.providers.spend import Ledger, Spend
 
 RATE_LIMITED = "http_429"
 _SLOW_DOWN = frozenset({RATE_LIMITED, "http_529"})  # answers that ask for less concurrency (529: Anthropic overloaded)
@@ -134,6 +136,7 @@ class Resilient:
         *,
         sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
         rng: random.Random | None = None,
+        spend: Spend | None = None,
     ) -> None:
         self.provider = provider
         self.name = provider.name
@@ -142,16 +145,37 @@ class Resilient:
         self.stats = CallStats()
         self._sleep = sleep
         self._rng = rng or random.Random()
+        self.spend = spend
 
     async def complete(self, request: Request) -> Completion:
         """Call until an attempt succeeds, fails for good, or the attempts are spent; returns the last attempt's
         completion with `attempts`, `retry_wait_ms` and `rate_limit_wait_ms` filled in."""
         attempt = 0
         waited = rate_waited = 0.0
+        failed_in = failed_out = 0
+        completion: Completion | None = None
         while True:
             attempt += 1
+            worst = self.spend.worst(request) if self.spend is not None else 0.0
+            if self.spend is not None and not self.spend.ledger.reserve(worst):
+                if completion is None:
+                    return over_budget(self.name, worst, self.spend.ledger)
+                completion = replace(completion, error=f"{completion.error}; not retried: the spending ceiling "
+                                                       "is reached")
+                attempt -= 1
+                break
+            if completion is not None and completion.error and completion.usage_source == "provider":
+                failed_in += completion.input_tokens or 0  # the attempt before this one was billed
+                failed_out += completion.output_tokens or 0
             async with self.limiter.slot() as report:
-                completion = await self._attempt(request)
+                try:
+                    completion = await self._attempt(request)
+                except BaseException:  # cancelled under way: it may have been billed in full
+                    if self.spend is not None:
+                        self.spend.ledger.settle(worst, worst)
+                    raise
+                if self.spend is not None:
+                    self.spend.ledger.settle(worst, self.spend.billed(completion, worst))
                 report(completion.error_kind if completion.error else None)
             self.stats.calls += 1
             if completion.error_kind == RATE_LIMITED:
@@ -168,7 +192,8 @@ class Resilient:
             waited += delay
             if completion.error_kind == RATE_LIMITED:
                 rate_waited += delay
-        return replace(completion, attempts=attempt, retry_wait_ms=waited * 1000, rate_limit_wait_ms=rate_waited * 1000)
+        return replace(completion, attempts=attempt, retry_wait_ms=waited * 1000, rate_limit_wait_ms=rate_waited * 1000,
+                       failed_input_tokens=failed_in, failed_output_tokens=failed_out)
 
     async def _attempt(self, request: Request) -> Completion:
         started_at = datetime.now(UTC)
@@ -197,3 +222,14 @@ def _gave_up(completion: Completion, attempts: int, policy: RetryPolicy) -> Comp
     else:
         why = f"; gave up after {attempts} attempts"
     return replace(completion, error=f"{completion.error}{why}")
+
+
+def over_budget(provider: str, worst: float, ledger: Ledger) -> Completion:
+    """The (never stored) `Completion` of a call not started because its worst case, ${worst}, would pass the
+    spending ceiling: the case stays unanswered, for a resume with a higher ceiling."""
+    return Completion(
+        text="", model=None, input_tokens=None, output_tokens=None, ttft_ms=None, latency_ms=0.0, finish_reason=None,
+        error=(f"{provider}: not called: its worst case (${worst:.4f}) would pass the ${ledger.ceiling:g} ceiling "
+               f"(${ledger.spent:.4f} spent, ${ledger.in_flight:.4f} in flight)"),
+        error_kind=BUDGET, attempts=0,
+    )

@@ -30,6 +30,7 @@ from harness.providers.plan import ProviderPlan, plan_provider, resolve_served_m
 from harness.providers.registry import build_provider
 from harness.providers.resilience import AdaptiveLimiter, Resilient, RetryPolicy
 from harness.providers.server import ManagedServer
+from harness.providers.spend import BILLED_KINDS, Ledger, Spend
 from harness.run.cache import cache_key, cache_parts
 from harness.scoring.base import Score
 from harness.scoring.judges import (
@@ -121,12 +122,14 @@ async def judge_run(
     server_log_dir: Path | None = None,
     retry: RetryPolicy | None = None,
     fresh: bool = False,
+    ledger: Ledger | None = None,
 ) -> list[JudgeReport]:
     """Judge the stored answers of run `run_id` to `cases` with `suite`'s judge scorers and store their scores.
 
     `judges`: `plan_judges(suite)` unless given. `running`: the run's provider plans, whose started servers a
     judge of the same model reuses. A verdict this run already stored for the same request is kept (a resume does
     not pay twice); `cache_mode` `off` takes none from other runs; `fresh` asks the judge again for everything.
+    `ledger`: the run's spending ceiling, which a priced judge's calls count against like the answers'.
     Returns one report per judge scorer ([] for a suite without one)."""
     scorers = [s for s in build_scorers(suite) if is_judged(s)]
     if not scorers:
@@ -154,7 +157,7 @@ async def judge_run(
             if plan.status == "ready":
                 try:
                     await _ask(store, run_id, plan, items, report, pricing, "fresh" if fresh else cache_mode,
-                               stack, running or [], server_log_dir, retry)
+                               stack, running or [], server_log_dir, retry, ledger)
                 except HarnessError as exc:  # e.g. the judge's server would not start: the answers stay
                     report.reason = str(exc)
                     report.notes.append(f"the judge failed ({exc}): cases without a verdict are unjudged")
@@ -230,6 +233,7 @@ async def _ask(
     running: list[ProviderPlan],
     server_log_dir: Path | None,
     retry: RetryPolicy | None,
+    ledger: Ledger | None = None,
 ) -> None:
     """Get a verdict for every item: from this run's stored calls, the cache, or the judge (stored as each
     returns). `cache_mode` `fresh`: from the judge only."""
@@ -264,7 +268,10 @@ async def _ask(
             todo.append((item, request, key))
     if not todo:
         return
-    provider = await _provider(plan, stack, running, server_log_dir, retry)
+    spend = None
+    if ledger is not None and price is not None and plan.kind in BILLED_KINDS:
+        spend = Spend(ledger, price, int(requests[0].params.get("max_tokens") or 0) or 4096)
+    provider = await _provider(plan, stack, running, server_log_dir, retry, spend)
 
     async def one(item: _Item, request: Request, key: str) -> None:
         c = await provider.complete(request)
@@ -324,6 +331,7 @@ async def _provider(
     running: list[ProviderPlan],
     server_log_dir: Path | None,
     retry: RetryPolicy | None,
+    spend: Spend | None = None,
 ) -> Resilient:
     """The judge's provider, with retries and its concurrency limit; its server started (or the run's reused)."""
     if plan.server is not None and not plan.base_url:
@@ -337,7 +345,7 @@ async def _provider(
     provider = build_provider(plan)
     stack.push_async_callback(provider.aclose)
     policy = retry or RetryPolicy(max_attempts=plan.max_attempts, timeout_s=plan.timeout)
-    return Resilient(provider, policy, AdaptiveLimiter(plan.concurrency))
+    return Resilient(provider, policy, AdaptiveLimiter(plan.concurrency), spend=spend)
 
 
 def _score_rows(

@@ -24,7 +24,7 @@ from typing import Any
 
 import pandas as pd
 
-from harness.errors import ProviderError, StoreError
+from harness.errors import ProviderError, StoreError, SuiteError
 from harness.pricing import PricingTable, load_pricing
 from harness.providers.base import Completion, Provider, Request, public_url, redact
 from harness.providers.failures import SERVER_EXITED, UNSTORED, failure_kind, is_infrastructure_error
@@ -33,9 +33,12 @@ from harness.providers.registry import build_provider
 from harness.providers.replay import LogReplay
 from harness.providers.resilience import AdaptiveLimiter, Resilient, RetryPolicy
 from harness.providers.server import ManagedServer
+from harness.providers.spend import Ledger
 from harness.providers.watch import EndpointBreaker, ServerWatch
+from harness.run.budget import check_judges_priced, plan_spend
 from harness.run.cache import MODES, cache_key, cache_parts
-from harness.run.judging import JudgeReport, judge_run
+from harness.run.decided import DecisionWatch, StopRule, shuffled
+from harness.run.judging import JudgeReport, judge_run, plan_judges
 from harness.scoring.base import Scorer
 from harness.scoring.judges import is_judged
 from harness.scoring.parse import same_answer
@@ -56,7 +59,7 @@ class RunResult:
     """What a finished (or interrupted) run produced."""
 
     run_id: str
-    status: str  # completed, degraded, failed or interrupted
+    status: str  # completed, degraded, failed, interrupted, budget (ceiling reached) or decided (--until-decided)
     n_cases: int
     plans: list[ProviderPlan]
     responses: int = 0
@@ -206,6 +209,9 @@ async def shadow_run(
     resume: str | None = None,
     retry: RetryPolicy | None = None,
     judges: dict[str, ProviderPlan] | None = None,
+    max_cost: float | None = None,
+    allow_unpriced: bool = False,
+    until_decided: StopRule | None = None,
 ) -> RunResult:
     """Run `suite` on every ready plan, storing each response and its scores as it arrives; then, for a suite with
     judge scorers, have the judges (`judges`, else `judging.plan_judges(suite)`) judge the answers.
@@ -215,12 +221,23 @@ async def shadow_run(
     Local servers are started first (a server that will not start raises ServerError before any run is
     recorded). `on_started(run_id, pairs_to_do)` is called once the run is recorded; `progress(n)` as answers
     arrive. `retry` overrides each provider's retry policy (tests use it for short waits).
+
+    `max_cost`: a spending ceiling in USD over the whole run (a resumed run's earlier spend included): no call is
+    started whose worst case would pass it (`budget.plan_spend` refuses up front what cannot be kept); once one is
+    refused the run stops, with status `budget`. `until_decided`: send the cases in a seeded random order and stop
+    starting cases once every candidate has an anytime-valid verdict (`decided.DecisionWatch`): status `decided`.
     """
     if cache_mode not in MODES:
         raise ProviderError(f"cache mode '{cache_mode}': use one of {', '.join(MODES)}")
     pricing = pricing or load_pricing()
     scorers = build_scorers(suite)  # a custom scorer that does not load stops the run before it starts
     cases = resumable_cases(store, resume, suite) if resume else (suite.cases[:limit] if limit else suite.cases)
+    if until_decided is not None:
+        if any(is_judged(scorer) for scorer in scorers):
+            raise SuiteError(f"--until-decided needs each case's outcome as its answers arrive; {suite.name}'s judge "
+                             "scorers judge once every answer is in: run it without --until-decided")
+        if not resume:
+            cases = shuffled(cases, until_decided.seed)
     await asyncio.to_thread(resolve_served_models, plans)
     ready = [plan for plan in plans if plan.status == "ready"]
     if not ready:
@@ -235,8 +252,16 @@ async def shadow_run(
     jobs = []
     for plan in ready:
         todo = [case for case in cases if (case.id, plan.name) not in done]
-        hits, todo = _cached(store, suite, plan, todo, cache_mode)
+        hits, todo = cached_answers(store, suite, plan, todo, cache_mode)
         jobs.append(_Job(plan, None, todo, hits))
+    ledger, spends = None, {}
+    if max_cost is not None:
+        judge_plans = judges if judges is not None else plan_judges(suite)
+        check_judges_priced(list(judge_plans.values()), pricing, allow_unpriced)
+        judges = judge_plans
+        firsts = {job.plan.name: request_for(suite, job.cases[0], job.plan) for job in jobs if job.cases}
+        spent = queries.run_spent(store, resume) if resume else 0.0
+        ledger, spends = plan_spend(plans, pricing, max_cost, firsts, spent=spent, allow_unpriced=allow_unpriced)
     async with contextlib.AsyncExitStack() as stack:
         for job in jobs:
             if not job.cases:
@@ -256,7 +281,7 @@ async def shadow_run(
                 provider.prepare(cases)
             else:
                 policy = retry or RetryPolicy(max_attempts=plan.max_attempts, timeout_s=plan.timeout)
-                provider = Resilient(provider, policy, AdaptiveLimiter(plan.concurrency))
+                provider = Resilient(provider, policy, AdaptiveLimiter(plan.concurrency), spend=spends.get(plan.name))
             job.provider = provider
 
         if resume:
@@ -271,6 +296,7 @@ async def shadow_run(
                            resumed=bool(resume), recovered=recovered, retried=retried)
         writer = None
         monitor: LoopMonitor | None = None
+        recorder_watch = _watch(until_decided, plans) if until_decided is not None else None
         status = "failed"
         try:
             if not resume:
@@ -281,6 +307,7 @@ async def shadow_run(
                 on_started(run_id, result.todo)
             writer = store.writer(journal=store.journal_path(run_id))
             recorder = Recorder(run_id, suite, scorers, writer, pricing, cache_mode, result, progress)
+            recorder.watch = recorder_watch
             for job in jobs:
                 stored = _stored_samples(store, job)
                 for case, key, parts, row in job.hits:
@@ -294,12 +321,12 @@ async def shadow_run(
                 for job in jobs:
                     if job.cases:
                         group.create_task(_drive(job, recorder))
-            if any(is_judged(scorer) for scorer in scorers):
+            if any(is_judged(scorer) for scorer in scorers) and not (ledger is not None and ledger.reached):
                 finished, writer = writer, None
                 finished.close()  # every answer in DuckDB before the judges read them
                 result.judging = await judge_run(
                     store, run_id, suite, cases, judges=judges, pricing=pricing, cache_mode=cache_mode,
-                    running=plans, server_log_dir=server_log_dir, retry=retry,
+                    running=plans, server_log_dir=server_log_dir, retry=retry, ledger=ledger,
                 )
             status = "completed"
         except (asyncio.CancelledError, KeyboardInterrupt):
@@ -317,6 +344,9 @@ async def shadow_run(
             finally:
                 if status == "completed":
                     status, result.reason = run_status(store, run_id, jobs)
+                if status in ("completed", "degraded"):
+                    status, result.reason = _stopped_early(store, run_id, status, result, ledger, recorder_watch)
+                _store_spend_and_rule(store, run_id, ledger, max_cost, recorder_watch, len(cases))
                 _store_stats(store, run_id, jobs, result)
                 _store_selfcheck(store, run_id, result)
                 if status != "failed" or result.reason:
@@ -324,6 +354,51 @@ async def shadow_run(
                 store.finish_run(run_id, status, result.reason)
                 result.status = status
         return result
+
+
+def _watch(rule: StopRule, plans: list[ProviderPlan]) -> DecisionWatch:
+    """The `--until-decided` watch over the ready candidates against the ready incumbent."""
+    ready = [plan for plan in plans if plan.status == "ready"]
+    incumbents = [plan.name for plan in ready if plan.spec.role == "incumbent"]
+    if not incumbents:
+        raise ProviderError("--until-decided asks whether the candidate may replace the incumbent, and no incumbent "
+                            "can run: give one (--incumbent KIND:MODEL, or its key) or run without --until-decided")
+    return DecisionWatch(rule, [plan.name for plan in ready if plan.spec.role != "incumbent"], incumbents[0])
+
+
+def _stopped_early(
+    store: Store, run_id: str, status: str, result: RunResult, ledger: Ledger | None, watch: DecisionWatch | None
+) -> tuple[str, str | None]:
+    """(status, reason) of a run that stopped before its last case on purpose: `budget` when the spending ceiling
+    refused a call (what is missing stays for a resume with a higher ceiling), `decided` when `--until-decided` had
+    every verdict with cases left unsent; else `status` and `result.reason` unchanged."""
+    answers, expected = queries.count_responses(store, run_id), result.n_cases * len(
+        [p for p in result.plans if p.status == "ready"])
+    if ledger is not None and ledger.reached:
+        missing = max(0, expected - answers)
+        worst = f" (the next call's worst case, ${ledger.refused_worst:.4f}, would pass it)" \
+            if ledger.refused_worst is not None else ""
+        return "budget", (f"stopped at the ${ledger.ceiling:g} spending ceiling after ${ledger.spent:.4f}{worst}; "
+                          f"{missing} of {expected} answers are missing: resume with a higher --max-cost")
+    if watch is not None and watch.decided and answers < expected:
+        lines = "; ".join(f"{name}: {v.describe()}" for name, v in watch.verdicts.items())
+        return "decided", (f"decided after {watch.decided_at} of {result.n_cases} cases, {expected - answers} "
+                           f"answers not asked for: {lines}")
+    return status, result.reason
+
+
+def _store_spend_and_rule(
+    store: Store, run_id: str, ledger: Ledger | None, ceiling: float | None, watch: DecisionWatch | None, n: int
+) -> None:
+    """Write `runs.spend` (a run with a ceiling) and `runs.stop_rule` (an --until-decided run)."""
+    values: dict[str, Any] = {}
+    if ledger is not None:
+        values["spend"] = {"ceiling": ceiling, "spent": ledger.spent, "reached": ledger.reached,
+                           "refused_worst": ledger.refused_worst, "unpriced_calls": ledger.unpriced_calls}
+    if watch is not None:
+        values["stop_rule"] = watch.to_json(n)
+    with contextlib.suppress(Exception):  # provenance only: never mask the run's own outcome
+        store.update_run(run_id, values)
 
 
 def cache_lookup_key(plan: ProviderPlan, request: Request, cache_mode: str) -> tuple[str | None, dict[str, Any] | None]:
@@ -335,7 +410,7 @@ def cache_lookup_key(plan: ProviderPlan, request: Request, cache_mode: str) -> t
     return cache_key(parts), parts
 
 
-def _cached(
+def cached_answers(
     store: Store, suite: Suite, plan: ProviderPlan, cases: list[Case], cache_mode: str
 ) -> tuple[list[tuple[Case, str, dict[str, Any], dict[str, Any]]], list[Case]]:
     """Split `cases` into those with a stored answer to the same request (replay mode) and those to call for."""
@@ -395,6 +470,7 @@ class Recorder:
         self.result = result
         self.progress = progress
         self._prices: dict[tuple[str, str | None], Any] = {}  # (provider, model that answered) -> price
+        self.watch: DecisionWatch | None = None  # --until-decided: told of every answer and its scores
 
     def record(
         self,
@@ -430,14 +506,17 @@ class Recorder:
             response["agreement"] = sum(bool(row["agrees"]) for row in samples) / len(samples) if samples else None
             keys = {"run_id": self.run_id, "case_id": case.id, "provider": plan.name}
             record["samples"] = [{**keys, **row} for row in samples]
+        scored = score_completion(self.scorers, case, c) if scores is None else scores
         record["scores"] = [
             {
                 "run_id": self.run_id, "case_id": case.id, "provider": plan.name, "scorer": scorer,
                 "metric": score.metric, "value": score.value, "passed": score.passed, "detail": score.detail,
             }
-            for scorer, score in (score_completion(self.scorers, case, c) if scores is None else scores)
+            for scorer, score in scored
         ]
         self.writer.put_record(record)
+        if self.watch is not None:
+            self.watch.record(case.id, plan.name, c, scored)
         result = self.result
         result.responses += 1
         if c.error:
@@ -450,7 +529,8 @@ class Recorder:
             self.progress(1)
 
     def cost(self, plan: ProviderPlan, c: Completion) -> float | None:
-        """USD for the call that produced `c`, by the pricing table; None when the price or a count is unknown."""
+        """USD for the calls that produced `c`, by the pricing table: the answer's usage, plus the usage reported for
+        earlier attempts that failed (billed all the same); None when the price or a count is unknown."""
         key = (plan.name, c.model)
         if key in self._prices:
             price = self._prices[key]
@@ -460,7 +540,13 @@ class Recorder:
             )
         if price is None:
             return None
-        return price.cost(c.input_tokens, c.output_tokens, c.cached_input_tokens, c.cache_write_tokens)
+        cost = price.cost(c.input_tokens, c.output_tokens, c.cached_input_tokens, c.cache_write_tokens)
+        if c.failed_input_tokens or c.failed_output_tokens:  # earlier attempts that failed but were billed
+            earlier = price.cost(c.failed_input_tokens, c.failed_output_tokens) or 0.0
+            if cost is not None:
+                return cost + earlier
+            return earlier if c.error else None
+        return cost
 
     def sample_row(self, plan: ProviderPlan, number: int, main: Completion, sample: Completion) -> dict[str, Any]:
         """The `samples` row of extra sample `number`: it agrees when it answered the same as `main` (a failed
@@ -481,6 +567,8 @@ async def _drive(job: _Job, recorder: Recorder) -> None:
 
     async def worker() -> None:
         for case in queue:
+            if recorder.watch is not None and recorder.watch.decided:
+                return  # --until-decided: the question is answered, the rest of the cases are not sent
             request = request_for(recorder.suite, case, job.plan, params)
             key, parts = cache_lookup_key(job.plan, request, recorder.cache_mode)
             completion = await job.provider.complete(request)

@@ -274,6 +274,14 @@ MIGRATIONS: list[tuple[str, str]] = [
         );
         """,
     ),
+    (
+        "spend_and_stop_rule",
+        # harness run --max-cost / --until-decided: the ceiling and what was spent; the stop rule and where it stopped
+        """
+        ALTER TABLE runs ADD COLUMN spend JSON;       -- {"ceiling", "spent", "reached", ...} of a run with a ceiling
+        ALTER TABLE runs ADD COLUMN stop_rule JSON;   -- {"metric", "margin", "confidence", "seed", "verdicts", ...}
+        """,
+    ),
 ]
 
 # New files stay readable by every DuckDB since 1.0 (the `duckdb` CLI, DBeaver...), not only by this version.
@@ -928,7 +936,7 @@ def _append(con: duckdb.DuckDBPyConnection, table: str, batch: pa.Table) -> None
 
 JSON_COLUMNS = frozenset(
     {"params", "package_versions", "input", "gold", "messages", "detail", "cache_parts", "spec", "pricing", "stats",
-     "context", "scorers", "parsed"}
+     "context", "scorers", "parsed", "spend", "stop_rule"}
 )
 
 

@@ -48,13 +48,14 @@ def provider_specs(store: Store, run_id: str) -> list[dict[str, Any]]:
 
 
 def stopped_runs(store: Store, suite: str | None = None, suite_hash: str | None = None) -> list[dict[str, Any]]:
-    """Runs that did not complete (running, interrupted or failed), newest first, with how many answers they hold
-    (`answers`) and how many providers were ready (`providers`); of `suite` and `suite_hash` when given."""
+    """Runs that did not complete (running, interrupted, failed, or stopped at a spending ceiling: `budget`), newest
+    first, with how many answers they hold (`answers`) and how many providers were ready (`providers`); of `suite`
+    and `suite_hash` when given."""
     sql = (
         "SELECT r.run_id, r.status, r.n_cases, r.case_limit, r.started_at, "
         "(SELECT count(*) FROM responses s WHERE s.run_id = r.run_id) AS answers, "
         "(SELECT count(*) FROM run_providers p WHERE p.run_id = r.run_id AND p.status = 'ready') AS providers "
-        "FROM runs r WHERE r.status IN ('running', 'interrupted', 'failed')"
+        "FROM runs r WHERE r.status IN ('running', 'interrupted', 'failed', 'budget')"
     )
     params: list[Any] = []
     if suite:
@@ -347,3 +348,33 @@ def cases_with_gold(store: Store, run_id: str) -> list[str]:
     rows = store.con.execute("SELECT case_id FROM cases WHERE run_id = ? AND gold IS NOT NULL AND gold::VARCHAR "
                              "<> 'null' ORDER BY position", [run_id]).fetchall()
     return [case_id for (case_id,) in rows]
+
+
+def run_spent(store: Store, run_id: str) -> float:
+    """USD billed so far by run `run_id`: its answers, extra samples and judge calls that were called for (not
+    answered from the cache); unpriced calls count 0."""
+    row = store.query(
+        "SELECT (SELECT coalesce(sum(cost_usd), 0) FROM responses WHERE run_id = $run AND NOT coalesce(cached, false))"
+        " + (SELECT coalesce(sum(m.cost_usd), 0) FROM samples m JOIN responses r USING (run_id, case_id, provider) "
+        "    WHERE m.run_id = $run AND NOT coalesce(r.cached, false))"
+        " + (SELECT coalesce(sum(cost_usd), 0) FROM judgements WHERE run_id = $run AND NOT coalesce(cached, false))"
+        " AS spent", {"run": run_id})
+    return float(row["spent"].iloc[0] or 0.0)
+
+
+def output_history(store: Store, suite: str, provider: str) -> pd.DataFrame:
+    """Output tokens of `provider`'s answers in earlier runs of suite `suite` (answered, usage known): one row per
+    answer, column `output_tokens`, the latest 5,000."""
+    return store.query(
+        "SELECT s.output_tokens FROM responses s JOIN runs r USING (run_id) WHERE r.suite = ? AND s.provider = ? "
+        "AND s.error IS NULL AND s.output_tokens IS NOT NULL ORDER BY s.started_at DESC LIMIT 5000",
+        [suite, provider])
+
+
+def billed_inputs(store: Store, provider: str) -> pd.DataFrame:
+    """`input_tokens` and the request's `messages` of `provider`'s answers whose usage the provider reported, in
+    any run (the latest 2,000): what calibrates its tokens per character."""
+    return store.query(
+        "SELECT s.input_tokens, c.messages FROM responses s JOIN cases c USING (run_id, case_id) "
+        "WHERE s.provider = ? AND s.usage_source = 'provider' AND s.input_tokens IS NOT NULL "
+        "AND c.messages IS NOT NULL ORDER BY s.started_at DESC LIMIT 2000", [provider])

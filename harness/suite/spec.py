@@ -257,6 +257,14 @@ class GateSpec(_Strict):
     seed: int = 0  # of the cascade's cross-fitting folds
 
 
+class BudgetSpec(_Strict):
+    """`[budget]`: what a run of the suite may spend on paid APIs, in USD (`--max-cost` and `--confirm-above` on the
+    command line override it)."""
+
+    max_cost: float | None = Field(default=None, ge=0, allow_inf_nan=False)  # the hard ceiling of one run
+    confirm_above: float | None = Field(default=None, ge=0, allow_inf_nan=False)  # at a terminal, ask above this
+
+
 class SuiteSpec(_Strict):
     """The validated contents of `suite.toml`."""
 
@@ -273,6 +281,7 @@ class SuiteSpec(_Strict):
     providers: list[ProviderSpec]
     params: ParamsSpec = ParamsSpec()
     gate: GateSpec = GateSpec()
+    budget: BudgetSpec = BudgetSpec()
 
     @field_validator("scorers")
     @classmethod
