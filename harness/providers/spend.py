@@ -36,7 +36,7 @@ TIKTOKEN_KINDS = frozenset({"openai", "azure"})
 class TokenCount:
     """Input tokens of one request and how they were counted: `method` is "tiktoken <encoding>" (exact),
     "calibrated" (characters times the tokens per character this provider was billed for before) or
-    "approximate" (characters / 4)."""
+    "approximate" (characters / 4, with why where a tokenizer was expected)."""
 
     tokens: int
     method: str
@@ -72,7 +72,8 @@ def count_input_tokens(
     if tokens_per_char is not None:
         return TokenCount(math.ceil(chars * tokens_per_char) + overhead, "calibrated")
     per = CHARS_PER_TOKEN.get(kind, DEFAULT_CHARS_PER_TOKEN)
-    return TokenCount(math.ceil(chars / per) + overhead, "approximate")
+    why = ": tiktoken could not load its vocabulary (offline, not cached)" if kind in TIKTOKEN_KINDS else ""
+    return TokenCount(math.ceil(chars / per) + overhead, f"approximate{why}")
 
 
 def worst_input_tokens(messages: list[dict[str, Any]]) -> int:

@@ -103,7 +103,7 @@ class ProviderEstimate:
         return self._cost(self.worst_input_tokens, self.calls * self.max_tokens)
 
     def _input_factors(self) -> tuple[float, float]:
-        return INPUT_RANGE[self.input_method.split()[0]]
+        return INPUT_RANGE[self.input_method.split()[0].rstrip(":")]
 
     def describe(self) -> str:
         """One line: calls, tokens (and how they were counted), the cost range."""
