@@ -109,6 +109,8 @@ def test_a_ceiling_stops_the_run_below_it_and_a_higher_one_resumes_it(paid, monk
                                        [run["run_id"], INCUMBENT]))
         assert 0 < answered < 40
         assert main(["gate", run["run_id"], "--db", "s.duckdb", "--out", "g"]) == 3  # not a sample to vouch on
+        report = (paid.parent / "r" / "invoices" / run["run_id"] / "index.html").read_text()
+        assert 'data-status="budget"' in report and "stopped at the $0.003 spending ceiling" in report
         assert "spending ceiling" in capsys.readouterr().out
         assert main(["run", "--resume", run["run_id"], "--db", "s.duckdb", "--reports", "r", "--base-url",
                      server.base_url, "--no-progress", "--max-cost", "5"]) == 0
@@ -170,6 +172,8 @@ def test_until_decided_stops_early_on_a_clearly_worse_candidate_and_the_gate_use
     assert positions != sorted(positions, key=list(gold_of(suite)).index)  # seeded random order
     out = capsys.readouterr().out
     assert "answers not asked for" in out
+    report = (tmp_path / "r" / "invoices" / run["run_id"] / "index.html").read_text()
+    assert 'data-status="decided"' in report and "decided after" in report
     assert main(["gate", run["run_id"], "--db", "s.duckdb", "--out", "g"]) == 1
     gate = json.loads((tmp_path / "g" / "gate.json").read_text())
     check = next(c for c in gate["checks"] if c["name"] == "non-inferiority")
