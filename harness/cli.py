@@ -408,7 +408,7 @@ def _run(args: argparse.Namespace, open_store: Callable[[], Store]) -> int:
     confirm_above = args.confirm_above if args.confirm_above is not None else budget.confirm_above
     cases = resumable_cases(store, run_id, suite) if run_id else suite.cases[:n]
     done = store.done_pairs(run_id) if run_id else set()
-    estimate = estimate_run(suite, plans, cases, pricing, store, cache_mode=cache_mode, done=done)
+    estimate = estimate_run(suite, plans, cases, pricing, store, cache_mode=cache_mode, done=done, judges=judges)
     if args.estimate or estimate.paid:
         print("estimate before the run:" if not args.estimate else "estimate (nothing is called):")
         for line in estimate.lines():

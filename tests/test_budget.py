@@ -8,7 +8,7 @@ import json
 
 import pytest
 from anthropic_server import AnthropicReply, AnthropicServer
-from conftest import copy_invoices, gold_of
+from conftest import ROOT, copy_invoices, gold_of
 from openai_server import OpenAIServer, Reply
 
 from harness.cli import main
@@ -217,3 +217,16 @@ def test_token_counts_say_how_they_were_counted_and_the_bound_holds():
     assert ledger.reserve(0.4) and not ledger.reserve(0.2) and ledger.reached and not ledger.reserve(0.01)
     ledger.settle(0.4, 0.1)
     assert ledger.spent == pytest.approx(0.6) and ledger.in_flight == 0
+
+
+def test_the_estimate_prices_each_judge_scorers_calls(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "test-key")  # the replies suite's first judge choice can run
+    monkeypatch.setenv("ANTHROPIC_BASE_URL", "http://127.0.0.1:9")  # nothing is called
+    assert main(["run", str(ROOT / "suites" / "replies"), "--estimate", "--db", "s.duckdb", "--limit", "4"]) == 0
+    judged = [line for line in capsys.readouterr().out.splitlines() if line.strip().startswith("judge anthropic")]
+    pairwise = next(line for line in judged if "(pairwise)" in line)
+    rubric = next(line for line in judged if "(rubric)" in line)
+    assert "judge prompts with answers of the expected length" in pairwise and "$" in pairwise
+    candidates = 1  # replies: one candidate; pairwise asks both orders of each of its answers
+    assert f"{2 * candidates * 4} calls" in pairwise and "$" in rubric

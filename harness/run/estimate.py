@@ -32,6 +32,8 @@ from harness.providers.spend import (
     worst_input_tokens,
 )
 from harness.run.runner import cached_answers, params_for, request_for
+from harness.scoring.judges import PairwiseScorer, is_judged
+from harness.scoring.registry import build_scorers
 from harness.store import queries
 from harness.store.db import Store
 from harness.suite.load import Case, Suite
@@ -51,7 +53,7 @@ class ProviderEstimate:
     cached: int  # answers the cache will give for free
     done: int  # answers already stored (a resumed run)
     input_tokens: int
-    input_method: str  # "tiktoken o200k_base", "calibrated", "approximate"
+    input_method: str  # "tiktoken o200k_base", "calibrated", "approximate[: why]"
     worst_input_tokens: int
     max_tokens: int | None
     output_mean: float | None  # per call, from earlier answers of this suite
@@ -167,9 +169,11 @@ def estimate_run(
     *,
     cache_mode: str = "replay",
     done: set[tuple[str, str]] | None = None,
+    judges: dict[str, ProviderPlan] | None = None,
 ) -> Estimate:
     """The estimate of running `cases` of `suite` on the ready `plans`: `store` (when there is one) gives the cache,
-    earlier answers' output lengths and billed input tokens; `done` the (case, provider) pairs already stored."""
+    earlier answers' output lengths and billed input tokens; `done` the (case, provider) pairs already stored;
+    `judges` (scorer -> judge plan) adds what each judge will cost."""
     done = done or set()
     out = []
     for plan in plans:
@@ -200,7 +204,52 @@ def estimate_run(
             output_sd=float(outputs.std(ddof=1)) if outputs.size > 1 else (0.0 if outputs.size else None),
             output_from=int(outputs.size),
         ))
+    out += _judge_estimates(suite, judges or {}, plans, cases, pricing, store, out)
     return Estimate(out)
+
+
+def _judge_estimates(
+    suite: Suite,
+    judges: dict[str, ProviderPlan],
+    plans: list[ProviderPlan],
+    cases: list[Case],
+    pricing: PricingTable,
+    store: Store | None,
+    answering: list[ProviderEstimate],
+) -> list[ProviderEstimate]:
+    """What each judge scorer's judge will cost: its calls (two orders per candidate answer for `pairwise`, one per
+    answer for `rubric`), its prompts rendered with answers of the expected length (approximate: the answers do not
+    exist yet, and the judge's cache cannot be asked), its output from earlier judgements of the suite."""
+    ready = [plan for plan in plans if plan.status == "ready"]
+    if not ready or not cases:
+        return []
+    lengths = [p.output_mean if p.output_mean is not None else (p.max_tokens or 0) for p in answering]
+    answer = "abcd" * int(sum(lengths) / len(lengths)) if lengths else ""
+    candidates = [plan for plan in ready if plan.spec.role != "incumbent"]
+    out = []
+    for scorer in build_scorers(suite):
+        plan = judges.get(getattr(scorer, "name", ""))
+        if not is_judged(scorer) or plan is None or plan.status != "ready":
+            continue
+        pairwise = isinstance(scorer, PairwiseScorer)
+        per_case = 2 * len(candidates) if pairwise else len(ready)
+        messages = [scorer.messages(case, answer, answer) if pairwise else scorer.messages(case, answer)
+                    for case in cases]
+        counted = sum(count_input_tokens(plan.kind, plan.request_model, m).tokens for m in messages)
+        history = queries.judge_output_history(store, suite.name, scorer.name) if store is not None else None
+        outputs = np.asarray(history["output_tokens"], dtype=float) if history is not None else np.empty(0)
+        out.append(ProviderEstimate(
+            provider=f"judge {plan.name} ({scorer.name})", kind=plan.kind,
+            price=pricing.lookup(plan.request_model, provider_id=plan.name),
+            calls=len(cases) * per_case, cached=0, done=0, input_tokens=counted * per_case,
+            input_method="approximate: judge prompts with answers of the expected length",
+            worst_input_tokens=sum(worst_input_tokens(m) for m in messages) * per_case,
+            max_tokens=scorer.max_tokens,
+            output_mean=float(outputs.mean()) if outputs.size else None,
+            output_sd=float(outputs.std(ddof=1)) if outputs.size > 1 else (0.0 if outputs.size else None),
+            output_from=int(outputs.size),
+        ))
+    return out
 
 
 def _tokens_per_char(store: Store, provider: str) -> float | None:

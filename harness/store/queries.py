@@ -378,3 +378,12 @@ def billed_inputs(store: Store, provider: str) -> pd.DataFrame:
         "SELECT s.input_tokens, c.messages FROM responses s JOIN cases c USING (run_id, case_id) "
         "WHERE s.provider = ? AND s.usage_source = 'provider' AND s.input_tokens IS NOT NULL "
         "AND c.messages IS NOT NULL ORDER BY s.started_at DESC LIMIT 2000", [provider])
+
+
+def judge_output_history(store: Store, suite: str, scorer: str) -> pd.DataFrame:
+    """Output tokens of judge scorer `scorer`'s calls in earlier runs of suite `suite` (answered, usage known), the
+    latest 5,000: column `output_tokens`."""
+    return store.query(
+        "SELECT j.output_tokens FROM judgements j JOIN runs r USING (run_id) WHERE r.suite = ? AND j.scorer = ? "
+        "AND j.error IS NULL AND j.output_tokens IS NOT NULL AND NOT coalesce(j.cached, false) "
+        "ORDER BY j.judged_at DESC LIMIT 5000", [suite, scorer])
