@@ -79,7 +79,6 @@ from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import ArrayLike
-from scipy.optimize import brentq
 
 from harness.analysis.sequential import FAIL, INCONCLUSIVE, PASS
 
@@ -243,6 +242,8 @@ def _log_wealth(sums: np.ndarray) -> np.ndarray:
 def _bounds(values: np.ndarray, counts: np.ndarray, mean: float, threshold: float) -> tuple[float, float]:
     """(low, high): the ends of the set of mean differences neither side's wealth rejects, on the x scale c = (mu +
     1) / 2 with the bets scaled to c. The pass side's wealth falls as c rises, the fail side's rises."""
+    from scipy.optimize import brentq  # scipy takes a second to import: only when this is computed
+
     centre = (mean + 1) / 2
 
     def rises(c: float) -> float:  # the pass side's excess over the threshold, against mean difference 2c - 1

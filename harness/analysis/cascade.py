@@ -35,7 +35,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from harness.analysis import paired
 from harness.analysis.intervals import wilson_interval
@@ -166,6 +165,8 @@ def _intervals(values: np.ndarray, binary: bool) -> tuple[np.ndarray, np.ndarray
     mean = values.mean(axis=1)
     if n < 2:
         return np.full(len(values), np.nan), np.full(len(values), np.nan)
+    from scipy import stats  # scipy takes a second to import: only for a continuous metric
+
     half = stats.t.ppf(0.5 + CONFIDENCE_LEVEL / 2, n - 1) * values.std(axis=1, ddof=1) / math.sqrt(n)
     low, high = mean - half, mean + half
     if values.min() >= 0 and values.max() <= 1:

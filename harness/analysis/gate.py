@@ -27,7 +27,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
-from scipy import stats
 
 from harness.analysis import paired
 from harness.suite.spec import GateSpec
@@ -106,6 +105,8 @@ class GateResult:
 
 def mcnemar_exact(regressions: int, wins: int) -> float:
     """Two-sided exact McNemar p-value from the discordant pairs (1.0 when there are none)."""
+    from scipy import stats  # scipy takes a second to import: only when this is computed
+
     if regressions + wins == 0:
         return 1.0
     return float(stats.binomtest(min(regressions, wins), regressions + wins, 0.5).pvalue)

@@ -28,19 +28,6 @@ PASS, FAIL, ERROR, NO_ANSWER = "pass", "fail", "error", "no answer"
 STATUSES = (PASS, FAIL, ERROR, NO_ANSWER)
 PAIRED = ("regression", "win", "both_fail", "both_pass")
 
-KILLED = ("its process stopped without finishing (killed, or the machine went down); the answers stored so far "
-          "are kept")
-
-
-def shown_status(status: str, reason: str | None) -> tuple[str, str | None]:
-    """A stored run's (status, reason) as a reader should see them. A run still marked `running` when another
-    process can read the file is `interrupted`: a running harness holds the DuckDB file's write lock, which keeps
-    every other process out, so no process is running it any more. Not for the process that runs it."""
-    if status == "running":
-        return "interrupted", KILLED
-    return status, reason
-
-
 @dataclass(frozen=True)
 class Outcome:
     """One case × provider of a run: its status (one of `STATUSES`), the failed call's error and error kind, the

@@ -34,9 +34,9 @@ validates the gate runs the very code the gate runs.
 from __future__ import annotations
 
 import math
+from statistics import NormalDist
 
 import numpy as np
-from scipy import stats
 
 PASS, FAIL, INCONCLUSIVE = "pass", "fail", "inconclusive"
 CONTINUITY = 0.5  # cases: the numerator of Z moves this much towards 0, for pass/fail differences (-1, 0, +1)
@@ -120,7 +120,7 @@ def verdicts(values: np.ndarray, counts: np.ndarray, margin: float, confidence: 
     """`pass`, `fail` or `inconclusive` for each suite (see the module doc); `inconclusive` for a suite of 0 cases."""
     c = np.atleast_2d(np.asarray(counts, dtype=float))
     z = score_z(values, c, -margin)
-    crit = stats.norm.ppf(confidence)
+    crit = _z(confidence)
     out = np.where(z > crit, PASS, np.where(z < -crit, FAIL, INCONCLUSIVE))
     return np.where(c.sum(axis=1) > 0, out, INCONCLUSIVE)
 
@@ -136,7 +136,7 @@ def bounds_batch(values: np.ndarray, counts: np.ndarray, confidence: float) -> t
     """(lower, upper) for each suite: the values of mu0 where Z(mu0) crosses +z and -z, z the normal quantile of
     the one-sided `confidence` (together, a 2 x confidence - 1 two-sided interval). NaN for a suite of 0 cases."""
     c = np.atleast_2d(np.asarray(counts, dtype=float))
-    crit = stats.norm.ppf(confidence)
+    crit = _z(confidence)
 
     def solve(target: float) -> np.ndarray:
         a, b = np.full(len(c), -1 + 1e-9), np.full(len(c), 1 - 1e-9)  # Z falls as mu0 rises
@@ -164,7 +164,7 @@ def cases_needed(diffs: np.ndarray, margin: float, confidence: float, power: flo
     values, counts = support(d)
     share = counts / counts.sum()
     sd_obs = float(d.std())
-    crit, beta = stats.norm.ppf(confidence), stats.norm.ppf(power)
+    crit, beta = _z(confidence), _z(power)
 
     def enough(n: float) -> bool:
         expected = share[None, :] * n
@@ -184,3 +184,8 @@ def cases_needed(diffs: np.ndarray, margin: float, confidence: float, power: flo
         mid = (lo + hi) // 2
         lo, hi = (lo, mid) if enough(mid) else (mid, hi)
     return hi
+
+
+def _z(p: float) -> float:
+    """The standard normal quantile (the standard library's, exact to double precision: no scipy import)."""
+    return NormalDist().inv_cdf(p)

@@ -55,8 +55,6 @@ import numbers
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.optimize import brentq
-from scipy.special import betaln
 
 PASS, FAIL, INCONCLUSIVE = "pass", "fail", "inconclusive"
 PRIOR_SHAPE = 0.5  # a of the Beta(a, b) mixing distribution; b puts its mean at the margin
@@ -157,6 +155,8 @@ def crossing_times(outcomes: np.ndarray, margin: float, confidence: float = 0.95
     shape (paths, 2): [step, sign] with step the first 1-based step at which the verdict is not inconclusive and
     sign +1 for pass, -1 for fail; [0, 0] for a path that reaches no verdict. Raises ValueError for an array that is
     not 2-D or holds anything but 0 and 1, a margin outside (0, 1) or confidence outside (0.5, 1)."""
+    from scipy.special import betaln  # scipy takes a second to import: only when this is computed
+
     _check_margin(margin)
     _check_confidence(confidence)
     values = np.asarray(outcomes)
@@ -195,6 +195,8 @@ def _prior(margin: float) -> tuple[float, float]:
 
 def _log_mixture(failures: int, n: int, a: float, b: float) -> float:
     """log of the mixture likelihood, B(a + S, b + n - S) / B(a, b)."""
+    from scipy.special import betaln  # scipy takes a second to import: only when this is computed
+
     return float(betaln(a + failures, b + n - failures) - betaln(a, b))
 
 
@@ -212,6 +214,8 @@ def _bounds(failures: int, n: int, a: float, b: float, threshold: float,
             log_mixture: float | None = None) -> tuple[float, float]:
     """The ends of {p : log M_n(p) < threshold}, n > 0. log M_n is convex in p with its minimum, at most 0, at S/n,
     so each end is the one root on its side."""
+    from scipy.optimize import brentq  # scipy takes a second to import: only when this is computed
+
     if log_mixture is None:
         log_mixture = _log_mixture(failures, n, a, b)
     rate = failures / n

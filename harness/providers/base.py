@@ -10,6 +10,7 @@ import email.utils
 import json
 import os
 import re
+import sys
 import time
 import urllib.parse
 import urllib.request
@@ -17,11 +18,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
-
-import aiohttp
-import anthropic
-import httpx2
-import openai
 
 
 @dataclass(frozen=True)
@@ -152,19 +148,20 @@ def public_url(url: str) -> str:
 def describe_error(exc: BaseException) -> tuple[str, str, float | None]:
     """Classify an exception from a call (openai or anthropic SDK, aiohttp, or the HTTP layer under the SDKs) as
     (kind, one-line message, seconds the server asked to wait before retrying)."""
-    if isinstance(exc, openai.APIStatusError | anthropic.APIStatusError):
+    if isinstance(exc, _loaded(_SDKS, "APIStatusError")):
         retry_after = parse_retry_after(exc.response.headers)
         return f"http_{exc.status_code}", f"HTTP {exc.status_code}: {_error_detail(exc)}", retry_after
     if isinstance(exc, HTTPStatusError):
         detail = error_detail(exc.body, fallback=f"Error code: {exc.status}")
         return f"http_{exc.status}", f"HTTP {exc.status}: {detail}", parse_retry_after(exc.headers)
     # TimeoutError: aiohttp's (its total timeout, and ServerTimeoutError, a ClientConnectionError too)
-    if isinstance(exc, openai.APITimeoutError | anthropic.APITimeoutError | httpx2.TimeoutException | TimeoutError):
+    if isinstance(exc, (TimeoutError, *_loaded(_SDKS, "APITimeoutError"), *_loaded(("httpx2",), "TimeoutException"))):
         return "timeout", "request timed out", None
-    if isinstance(exc, openai.APIConnectionError | anthropic.APIConnectionError | httpx2.TransportError
-                  | aiohttp.ClientConnectionError | aiohttp.ClientPayloadError | aiohttp.ClientResponseError):
-        # aiohttp: refused or dropped connections, bodies cut short, answers that are not valid HTTP
-        cause = exc.__cause__ if isinstance(exc, openai.APIConnectionError | anthropic.APIConnectionError) else exc
+    sdk_connection = _loaded(_SDKS, "APIConnectionError")
+    # aiohttp: refused or dropped connections, bodies cut short, answers that are not valid HTTP
+    if isinstance(exc, (*sdk_connection, *_loaded(("httpx2",), "TransportError"),
+                        *_loaded(("aiohttp",), "ClientConnectionError", "ClientPayloadError", "ClientResponseError"))):
+        cause = exc.__cause__ if isinstance(exc, sdk_connection) else exc
         cause = cause or exc
         return "connection", f"connection failed: {type(cause).__name__}: {cause}".strip(), None
     if isinstance(exc, StreamError):
@@ -198,6 +195,15 @@ def parse_retry_after(headers: Any, now: float | None = None) -> float | None:
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+_SDKS = ("openai", "anthropic")
+
+
+def _loaded(modules: tuple[str, ...], *names: str) -> tuple[type, ...]:
+    """The classes `names` of those `modules` already imported. An exception can only be of a library's type once
+    that library is loaded, so classifying one never imports an SDK (the anthropic SDK alone takes a second)."""
+    return tuple(getattr(sys.modules[m], n) for m in modules if m in sys.modules for n in names)
 
 
 def _error_detail(exc: Any) -> str:

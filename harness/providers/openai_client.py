@@ -28,14 +28,16 @@ import urllib.parse
 import urllib.request
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
-import openai
 import yarl
 
 from harness.providers.base import Completion, HTTPStatusError, Request, StreamError, TruncatedStream, failed_completion
 from harness.providers.plan import ProviderPlan
+
+if TYPE_CHECKING:
+    import openai
 
 DEFAULT_TIMEOUT_S = 600.0
 # after [DONE], how long to wait for the server to end the body, so that the connection can be kept for the next
@@ -46,6 +48,10 @@ _DRAIN_S = 0.5
 class _OpenAIWire:
     """What both transports share: the request body, the structured-output fallback, and turning a read stream
     into a `Completion`. A subclass sends the request and feeds the stream's bytes to `_read_events`."""
+
+    # parameters the OpenAI API does not have go under `extra_body`, as the SDK takes them (and reading the SDK's
+    # parameter list imports it: the aiohttp transport sends every parameter at the top level without asking)
+    EXTRA_BODY = False
 
     def __init__(
         self,
@@ -73,7 +79,8 @@ class _OpenAIWire:
     def request_body(self, request: Request, schema_style: str | None = None) -> dict[str, Any]:
         """The JSON body for `request` (without `model`, `messages` and `stream`), asking for structured
         output in `schema_style` (default: the style this server was last seen to accept). Parameters the
-        OpenAI API does not have are under `extra_body`, as the SDK takes them; they are sent at the top level."""
+        OpenAI API does not have are under `extra_body` where the transport is the SDK (`EXTRA_BODY`), which sends
+        them at the top level; other transports get them at the top level already."""
         style = schema_style or self.schema_style
         body: dict[str, Any] = {}
         extra: dict[str, Any] = {}
@@ -83,7 +90,7 @@ class _OpenAIWire:
             if key == "max_tokens":
                 key = self.max_tokens_param
             # server-specific parameters (top_k, min_p, repetition_penalty...) travel in the body as is
-            (body if key in _sdk_parameters() else extra)[key] = value
+            (extra if self.EXTRA_BODY and key not in _sdk_parameters() else body)[key] = value
         if extra:
             body["extra_body"] = extra
         if self.usage_in_stream:
@@ -228,9 +235,6 @@ class OpenAICompatible(_OpenAIWire):
         stream = _Stream(request.logprobs)
         payload = {"model": self.model, "messages": request.messages, "stream": True,
                    **self.request_body(request, style)}
-        extra = payload.pop("extra_body", None)
-        if extra:
-            payload.update(extra)
         try:
             session = self._session
             if session is None or session.closed or self._loop is not asyncio.get_running_loop():
@@ -261,6 +265,8 @@ class OpenAISDK(_OpenAIWire):
     `max_retries` says otherwise. With `azure_api_version`, `base_url` is an Azure OpenAI endpoint and `model`
     the deployment name. The stream is read from the SDK's raw response (see the module's docstring)."""
 
+    EXTRA_BODY = True
+
     def __init__(
         self,
         name: str,
@@ -280,6 +286,8 @@ class OpenAISDK(_OpenAIWire):
             name, model, base_url, api_key, schema_style=schema_style, usage_in_stream=usage_in_stream,
             token_count_url=token_count_url, timeout=timeout, max_tokens_param=max_tokens_param,
         )
+        import openai  # here: the SDK takes most of a second to import, and only `openai:`/`azure:` need it
+
         if azure_api_version:
             self._client: openai.AsyncOpenAI = openai.AsyncAzureOpenAI(
                 azure_endpoint=base_url, api_key=api_key, api_version=azure_api_version,

@@ -29,9 +29,9 @@ from harness.analysis.outcomes import (
     agreement,
     outcome_table,
     paired_category,
-    shown_status,
 )
 from harness.analysis.summary import field_metrics_from_counts, summarize
+from harness.report.charts import cascade_chart, cost_chart, latency_chart, metric_bars
 from harness.scoring.parse import canonical_answer
 from harness.scoring.registry import metric_info
 from harness.selfcheck import ADVICE, LAG_LIMIT_MS, unreliable_reason
@@ -39,6 +39,7 @@ from harness.selfcheck import COLUMNS as SELFCHECK_COLUMNS
 from harness.store import queries
 from harness.store.cases import case_fields, cell_names, page_records
 from harness.store.db import Store
+from harness.store.queries import shown_status
 
 FIRST_PAGE = 50  # failed cases rendered into the page itself; the script pages through the rest
 TEXT_LIMIT = 4000  # characters of an output (or gold) kept for a failed case
@@ -53,10 +54,12 @@ COMPRESSION = 4  # zlib level: 2.5 times as fast as the default 6, for a file ab
 
 
 def environment() -> jinja2.Environment:
+    """The report templates' environment: autoescaped, strict, with the report's filters."""
     env = jinja2.Environment(
         loader=jinja2.PackageLoader("harness", "templates"),
         autoescape=True,  # model output, inputs and gold values are untrusted
         undefined=jinja2.StrictUndefined,
+        bytecode_cache=_bytecode_cache(),
     )
     env.filters["ms"] = _fmt_ms
     env.filters["lag"] = _fmt_lag
@@ -69,9 +72,19 @@ def environment() -> jinja2.Environment:
     return env
 
 
+def _bytecode_cache() -> jinja2.BytecodeCache | None:
+    """Jinja's own cache of compiled templates, in a folder of this user's under the temporary directory (made
+    0700 and checked by Jinja): compiling the report's templates takes a fifth of a second a report. Keyed by
+    each template's source, so an edited template is compiled again. None where no such folder can be made."""
+    try:
+        return jinja2.FileSystemBytecodeCache()
+    except (OSError, RuntimeError):
+        return None
+
+
 def _safe_svg(svg: str) -> markupsafe.Markup:
     """Mark a chart built by harness.charts as markup; anything else is escaped. Its text (provider, field and
-    label names) was escaped by matplotlib's SVG writer."""
+    label names) was escaped by harness.report.charts."""
     if not (isinstance(svg, str) and svg.lstrip().startswith("<svg") and "<script" not in svg.lower()):
         return markupsafe.escape(svg)
     return markupsafe.Markup(svg)
@@ -228,7 +241,6 @@ def _decision_section(store: Store, run: dict[str, Any]) -> dict[str, Any]:
     from harness.analysis.cost import curve
     from harness.analysis.decide import analyse
     from harness.errors import HarnessError
-    from harness.report.charts import cascade_chart, cost_chart
     from harness.suite.load import load_suite
     from harness.suite.profile import find_profile
     from harness.suite.spec import GateSpec
@@ -346,8 +358,6 @@ def _taxonomy(taxonomy: dict[str, dict[str, Counter]], order: list[str]) -> dict
 
 def _charts(outcomes: pd.DataFrame, fields: pd.DataFrame, metrics: pd.DataFrame, order: list[str]) -> list[dict]:
     """Inline SVG charts: latency per provider, and the score per field, clause type or label per provider."""
-    from harness.report.charts import latency_chart, metric_bars  # matplotlib takes seconds to import: only here
-
     out = []
     live = outcomes[outcomes["status"].isin([PASS, FAIL]) & ~outcomes["cached"].fillna(False).astype(bool)]
     if len(live):

@@ -16,13 +16,14 @@ import functools
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from harness.errors import StoreError
 from harness.providers.base import Request, public_url
 from harness.providers.plan import ProviderPlan
-from harness.store import queries
-from harness.store.db import Store
+
+if TYPE_CHECKING:
+    from harness.store.db import Store
 
 MODES = ("replay", "fresh", "off")
 
@@ -108,6 +109,8 @@ def explain(store: Store, run_id: str, case_id: str | None = None, provider: str
     """For each response of `run_id` (narrowed to a case and/or provider), whether it came from the cache
     and, if not, why: no earlier answer, an earlier one that failed, or which part of the request changed."""
     run = store.run(run_id)
+    from harness.store import queries  # here: the parser takes MODES without loading the store
+
     rows = queries.cache_sources(store, run_id, case_id, provider)
     if not rows:
         narrowed = [f"case '{case_id}'"] if case_id else []

@@ -9,15 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
 from harness.errors import HarnessError, ProviderError, StoreError
 from harness.store import queries
 from harness.store.db import Store
-from harness.suite.load import Suite, load_suite
+from harness.suite.load import SUITES_DIR, Suite, load_suite
 from harness.suite.spec import ProviderSpec
-
-SUITES_DIR = Path("suites")
 
 
 def run_to_use(store: Store, run_id: str | None, command: str, suite: str | None = None) -> str:
@@ -104,5 +100,7 @@ def _spec(provider_id: str, role: str, known: list[ProviderSpec]) -> ProviderSpe
 
 
 def _same_limit(stored: Any, wanted: int | None) -> bool:
+    import pandas as pd  # here: `harness validate` and `runs` start without pandas
+
     stored = None if stored is None or pd.isna(stored) else int(stored)
     return stored == wanted

@@ -66,15 +66,16 @@ import re
 import unicodedata
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any, ClassVar
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from harness.providers.base import Completion
 from harness.scoring.base import Metric, MetricInfo, Score, parse_detail
 from harness.scoring.parse import normalize_text, parse_date, parse_json_output
 from harness.suite.load import DEFAULT_CLAUSE_CATEGORIES, Case, Suite, clause_categories
 from harness.suite.spec import ScorerSpec
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 DEFAULT_CATEGORIES = DEFAULT_CLAUSE_CATEGORIES
 
@@ -778,6 +779,8 @@ class ClausesScorer:
 
     def aggregate(self, scores: pd.DataFrame, unanswered: list[Case]) -> list[Metric]:
         """Run-level metrics for one provider from this scorer's rows; unanswered cases count as misses."""
+        import pandas as pd
+
         counts: dict[str, dict[str, int]] = {}
         answers: dict[str, list[float]] = {}  # category -> [correct, n, score sum]
         order = list(self.categories)

@@ -39,17 +39,16 @@ import json
 import math
 from decimal import Decimal
 from difflib import SequenceMatcher
-from typing import Any, ClassVar
-
-import numpy as np
-import pandas as pd
-from scipy.optimize import linear_sum_assignment
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from harness.providers.base import Completion
 from harness.scoring.base import Metric, MetricInfo, Score, parse_detail
 from harness.scoring.parse import compare, normalize_text, parse_amount, parse_json_output
 from harness.suite.load import Case, Suite
 from harness.suite.spec import ScorerSpec
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 DEFAULT_ITEM_FIELDS: dict[str, str] = {"name": "text", "quantity": "amount", "price": "amount"}
 PRICE_RESCUE_FLOOR = 0.4  # lowest name similarity that agreeing prices can still match
@@ -92,6 +91,9 @@ def match_items(
     """The optimal one-to-one matching of gold and predicted items, as (gold index, pred index, name similarity)
     sorted by gold index. See the module docstring for the rule; items that are not objects never match, and only
     the first `MAX_ITEMS` items of each side are considered."""
+    import numpy as np
+    from scipy.optimize import linear_sum_assignment  # scipy takes a second to import: only when this is computed
+
     fields = dict(item_fields or DEFAULT_ITEM_FIELDS)
     name_field, price_field = _name_field(fields), _price_field(fields)
     others = {f: k for f, k in fields.items() if f not in (name_field, price_field)}

@@ -16,16 +16,18 @@ from __future__ import annotations
 import re
 import unicodedata
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import jinja2
-import pandas as pd
 
 from harness.providers.base import Completion
 from harness.scoring.base import Metric, MetricInfo, Score
 from harness.scoring.parse import parse_json_output
 from harness.suite.load import Case, Suite
 from harness.suite.spec import ScorerSpec
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 WIN, TIE, LOSS, UNJUDGED = "win", "tie", "loss", "unjudged"
 BASELINE = "baseline"  # the incumbent's verdict in a pairwise scorer: it is what the candidate is judged against

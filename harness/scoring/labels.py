@@ -15,15 +15,16 @@ pairs). Invalid labels and failed calls count as a wrong prediction of the pseud
 from __future__ import annotations
 
 import re
-from typing import Any, ClassVar
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from harness.providers.base import Completion
 from harness.scoring.base import Metric, MetricInfo, Score
 from harness.scoring.parse import parse_json_output
 from harness.suite.load import Case, Suite
 from harness.suite.spec import ScorerSpec
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 INVALID = "(invalid)"
 NO_ANSWER = "(no answer)"

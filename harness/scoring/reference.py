@@ -31,14 +31,15 @@ from __future__ import annotations
 import json
 import re
 import unicodedata
-from typing import Any, ClassVar
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from harness.providers.base import Completion
 from harness.scoring.base import Metric, MetricInfo, Score
 from harness.suite.load import Case, Suite
 from harness.suite.spec import ScorerSpec
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 # the threshold `case_pass` applies to each measure when the suite's `threshold` is not set
 DEFAULT_THRESHOLDS: dict[str, float] = {"exact": 1.0, "token_f1": 0.3, "rouge_l": 0.3}
@@ -99,12 +100,10 @@ class ReferenceScorer:
     def __init__(self, measure: str = "rouge_l", threshold: float | None = None, name: str = "reference") -> None:
         if measure not in MEASURES:
             raise ValueError(f"measure must be one of {', '.join(MEASURES)}, not {measure!r}")
-        from rouge_score import rouge_scorer  # here, not at the top: it imports nltk (seconds)
-
         self.name = name
         self.measure = measure
         self.threshold = DEFAULT_THRESHOLDS[measure] if threshold is None else float(threshold)
-        self._rouge = rouge_scorer.RougeScorer(["rouge1", "rougeL"], use_stemmer=False, tokenizer=_Tokenizer())
+        self._rouge: Any = None  # made on the first answer: rouge-score imports nltk (seconds), `validate` needs none
 
     @classmethod
     def from_spec(cls, spec: ScorerSpec, suite: Suite, number: int) -> ReferenceScorer:
@@ -118,6 +117,10 @@ class ReferenceScorer:
         text = completion.text or ""
         wanted = normalize(text)
         exact = bool(wanted) and wanted == normalize(reference)
+        if self._rouge is None:
+            from rouge_score import rouge_scorer
+
+            self._rouge = rouge_scorer.RougeScorer(["rouge1", "rougeL"], use_stemmer=False, tokenizer=_Tokenizer())
         rouge = self._rouge.score(reference, text)  # (target, prediction)
         values = {"exact": float(exact), "token_f1": float(rouge["rouge1"].fmeasure),
                   "rouge_l": float(rouge["rougeL"].fmeasure)}
@@ -135,6 +138,8 @@ class ReferenceScorer:
     def aggregate(self, scores: pd.DataFrame, unanswered: list[Case]) -> list[Metric]:
         """Mean token F1, mean ROUGE-L and the exact-match rate over the cases with a reference; each unanswered
         one (with a reference) counts 0. None when no case has a reference."""
+        import pandas as pd
+
         missed = sum(reference_text(case.gold) is not None for case in unanswered)
         rows = scores if {"metric", "value"} <= set(scores.columns) else pd.DataFrame(columns=["metric", "value"])
         out = []

@@ -6,13 +6,14 @@ scorer objects; `score_completion` runs them on one answer (a scorer that raises
 from __future__ import annotations
 
 import importlib
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from harness.providers.base import Completion
 from harness.scoring.base import RATE, Metric, MetricInfo, Score, Scorer, parse_detail
 from harness.suite.load import Case, Suite
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 # scorer kind (`kind` in suite.toml's [[scorers]]) -> "module:class"; the class makes itself from the entry
 # (`from_spec`) and declares its run-level metrics (`METRICS`). Imported only when a suite uses the kind.
@@ -50,6 +51,8 @@ def aggregate_metrics(
     `scores` and `responses` are the run's stored rows (`detail` as JSON text); `cases` maps case id to Case
     (every case of the run). A provider's failed calls and the cases it has no answer for are passed to the
     scorer as unanswered cases."""
+    import pandas as pd
+
     rows: list[dict[str, Any]] = []
     if responses.empty:
         return rows

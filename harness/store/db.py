@@ -21,13 +21,15 @@ from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import duckdb
-import pandas as pd
-import pyarrow as pa
 
 from harness.errors import StoreError
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import pyarrow as pa
 
 MIGRATIONS: list[tuple[str, str]] = [
     (
@@ -489,6 +491,8 @@ class Store:
     def forget(self, run_id: str, pairs: list[tuple[str, str]]) -> None:
         """Delete the stored answers (responses, their scores and samples) of these (case_id, provider) pairs of
         `run_id`, so that a resume calls for them again."""
+        import pyarrow as pa
+
         if not pairs:
             return
         self.con.register("_forget", pa.table({"case_id": [c for c, _ in pairs], "provider": [p for _, p in pairs]}))
@@ -509,6 +513,8 @@ class Store:
 
     def cached_answers(self, keys: list[str]) -> dict[str, dict[str, Any]]:
         """For each cache key, the newest stored answer that was really called for and did not fail."""
+        import pyarrow as pa
+
         if not keys:
             return {}
         self.con.register("_keys", pa.table({"cache_key": list(dict.fromkeys(keys))}))
@@ -526,6 +532,8 @@ class Store:
 
     def cached_judgements(self, keys: list[str]) -> dict[str, dict[str, Any]]:
         """For each cache key, the newest stored judge call with that key that did not fail."""
+        import pyarrow as pa
+
         if not keys:
             return {}
         self.con.register("_keys", pa.table({"cache_key": list(dict.fromkeys(keys))}))
@@ -678,6 +686,8 @@ class Store:
 
     def table(self, name: str, run_id: str) -> pd.DataFrame:
         """All rows of one run in `name` (one of `TABLES`)."""
+        import pandas as pd
+
         if name not in TABLES:
             raise StoreError(f"unknown table '{name}'; one of {', '.join(TABLES)}")
         exists = self.con.execute(
@@ -734,6 +744,8 @@ class Columns:
     def cut(self) -> pa.Table | None:
         """The rows gathered as an Arrow table (types inferred per column; a column of NULLs only is cast by
         DuckDB), None when there are none; the lists start empty again."""
+        import pyarrow as pa
+
         if not self.n:
             return None
         table = pa.table({name: _array(values) for name, values in self.columns.items()})
@@ -866,6 +878,8 @@ class BatchWriter(threading.Thread):
                 return
 
     def _flush(self, cuts: list[dict[str, pa.Table]], rows: int) -> None:
+        import pyarrow as pa
+
         started = time.perf_counter()
         by_table: dict[str, list[pa.Table]] = defaultdict(list)
         for cut in cuts:
@@ -919,6 +933,8 @@ def _insert(con: duckdb.DuckDBPyConnection, table: str, rows: Iterable[dict[str,
 
 
 def _array(values: list[Any]) -> pa.Array:
+    import pyarrow as pa
+
     try:
         return pa.array(values)
     except UnicodeEncodeError:  # a lone surrogate (a model can emit one as \ud800): UTF-8 cannot hold it

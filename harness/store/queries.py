@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from harness.store.db import Store
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def latest_load(store: Store, suite: Any, provider: str) -> dict[str, Any] | None:
@@ -75,15 +76,33 @@ def scorer_errors(store: Store, run_id: str) -> list[dict[str, Any]]:
     ).to_dict("records")
 
 
+KILLED = ("its process stopped without finishing (killed, or the machine went down); the answers stored so far "
+          "are kept")
+
+
+def shown_status(status: str, reason: str | None) -> tuple[str, str | None]:
+    """A stored run's (status, reason) as a reader should see them. A run still marked `running` when another
+    process can read the file is `interrupted`: a running harness holds the DuckDB file's write lock, which keeps
+    every other process out, so no process is running it any more. Not for the process that runs it."""
+    if status == "running":
+        return "interrupted", KILLED
+    return status, reason
+
+
 def run_list(store: Store) -> list[dict[str, Any]]:
-    """Every stored run, newest first: run_id, suite, status, status_reason, n_cases, responses, started_at."""
+    """Every stored run, newest first: run_id, suite, status, status_reason, n_cases, responses, started_at
+    (read without pandas: `harness runs` needs no more)."""
     # a file written before migration 6 has no status_reason, and a read-only store does not migrate
-    reason = "r.status_reason" if "status_reason" in store.query("SELECT * FROM runs LIMIT 0").columns \
-        else "NULL AS status_reason"
-    return store.query(
+    columns = {name for (name,) in store.con.execute(
+        "SELECT column_name FROM information_schema.columns WHERE table_name = 'runs' AND table_schema = 'main'"
+    ).fetchall()}
+    reason = "r.status_reason" if "status_reason" in columns else "NULL AS status_reason"
+    cursor = store.con.execute(
         f"SELECT r.run_id, r.suite, r.status, {reason}, r.n_cases, count(s.case_id) AS responses, "
         "r.started_at FROM runs r LEFT JOIN responses s USING (run_id) GROUP BY ALL ORDER BY r.started_at DESC"
-    ).to_dict("records")
+    )
+    names = [d[0] for d in cursor.description]
+    return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
 
 def case_ids(store: Store, run_id: str) -> list[str]:
@@ -322,6 +341,8 @@ def ready_roles(store: Store, run_id: str) -> dict[str, str]:
 
 def judgements_of(store: Store, run_id: str, scorer: str | None = None) -> list[dict[str, Any]]:
     """The stored judge calls of `run_id` (of judge scorer `scorer` only, when given), as dicts."""
+    import pandas as pd
+
     if "judgements" not in store.tables():
         return []
     sql = "SELECT * FROM judgements WHERE run_id = ?" + (" AND scorer = ?" if scorer else "")

@@ -27,6 +27,8 @@ from pydantic import ValidationError
 from harness.errors import SuiteError
 from harness.suite.spec import JUDGE_KINDS, PROVIDER_KINDS, CasesSpec, ContextSpec, ScorerSpec, SuiteSpec
 
+SUITES_DIR = Path("suites")  # where bundled suites live: `harness run invoices` means suites/invoices
+
 
 @dataclass(frozen=True)
 class Case:
