@@ -318,6 +318,29 @@ def memory_section(r: dict[str, Any]) -> list[str]:
     ]
 
 
+def startup_section(r: dict[str, Any]) -> list[str]:
+    lines = [
+        "## 0. Start-up", "",
+        "Each command in a fresh process, as typed at a shell (`harness ...`, the console script), from the "
+        "repository root: one warm-up run, then the median (min–max) of "
+        f"{r.get('reps', 1)} runs. The 1-case run is a generated suite against the zero-latency server (cache "
+        "off, a fresh DuckDB file each time, its HTML report written), so what it measures is start-up and "
+        "writing the results, not the model (bench/startup.py).", "",
+        "| command | wall s | imports ms | costliest imports (ms spent in the package's own modules; what imported "
+        "it) |",
+        "|---|---|---|---|",
+    ]
+    for name, x in r.get("commands", {}).items():
+        costly = "; ".join(
+            f"{c['package']} {c['ms']:.0f}" + (f" ({c['imported_by']})" if not c["imported_by"].startswith("(")
+                                                else " (imported by a function)")
+            for c in x["imports"]["costliest"])
+        lines.append(f"| `{name}` | {_range(x['wall_s'])} | {x['imports']['total_ms']:.0f} | {_cell(costly)} |")
+    lines += ["", "Imports are timed in a separate run under `python -X importtime`, which adds its own overhead; "
+              "`harness` is the package's own modules (pydantic models, the command modules)."]
+    return [*lines, ""]
+
+
 def peers_section(r: dict[str, Any]) -> list[str]:
     lines = ["## 8. Peers", ""]
     if r.get("error"):
@@ -524,9 +547,10 @@ def markdown(data: dict[str, Any]) -> str:
         "dispatch": dispatch_section, "real": real_section, "storage": storage_section, "cache": cache_section,
         "report": report_section, "memory": memory_section, "latency": latency_section, "peers": peers_section,
         "llama_build": llama_build_section, "loop_lag": written_section, "proxy": proxy_section,
+        "startup": startup_section,
     }
-    for name in ("dispatch", "real", "storage", "cache", "report", "memory", "latency", "loop_lag", "peers", "proxy",
-                 "llama_build"):
+    for name in ("startup", "dispatch", "real", "storage", "cache", "report", "memory", "latency", "loop_lag", "peers",
+                 "proxy", "llama_build"):
         result = parts.get(name)
         if result is None:
             continue

@@ -3,8 +3,8 @@ physical limit of this machine (a raw aiohttp client), the official `openai` SDK
 evaluation tools; the results go to docs/benchmarks.md (a table with each target, met or missed and by how much)
 and docs/benchmarks.json.
 
-Parts (`--only PART`, repeatable): dispatch, latency, real, storage, cache, report, memory, proxy, peers (peers
-only with `--peers`). `--quick` is a smoke run with small numbers (written to runs/bench/ unless `--out` says
+Parts (`--only PART`, repeatable): startup, dispatch, latency, real, storage, cache, report, memory, proxy, peers
+(peers only with `--peers`). `--quick` is a smoke run with small numbers (written to runs/bench/ unless `--out` says
 otherwise). `--base-url URL --model NAME` runs the dispatch and latency parts against a server of your own (vLLM on
 a GPU) instead of the local ones. Every load loop is bounded in count and time; only loopback servers are started.
 
@@ -34,7 +34,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import clients, proxy_latency, report_doc, report_scale, servers, workload
+from bench import clients, proxy_latency, report_doc, report_scale, servers, startup, workload
 from bench.common import (
     ROOT,
     load_results,
@@ -49,8 +49,8 @@ from bench.common import (
     write_docs,
 )
 
-PARTS = ("dispatch", "latency", "real", "storage", "cache", "report", "memory", "proxy", "peers")
-RUN_ORDER = ("storage", "cache", "report", "dispatch", "latency", "real", "proxy", "memory", "peers")
+PARTS = ("startup", "dispatch", "latency", "real", "storage", "cache", "report", "memory", "proxy", "peers")
+RUN_ORDER = ("startup", "storage", "cache", "report", "dispatch", "latency", "real", "proxy", "memory", "peers")
 BUDGET_S = 15 * 60  # the whole `make bench`, peers excluded
 
 # the targets
@@ -758,7 +758,9 @@ def main(argv: list[str] | None = None) -> int:
             log(f"== {part} ({settings.elapsed():.0f} s so far)")
             begin = time.perf_counter()
             try:
-                if part == "storage":
+                if part == "startup":
+                    result = startup.measure(5 if not settings.quick else 1)
+                elif part == "storage":
                     result = part_storage(settings, tmp)
                 elif part == "report":
                     result = part_report(settings, tmp)

@@ -22,6 +22,27 @@ def test_the_quick_storage_benchmark_runs_and_writes_its_results(tmp_path):
     assert (tmp_path / "benchmarks.md").read_text().count("storage") >= 1
 
 
+def test_the_quick_startup_benchmark_times_each_command_and_names_its_costliest_imports(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.run", "--quick", "--only", "startup", "--out", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    startup = json.loads((tmp_path / "benchmarks.json").read_text())["parts"]["startup"]
+    assert "error" not in startup, startup.get("error")
+    assert set(startup["commands"]) == {"harness --help", "harness runs", "harness validate suites/invoices",
+                                        "harness run (1 case)"}
+    for name, result in startup["commands"].items():
+        assert result["wall_s"]["median"] > 0, name
+        costliest = result["imports"]["costliest"]
+        assert 1 <= len(costliest) <= 5 and costliest == sorted(costliest, key=lambda c: -c["ms"]), name
+    # the run imports what a run needs (the store), the help text does not
+    run_packages = {c["package"] for c in startup["commands"]["harness run (1 case)"]["imports"]["costliest"]}
+    assert run_packages & {"pandas", "duckdb", "aiohttp", "numpy"}
+    assert [t["measurement"] for t in startup["targets"]][0] == "start-up: harness --help, wall time"
+    assert "## 0. Start-up" in (tmp_path / "benchmarks.md").read_text()
+
+
 def test_the_quick_report_benchmark_measures_the_large_render_in_a_child(tmp_path):
     """The report part renders a large run in a process of its own and reports its peak memory as a target."""
     proc = subprocess.run(
