@@ -6,9 +6,7 @@ from __future__ import annotations
 import argparse
 
 from harness.run.cache import explain
-from harness.run.targets import (
-    run_to_use,
-)
+from harness.run.targets import run_to_use
 from harness.store import queries
 from harness.store.db import Store
 from harness.store.queries import shown_status
@@ -40,6 +38,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
         reason = f"  {status}: {printable(why, one_line=True)}" if why else ""
         if status == "interrupted":
             reason += f"; resume with `harness run --resume {row['run_id']}`"
-        print(f"{row['run_id']}  {row['suite']:<12} {status:<11} {row['n_cases']:>5} cases  "
+        cases = "–" if row["n_cases"] is None else row["n_cases"]
+        print(f"{row['run_id']}  {row['suite']:<12} {status:<11} {cases:>5} cases  "
               f"{row['responses']:>6} responses  {row['started_at']:%Y-%m-%d %H:%M}{reason}")
     return 0

@@ -10,21 +10,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from harness.cli.common import (
-    print_judges,
-    print_judging,
-    print_metrics,
-    print_scorer_errors,
-    rate_text,
-)
+from harness.cli.common import print_judges, print_judging, print_metrics, print_scorer_errors, rate_text
 from harness.errors import HarnessError, ProfileError
 from harness.pricing import load_pricing
 from harness.report.html import render_report
 from harness.run.judging import judge_run, plan_judges
 from harness.run.rescore import judging_cases, rescore, rescored_pass_rates, store_metrics
-from harness.run.targets import (
-    run_to_use,
-)
+from harness.run.targets import run_to_use
 from harness.scoring.registry import build_scorers
 from harness.store.db import Store
 from harness.suite.load import load_suite

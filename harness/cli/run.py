@@ -35,13 +35,7 @@ from harness.run.decided import StopRule
 from harness.run.estimate import estimate_run
 from harness.run.judging import plan_judges
 from harness.run.runner import resumable_cases, shadow_run
-from harness.run.targets import (
-    case_limit,
-    provider_specs,
-    resume_target,
-    stopped_run,
-    stored_specs,
-)
+from harness.run.targets import case_limit, provider_specs, resume_target, stopped_run, stored_specs
 from harness.store import queries
 from harness.store.db import Store
 from harness.suite.load import load_suite

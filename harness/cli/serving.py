@@ -9,15 +9,10 @@ import sys
 import time
 from pathlib import Path
 
-from harness.cli.common import (
-    cancel_on_sigterm,
-    print_selfcheck_warning,
-)
+from harness.cli.common import cancel_on_sigterm, print_selfcheck_warning
 from harness.errors import HarnessError
 from harness.providers.server import ManagedServer
-from harness.run.targets import (
-    provider_specs,
-)
+from harness.run.targets import provider_specs
 from harness.store.db import Store
 from harness.suite.load import load_suite
 

@@ -20,9 +20,9 @@ from typing import TYPE_CHECKING, Any
 
 from harness.errors import StoreError
 from harness.providers.base import Request, public_url
-from harness.providers.plan import ProviderPlan
 
 if TYPE_CHECKING:
+    from harness.providers.plan import ProviderPlan
     from harness.store.db import Store
 
 MODES = ("replay", "fresh", "off")
