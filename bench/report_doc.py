@@ -319,23 +319,36 @@ def memory_section(r: dict[str, Any]) -> list[str]:
 
 
 def startup_section(r: dict[str, Any]) -> list[str]:
+    before = r.get("before")
     lines = [
         "## 0. Start-up", "",
         "Each command in a fresh process, as typed at a shell (`harness ...`, the console script), from the "
         "repository root: one warm-up run, then the median (min–max) of "
         f"{r.get('reps', 1)} runs. The 1-case run is a generated suite against the zero-latency server (cache "
         "off, a fresh DuckDB file each time, its HTML report written), so what it measures is start-up and "
-        "writing the results, not the model (bench/startup.py).", "",
-        "| command | wall s | imports ms | costliest imports (ms spent in the package's own modules; what imported "
-        "it) |",
-        "|---|---|---|---|",
+        "writing the results, not the model. Python writes bytecode as it does by default (this machine sets "
+        "PYTHONDONTWRITEBYTECODE; the benchmark leaves it out), so the package's modules are compiled once "
+        "(bench/startup.py).", "",
+    ]
+    if before:
+        lines += [f"*Before*: the same commands, run back to back with these, with the package of commit {before} "
+                  "(`python -m bench.startup --before DIR`).", ""]
+    lines += [
+        "| command | wall s |" + (" before s |" if before else "") + " imports ms | costliest imports (ms spent in "
+        "the package's own modules; what imported it) |",
+        "|---|---|" + ("---|" if before else "") + "---|---|",
     ]
     for name, x in r.get("commands", {}).items():
         costly = "; ".join(
             f"{c['package']} {c['ms']:.0f}" + (f" ({c['imported_by']})" if not c["imported_by"].startswith("(")
                                                 else " (imported by a function)")
             for c in x["imports"]["costliest"])
-        lines.append(f"| `{name}` | {_range(x['wall_s'])} | {x['imports']['total_ms']:.0f} | {_cell(costly)} |")
+        old = f" {_range(x['before']['wall_s'])} |" if before and x.get("before") else (" – |" if before else "")
+        lines.append(f"| `{name}` | {_range(x['wall_s'])} |{old} {x['imports']['total_ms']:.0f} | {_cell(costly)} |")
+    if before:
+        lines += ["", "Before, the costliest imports were: " + "; ".join(
+            f"`{name}`: " + ", ".join(f"{c['package']} {c['ms']:.0f} ms" for c in x["before"]["imports"]["costliest"])
+            for name, x in r.get("commands", {}).items() if x.get("before")) + "."]
     lines += ["", "Imports are timed in a separate run under `python -X importtime`, which adds its own overhead; "
               "`harness` is the package's own modules (pydantic models, the command modules)."]
     return [*lines, ""]

@@ -13,8 +13,9 @@ Then each command once more under `python -X importtime`, summarised as the five
 top-level packages by the time spent running their modules (the "self" column summed over the package, so a
 package is not charged for what it imports from another), with the first module that brought each in.
 
-Run on its own: `python -m bench.startup [--reps N] [--record]` (`--record` writes the result into
-docs/benchmarks.json and .md).
+Run on its own: `python -m bench.startup [--reps N] [--record] [--before DIR]` (`--record` writes the result into
+docs/benchmarks.json and .md; `--before DIR` also times the same commands with the `harness` package of another
+checkout, DIR, first on PYTHONPATH, e.g. a `git worktree` of an older commit, shown beside the new figures).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from bench.common import ROOT, log, record_part, summary, target
 TARGET_COMMAND_S = 1.0  # --help, runs, validate (issue 21)
 TARGET_RUN_S = 1.5  # a 1-case run
 TOP_IMPORTS = 5
-ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+ENV = {k: v for k, v in os.environ.items() if k not in ("PYTHONDONTWRITEBYTECODE", "PYTHONPATH")}
 
 
 def harness_command() -> list[str]:
@@ -45,12 +46,12 @@ def harness_command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "harness.cli"]
 
 
-def wall(command: list[str], before: Any = None) -> float:
+def wall(command: list[str], before: Any = None, env: dict[str, str] | None = None) -> float:
     """Wall seconds of one run of `command` from the repository root (raises when it fails)."""
     if before is not None:
         before()
     start = time.perf_counter()
-    proc = subprocess.run(command, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300,
+    proc = subprocess.run(command, cwd=ROOT, env=env or ENV, capture_output=True, text=True, timeout=300,
                           stdin=subprocess.DEVNULL)
     seconds = time.perf_counter() - start
     if proc.returncode != 0:
@@ -58,11 +59,12 @@ def wall(command: list[str], before: Any = None) -> float:
     return seconds
 
 
-def import_summary(args: list[str], before: Any = None, top: int = TOP_IMPORTS) -> dict[str, Any]:
+def import_summary(args: list[str], before: Any = None, top: int = TOP_IMPORTS,
+                   env: dict[str, str] | None = None) -> dict[str, Any]:
     """`harness ARGS` once under -X importtime: total import time and the `top` costliest packages."""
     if before is not None:
         before()
-    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "harness.cli", *args], cwd=ROOT, env=ENV,
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "harness.cli", *args], cwd=ROOT, env=env or ENV,
                           capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
     return summarise_importtime(proc.stderr, top)
 
@@ -99,8 +101,9 @@ def summarise_importtime(stderr: str, top: int = TOP_IMPORTS) -> dict[str, Any]:
     return {"total_ms": sum(own for own, _, _ in rows) / 1000, "costliest": costliest}
 
 
-def measure(reps: int = 5) -> dict[str, Any]:
-    """The part: wall times of the four commands and their import summaries."""
+def measure(reps: int = 5, before_dir: Path | None = None) -> dict[str, Any]:
+    """The part: wall times of the four commands and their import summaries (and, with `before_dir`, of the same
+    commands run with the package of that checkout)."""
     cli = harness_command()
     with tempfile.TemporaryDirectory(prefix="shadow-startup-") as folder, servers.ServerProcess("zero") as server:
         tmp = Path(folder)
@@ -121,26 +124,47 @@ def measure(reps: int = 5) -> dict[str, Any]:
         }
         wall([*cli, *run_args[:3], str(tmp / "listed.duckdb"), *run_args[4:]])  # the file `harness runs` lists
         results: dict[str, Any] = {}
+        old_env = {**ENV, "PYTHONPATH": str(before_dir)} if before_dir else None
         for name, (args, before) in commands.items():
-            wall([*cli, *args], before)  # warm-up: the disk cache, Jinja's bytecode cache
-            times = [wall([*cli, *args], before) for _ in range(reps)]
+            for env in ([None, old_env] if old_env else [None]):
+                wall([*cli, *args], before, env)  # warm-up: the disk cache, Jinja's bytecode cache
+            times, old_times = [], []
+            for _ in range(reps):  # new and old back to back, so that both meet the same load
+                times.append(wall([*cli, *args], before))
+                if old_env:
+                    old_times.append(wall([*cli, *args], before, old_env))
             results[name] = {"wall_s": summary(times), "imports": import_summary(args, before)}
+            if old_env:
+                results[name]["before"] = {"wall_s": summary(old_times),
+                                           "imports": import_summary(args, before, env=old_env)}
             log(f"startup: {name}: median {statistics.median(times):.2f} s "
-                f"({min(times):.2f}-{max(times):.2f}), imports {results[name]['imports']['total_ms']:.0f} ms")
+                f"({min(times):.2f}-{max(times):.2f}), imports {results[name]['imports']['total_ms']:.0f} ms"
+                + (f"; before {statistics.median(old_times):.2f} s" if old_times else ""))
     limits = {name: TARGET_RUN_S if name.startswith("harness run ") else TARGET_COMMAND_S for name in results}
     return {
         "reps": reps, "command": " ".join(cli), "commands": results,
+        "before": _describe(before_dir) if before_dir else None,
         "targets": [target(f"start-up: {name}, wall time", r["wall_s"]["median"], "<=", limits[name], "s")
                     for name, r in results.items()],
     }
+
+
+def _describe(folder: Path) -> str:
+    """The commit of checkout `folder` (or the folder itself when it is not a git checkout)."""
+    proc = subprocess.run(["git", "-C", str(folder), "log", "-1", "--format=%h %s"], capture_output=True, text=True)
+    return proc.stdout.strip()[:80] if proc.returncode == 0 and proc.stdout.strip() else str(folder)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=5, help="timed runs of each command (default 5)")
     parser.add_argument("--record", action="store_true", help="write the result into docs/benchmarks.json and .md")
+    parser.add_argument("--before", type=Path, metavar="DIR",
+                        help="also time the commands with the harness package of checkout DIR (an older commit)")
     args = parser.parse_args(argv)
-    result = measure(args.reps)
+    if args.before and not (args.before / "harness" / "__init__.py").is_file():
+        parser.error(f"--before {args.before}: no harness package there (a checkout of this repository)")
+    result = measure(args.reps, args.before.resolve() if args.before else None)
     if args.record:
         from datetime import UTC, datetime
 

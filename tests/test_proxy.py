@@ -437,7 +437,12 @@ def test_calls_are_routed_to_the_vendor_they_are_for_and_only_chat_calls_are_cop
         with contextlib.suppress(urllib.error.HTTPError):
             urllib.request.urlopen(request)
         assert chat(proxy.url, "still fine")[0] == 200
-        counts = proxy.status()["counts"]
+        deadline = time.monotonic() + 10  # the mirror's process reports what it made of the copies as it goes
+        while time.monotonic() < deadline:
+            counts = proxy.status()["counts"]
+            if counts["mirrored"] + counts["unreadable"] >= 3:
+                break
+            time.sleep(0.05)
     assert not any("sk-ant-KEY" in json.dumps(headers) for headers in gpt.headers)  # never sent to OpenAI
     assert all(headers.get("authorization") != "Bearer sk-openai" for headers in claude.headers)
     assert (counts["mirrored"], counts["unreadable"]) == (2, 1)  # the deep one could not be read, and the run went on

@@ -4,4 +4,6 @@ import sys
 
 from harness.cli.main import main
 
-sys.exit(main())
+# guarded: a process started by multiprocessing (the proxy's mirror) imports the main module again, as __mp_main__
+if __name__ == "__main__":
+    sys.exit(main())

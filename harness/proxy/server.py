@@ -141,19 +141,28 @@ class ProxyServer:
                 if upstream.content_length is not None:
                     response.content_length = upstream.content_length
                 await response.prepare(request)
+                # the copy goes to the mirror's process (a frame in a socket) before the caller has the whole
+                # answer: the caller may stop this process the moment it has it. With a Content-Length that is
+                # before the last piece is passed on; otherwise before the end of the chunked body.
+                left = upstream.content_length
                 async for piece in upstream.content.iter_any():
+                    if chunks is not None:
+                        chunks.append((time.perf_counter(), piece))
+                    if left is not None:
+                        left -= len(piece)
+                        if left <= 0 and ticket is not None:
+                            mirror.answered(ticket, upstream.status, upstream.headers, chunks)
+                            ticket = None
                     try:
                         await response.write(piece)
                     except ConnectionResetError:  # the caller went away mid-answer (aiohttp's is a ClientError too)
                         if counts is not None:
                             counts.caller_closed += 1
                         return response  # `finally` records the copy's failure; nothing more can be sent
-                    if chunks is not None:
-                        chunks.append((time.perf_counter(), piece))
-                await response.write_eof()
                 if ticket is not None:
                     mirror.answered(ticket, upstream.status, upstream.headers, chunks)
                     ticket = None
+                await response.write_eof()
                 return response
         except (aiohttp.ClientError, TimeoutError) as exc:  # the upstream failed: unreachable, or cut off
             if counts is not None:

@@ -238,6 +238,18 @@ class MirrorProcess:
                 self._status = {**self._status, "mirror": "dead"}
 
 
+class _Incoming(asyncio.StreamReader):
+    """The frames from the caller's side. A reset connection (the front killed while status frames were still
+    unread on its side) ends the stream as a close does, after the frames that had arrived: asyncio's reader would
+    raise the reset before handing over the bytes it already holds, and drop copies the front had sent."""
+
+    def set_exception(self, exc: BaseException) -> None:
+        if isinstance(exc, ConnectionResetError):
+            self.feed_eof()
+        else:
+            super().set_exception(exc)
+
+
 def _child(sock: socket.socket, config: MirrorConfig, finished: Any) -> None:
     """The child process: the `Mirror`, fed by the caller's side over `sock`."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the caller's side decides when to stop
@@ -253,7 +265,13 @@ async def _mirror(sock: socket.socket, config: MirrorConfig, finished: Any) -> N
     from harness.store.db import Store
     from harness.suite.load import load_suite
 
-    reader, writer = await asyncio.open_unix_connection(sock=sock)
+    loop = asyncio.get_running_loop()
+    reader = _Incoming(loop=loop)
+    await loop.create_unix_connection(lambda: asyncio.StreamReaderProtocol(reader, loop=loop), sock=sock)
+    # writes go through a transport of their own, on a duplicate of the socket: a write that fails once the front
+    # is gone closes only that one, and the copies the front had sent are still read (nothing reads from it)
+    _, writer = await asyncio.open_unix_connection(sock=sock.dup())
+    writer.transport.pause_reading()
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
 
