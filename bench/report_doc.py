@@ -341,7 +341,7 @@ def startup_section(r: dict[str, Any]) -> list[str]:
     for name, x in r.get("commands", {}).items():
         costly = "; ".join(
             f"{c['package']} {c['ms']:.0f}" + (f" ({c['imported_by']})" if not c["imported_by"].startswith("(")
-                                                else " (imported by a function)")
+                                                else " (by the command itself, or a function)")
             for c in x["imports"]["costliest"])
         old = f" {_range(x['before']['wall_s'])} |" if before and x.get("before") else (" – |" if before else "")
         lines.append(f"| `{name}` | {_range(x['wall_s'])} |{old} {x['imports']['total_ms']:.0f} | {_cell(costly)} |")
@@ -377,6 +377,13 @@ def peers_section(r: dict[str, Any]) -> list[str]:
     ratios = r.get("ratios", {})
     lines += ["", "Harness cases/s over each tool's, pair by pair: " + ", ".join(
         f"{NAMES.get(k.split('/')[1], k)} {_range(v)}×" for k, v in ratios.items()) + "."]
+    before = r.get("before")
+    if before:  # the same part run with an older harness package, recorded beside it (docs/benchmarks.json)
+        with_startup = ", ".join(f"{NAMES.get(k, k)} {v:.1f}×" for k, v in before["with_startup_ratios"].items())
+        lines += ["", f"Before, with the harness of commit {before['commit']}, measured on this machine the same "
+                  f"way ({before.get('measured_at', '')}): start-up {_range(before['harness_startup_s'])} s, "
+                  f"{_range(before['harness_cases_per_s'], 0)} cases/s past it; start-up included, the harness "
+                  f"was {with_startup} as fast as the others."]
     return [*lines, ""]
 
 

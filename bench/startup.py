@@ -64,7 +64,10 @@ def import_summary(args: list[str], before: Any = None, top: int = TOP_IMPORTS,
     """`harness ARGS` once under -X importtime: total import time and the `top` costliest packages."""
     if before is not None:
         before()
-    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "harness.cli", *args], cwd=ROOT, env=env or ENV,
+    # -P: the repository root (the working directory) is not put first on sys.path, so that the package found is
+    # the one the console script finds (installed, or the checkout on PYTHONPATH for --before)
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-P", "-m", "harness.cli", *args], cwd=ROOT,
+                          env=env or ENV,
                           capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
     return summarise_importtime(proc.stderr, top)
 
