@@ -39,7 +39,7 @@ def test_the_quick_startup_benchmark_times_each_command_and_names_its_costliest_
     # the run imports what a run needs (the store), the help text does not
     run_packages = {c["package"] for c in startup["commands"]["harness run (1 case)"]["imports"]["costliest"]}
     assert run_packages & {"pandas", "duckdb", "aiohttp", "numpy"}
-    assert [t["measurement"] for t in startup["targets"]][0] == "start-up: harness --help, wall time"
+    assert startup["targets"][0]["measurement"] == "start-up: harness --help, wall time"
     assert "## 0. Start-up" in (tmp_path / "benchmarks.md").read_text()
 
 
