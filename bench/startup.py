@@ -145,7 +145,7 @@ def measure(reps: int = 5, before_dir: Path | None = None) -> dict[str, Any]:
                 + (f"; before {statistics.median(old_times):.2f} s" if old_times else ""))
     limits = {name: TARGET_RUN_S if name.startswith("harness run ") else TARGET_COMMAND_S for name in results}
     return {
-        "reps": reps, "command": " ".join(cli), "commands": results,
+        "reps": reps, "command": "harness" if len(cli) == 1 else "python -m harness.cli", "commands": results,
         "before": _describe(before_dir) if before_dir else None,
         "targets": [target(f"start-up: {name}, wall time", r["wall_s"]["median"], "<=", limits[name], "s")
                     for name, r in results.items()],
@@ -153,9 +153,10 @@ def measure(reps: int = 5, before_dir: Path | None = None) -> dict[str, Any]:
 
 
 def _describe(folder: Path) -> str:
-    """The commit of checkout `folder` (or the folder itself when it is not a git checkout)."""
+    """The commit of checkout `folder` (or the folder's name when it is not a git checkout: no path of this machine
+    goes into the results)."""
     proc = subprocess.run(["git", "-C", str(folder), "log", "-1", "--format=%h %s"], capture_output=True, text=True)
-    return proc.stdout.strip()[:80] if proc.returncode == 0 and proc.stdout.strip() else str(folder)
+    return proc.stdout.strip()[:80] if proc.returncode == 0 and proc.stdout.strip() else folder.name
 
 
 def main(argv: list[str] | None = None) -> int:
