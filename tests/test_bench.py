@@ -10,25 +10,25 @@ import sys
 from conftest import ROOT
 
 
-def test_the_quick_storage_benchmark_runs_and_writes_its_results(tmp_path):
+def _quick(tmp_path, part: str, timeout: int) -> dict:
+    """`python -m bench.run --quick --only PART` into tmp_path; the benchmarks.json it wrote."""
     proc = subprocess.run(
-        [sys.executable, "-m", "bench.run", "--quick", "--only", "storage", "--out", str(tmp_path)],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        [sys.executable, "-m", "bench.run", "--quick", "--only", part, "--out", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=timeout,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    results = json.loads((tmp_path / "benchmarks.json").read_text())
+    return json.loads((tmp_path / "benchmarks.json").read_text())
+
+
+def test_the_quick_storage_benchmark_runs_and_writes_its_results(tmp_path):
+    results = _quick(tmp_path, "storage", 300)
     storage = results["parts"]["storage"]
     assert storage["rows_per_s"] > 0
     assert (tmp_path / "benchmarks.md").read_text().count("storage") >= 1
 
 
 def test_the_quick_startup_benchmark_times_each_command_and_names_its_costliest_imports(tmp_path):
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench.run", "--quick", "--only", "startup", "--out", str(tmp_path)],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    startup = json.loads((tmp_path / "benchmarks.json").read_text())["parts"]["startup"]
+    startup = _quick(tmp_path, "startup", 600)["parts"]["startup"]
     assert "error" not in startup, startup.get("error")
     assert set(startup["commands"]) == {"harness --help", "harness runs", "harness validate suites/invoices",
                                         "harness run (1 case)"}
@@ -45,12 +45,7 @@ def test_the_quick_startup_benchmark_times_each_command_and_names_its_costliest_
 
 def test_the_quick_report_benchmark_measures_the_large_render_in_a_child(tmp_path):
     """The report part renders a large run in a process of its own and reports its peak memory as a target."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench.run", "--quick", "--only", "report", "--out", str(tmp_path)],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    report = json.loads((tmp_path / "benchmarks.json").read_text())["parts"]["report"]
+    report = _quick(tmp_path, "report", 600)["parts"]["report"]
     large = report["large"]
     assert large["cases"] > report["cases"] and large["render_s"] > 0
     assert 50 < large["rss_before_render_mib"] <= large["peak_rss_mib"] < 24 * 1024  # a real process's, in MiB
@@ -65,12 +60,7 @@ def test_the_quick_proxy_benchmark_measures_the_proxy_beside_direct_calls(tmp_pa
     """The proxy part drives the upstream directly and through `harness proxy` (and a minimal forwarder), every
     answer byte for byte the upstream's; the slow candidate's copies are dropped, not waited for; the proxies stop
     cleanly (no latency is asserted here)."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench.run", "--quick", "--only", "proxy", "--out", str(tmp_path)],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    proxy = json.loads((tmp_path / "benchmarks.json").read_text())["parts"]["proxy"]
+    proxy = _quick(tmp_path, "proxy", 300)["parts"]["proxy"]
     assert "error" not in proxy, proxy.get("error")
     contenders = proxy["contenders"]
     assert list(contenders) == ["direct", "forwarder", "pass-through", "mirror-fast", "mirror-slow"]

@@ -230,14 +230,14 @@ def cascade_chart(
     plot.line(x, y, PALETTE[1], "-", steps=True)
     legend.append((PALETTE[1], "-", "hybrid quality"))
     if has_incumbent:
-        plot.hline(float(incumbent), PALETTE[0], "-", width=1.0)  # type: ignore[arg-type]
-        plot.hline(float(incumbent) - margin, PALETTE[0], "--", width=0.8)  # type: ignore[arg-type]
+        plot.hline(float(incumbent), PALETTE[0], "-", width=1.0)
+        plot.hline(float(incumbent) - margin, PALETTE[0], "--", width=0.8)
         legend += [(PALETTE[0], "-", "API alone"), (PALETTE[0], "--", f"API - margin ({margin:g})")]
     if picked is not None and 0 <= picked < x.size:
         plot.marker(float(x[picked]), float(y[picked]), PALETTE[3], "o")
         legend.append((PALETTE[3], "o", f"picked (in-sample): {x[picked]:.0%} routed"))
     if has_crossfit:
-        share, value, value_lo, value_hi = crossfit  # type: ignore[misc]
+        share, value, value_lo, value_hi = crossfit
         plot.errorbar(share, value, value_lo, value_hi, PALETTE[2])
         legend.append((PALETTE[2], "D", f"cross-fitted: {share:.0%} routed"))
     plot.legend(legend, "lower right")
