@@ -85,3 +85,23 @@ def test_an_sdk_is_imported_when_its_provider_is_used(tmp_path: Path) -> None:
         cwd=ROOT, capture_output=True, text=True, timeout=120,
     )
     assert proc.stdout.strip() == "True", proc.stderr
+
+
+def test_import_harness_loads_nothing_until_a_name_is_used_and_every_name_resolves(tmp_path: Path) -> None:
+    """`harness/__init__.py` lists its exports three times (the lazy map, `__all__`, the imports for type checkers);
+    they must agree, and each name must resolve to what its module defines."""
+    code = ("import json, sys, harness\n"
+            "before = sorted(m for m in sys.modules if m.startswith('harness.'))\n"
+            "resolved = {name: getattr(harness, name).__module__ for name in harness.__all__ "
+            "if hasattr(getattr(harness, name), '__module__')}\n"
+            "print(json.dumps({'before': before, 'all': sorted(harness.__all__), "
+            "'exports': sorted(harness._EXPORTS), 'resolved': resolved, 'map': harness._EXPORTS}))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    found = json.loads(proc.stdout)
+    assert found["before"] == []
+    assert found["all"] == found["exports"] and len(found["all"]) > 30
+    source = (ROOT / "harness" / "__init__.py").read_text().split("if TYPE_CHECKING:", 1)[1]
+    for name, module in found["map"].items():
+        assert name in source, f"{name} is not imported for type checkers"
+        assert found["resolved"].get(name, module) == module, name
